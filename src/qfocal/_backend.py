@@ -1,0 +1,72 @@
+"""Which implementation the public losses run: the plain reference math or a fused single-pass kernel.
+
+``qfocal.set_backend(name)`` or the environment variable ``QFOCAL_BACKEND`` choose:
+
+- ``"auto"`` (default): the fused kernel wherever one is available for the input's device, else the reference;
+- ``"reference"``: always the plain PyTorch math of :mod:`qfocal.functional`;
+- ``"fused"``: the fused kernel, an error where none is available;
+- ``"triton"`` / ``"inductor"`` / ``"eager"``: one fused implementation by exact name (see :mod:`qfocal.ops`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+
+from torch import Tensor
+
+BACKENDS = ("auto", "reference", "fused", "triton", "inductor", "eager")
+
+_backend = "auto"
+
+
+def _validate(name: object) -> str:
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def set_backend(name: str) -> str:
+    """Select the implementation behind the public losses for the whole process; returns the previous one.
+
+    Example:
+        >>> import qfocal
+        >>> previous = qfocal.set_backend("reference")
+        >>> _ = qfocal.set_backend(previous)
+    """
+    global _backend
+    previous, _backend = _backend, _validate(name)
+    return previous
+
+
+def get_backend() -> str:
+    """The backend chosen by :func:`set_backend` or ``QFOCAL_BACKEND`` (default ``"auto"``)."""
+    env = os.environ.get("QFOCAL_BACKEND")
+    if env and _backend == "auto":
+        return _validate(env.strip().lower())
+    return _backend
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Context manager form of :func:`set_backend`."""
+    previous = set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def fused_impl(logits: Tensor) -> Callable | None:
+    """The fused loss entry point to use for ``logits``, or None for the reference math."""
+    name = get_backend()
+    if name == "reference":
+        return None
+    try:
+        from .ops import select
+    except ImportError:  # ops not built into this install
+        if name == "auto":
+            return None
+        raise
+    return select(name, logits)

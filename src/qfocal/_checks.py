@@ -1,0 +1,217 @@
+"""Input validation shared by every qfocal loss: one place for the "expected X, got Y" errors.
+
+Structural checks (types, shapes, devices, hyper-parameters) are cheap and always run. Value-range checks
+(targets in [0, 1], labels in [0, C]) read the whole tensor and, on a GPU, synchronise with the host, so they
+can be switched off for hot loops with :func:`set_value_checks` or ``QFOCAL_VALUE_CHECKS=0``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import os
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+_REDUCTIONS = ("none", "mean", "sum")
+_value_checks = os.environ.get("QFOCAL_VALUE_CHECKS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def set_value_checks(enabled: bool) -> bool:
+    """Turn the value-range checks on or off for the whole process; returns the previous setting.
+
+    Example:
+        >>> import qfocal
+        >>> previous = qfocal.set_value_checks(False)  # hot loop: skip the pass over the targets
+        >>> _ = qfocal.set_value_checks(previous)
+    """
+    global _value_checks
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_value_checks: expected a bool, got {type(enabled).__name__}")
+    previous, _value_checks = _value_checks, enabled
+    return previous
+
+
+def value_checks_enabled() -> bool:
+    """Whether the value-range checks (targets in [0, 1], labels in range) run."""
+    return _value_checks
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Context manager form of :func:`set_value_checks`."""
+    previous = set_value_checks(enabled)
+    try:
+        yield
+    finally:
+        set_value_checks(previous)
+
+
+def _describe(x: object) -> str:
+    if isinstance(x, Tensor):
+        return f"Tensor(shape={tuple(x.shape)}, dtype={x.dtype}, device={x.device})"
+    return f"{type(x).__name__} {x!r}"
+
+
+def _check_tensor(name: str, x: object) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {_describe(x)}")
+    return x
+
+
+def _check_float_tensor(name: str, x: object) -> Tensor:
+    x = _check_tensor(name, x)
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor (float16, bfloat16, float32, float64), got {x.dtype}")
+    return x
+
+
+def _check_same_device(name: str, x: Tensor, ref_name: str, ref: Tensor) -> None:
+    if x.device != ref.device:
+        raise ValueError(f"{name}: expected a tensor on {ref_name}'s device {ref.device}, got device {x.device}")
+
+
+def _check_same_shape(name: str, x: Tensor, ref_name: str, ref: Tensor) -> None:
+    if x.shape != ref.shape:
+        raise ValueError(f"{name}: expected shape {tuple(ref.shape)} (the shape of {ref_name}), got {tuple(x.shape)}")
+
+
+def _check_reduction(reduction: object) -> str:
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def _check_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {_describe(value)}")
+    value = float(value)
+    if value != value:
+        raise ValueError(f"{name}: expected a number, got nan")
+    return value
+
+
+def _check_exponent(name: str, value: object) -> float:
+    value = _check_real(name, value)
+    if value < 0 or value == float("inf"):
+        raise ValueError(f"{name}: expected a finite value >= 0, got {value}")
+    return value
+
+
+def _check_alpha(value: object, *, negative_disables: bool = False) -> float | None:
+    """None disables alpha; torchvision's convention (alpha < 0 disables) only where ``negative_disables``."""
+    if value is None:
+        return None
+    value = _check_real("alpha", value)
+    if negative_disables and value < 0:
+        return None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"alpha: expected a value in [0, 1] or None, got {value}")
+    return value
+
+
+def _check_avg_factor(avg_factor: object, reduction: str) -> float | Tensor | None:
+    if avg_factor is None:
+        return None
+    if reduction == "sum":
+        raise ValueError('avg_factor: expected None with reduction="sum" (avg_factor only rescales "mean"), got a value')
+    if isinstance(avg_factor, Tensor):
+        if avg_factor.numel() != 1:
+            raise ValueError(f"avg_factor: expected a number or a one-element tensor, got shape {tuple(avg_factor.shape)}")
+        return avg_factor
+    value = _check_real("avg_factor", avg_factor)
+    if value < 0:
+        raise ValueError(f"avg_factor: expected a value >= 0, got {value}")
+    return value
+
+
+def _check_in_unit_interval(name: str, x: Tensor) -> None:
+    if not _value_checks or x.numel() == 0:
+        return
+    bad = ~((x >= 0) & (x <= 1))  # NaN fails both comparisons
+    if bool(bad.any()):
+        first = x[bad].flatten()[0].item()
+        raise ValueError(
+            f"{name}: expected values in [0, 1], got {int(bad.sum())} outside (first: {first}); "
+            "pass probabilities, not logits or class indices"
+        )
+
+
+def _check_weight(weight: object, loss_shape: torch.Size, ref: Tensor) -> Tensor | None:
+    """A weight broadcastable to the elementwise loss, or shaped like ``loss_shape[:-1]`` (per anchor)."""
+    if weight is None:
+        return None
+    weight = _check_float_tensor("weight", weight)
+    _check_same_device("weight", weight, "logits", ref)
+    if len(loss_shape) >= 2 and weight.shape == loss_shape[:-1]:
+        return weight.unsqueeze(-1)  # mmdetection's per-anchor weight
+    try:
+        shape = torch.broadcast_shapes(weight.shape, loss_shape)
+    except RuntimeError:
+        shape = None
+    if shape != loss_shape:
+        raise ValueError(
+            f"weight: expected a shape broadcastable to the elementwise loss {tuple(loss_shape)} "
+            f"or the per-anchor shape {tuple(loss_shape[:-1])}, got {tuple(weight.shape)}"
+        )
+    return weight
+
+
+def _check_pos_weight(pos_weight: object, loss_shape: torch.Size, ref: Tensor) -> Tensor | None:
+    if pos_weight is None:
+        return None
+    pos_weight = _check_float_tensor("pos_weight", pos_weight)
+    _check_same_device("pos_weight", pos_weight, "logits", ref)
+    try:
+        shape = torch.broadcast_shapes(pos_weight.shape, loss_shape)
+    except RuntimeError:
+        shape = None
+    if shape != loss_shape:
+        raise ValueError(
+            f"pos_weight: expected a shape broadcastable to {tuple(loss_shape)} (e.g. one weight per class), "
+            f"got {tuple(pos_weight.shape)}"
+        )
+    return pos_weight
+
+
+def _check_sparse_target(target: tuple, logits: Tensor) -> tuple[Tensor, Tensor]:
+    """mmdetection's ``(labels, scores)`` form: labels in [0, C], C meaning background."""
+    if len(target) != 2:
+        raise ValueError(f"target: expected a dense tensor or a (labels, scores) pair, got a sequence of {len(target)}")
+    labels, scores = target
+    labels = _check_tensor("labels", labels)
+    scores = _check_float_tensor("scores", scores)
+    if logits.dim() != 2:
+        raise ValueError(
+            f"logits: expected shape (N, C) with a (labels, scores) target, got {tuple(logits.shape)}"
+        )
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"labels: expected an integer tensor (int64) of class indices, got {labels.dtype}")
+    n, c = logits.shape
+    if labels.shape != (n,):
+        raise ValueError(f"labels: expected shape ({n},) (one label per row of logits), got {tuple(labels.shape)}")
+    if scores.shape != (n,):
+        raise ValueError(f"scores: expected shape ({n},) like labels, got {tuple(scores.shape)}")
+    _check_same_device("labels", labels, "logits", logits)
+    _check_same_device("scores", scores, "logits", logits)
+    if _value_checks and n:
+        bad = (labels < 0) | (labels > c)
+        if bool(bad.any()):
+            raise ValueError(
+                f"labels: expected class indices in [0, {c}] ({c} = background), got {int(bad.sum())} outside "
+                f"(first: {int(labels[bad][0])})"
+            )
+        _check_in_unit_interval("scores", scores)
+    return labels, scores
+
+
+def _check_dense_target(target: object, logits: Tensor) -> Tensor:
+    if isinstance(target, (tuple, list)):
+        raise ValueError("target: a (labels, scores) pair is accepted by quality_focal_loss only; pass a dense tensor")
+    target = _check_float_tensor("target", target)
+    _check_same_device("target", target, "logits", logits)
+    _check_same_shape("target", target, "logits", logits)
+    _check_in_unit_interval("target", target)
+    return target

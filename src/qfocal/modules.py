@@ -1,0 +1,266 @@
+"""nn.Module wrappers: they store hyper-parameters and call :mod:`qfocal.functional`, nothing more.
+
+Besides the torch-style modules, ``QFocalLoss`` and ``FocalLoss`` are drop-ins for YOLOv5's classes of the same
+names (``utils/loss.py``): same constructor, same call, same numbers, but they never mutate the
+``nn.BCEWithLogitsLoss`` they wrap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from . import functional as QF
+from ._checks import _check_alpha, _check_exponent, _check_reduction
+
+__all__ = [
+    "DistributionFocalLoss",
+    "FocalLoss",
+    "QFocalLoss",
+    "QualityFocalLoss",
+    "SigmoidFocalLoss",
+    "VarifocalLoss",
+]
+
+
+class _Loss(nn.Module):
+    def __init__(self, reduction: str) -> None:
+        super().__init__()
+        self.reduction = _check_reduction(reduction)
+
+
+class QualityFocalLoss(_Loss):
+    """Module form of :func:`qfocal.quality_focal_loss` (GFL, arXiv:2006.04388).
+
+    Args:
+        beta: exponent of ``|t - sigmoid(x)|`` (the paper's beta), ``>= 0``.
+        alpha: balance in [0, 1], or None (the paper; mmdetection's ``QualityFocalLoss``).
+        pos_weight: optional BCE ``pos_weight`` (stored as a buffer, moves with ``.to()``).
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        loss_weight: a scalar multiplier (mmdetection's ``loss_weight``).
+
+    Example:
+        >>> import torch
+        >>> criterion = QualityFocalLoss(beta=2.0)
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> criterion(logits, torch.rand(4, 3)).backward()
+    """
+
+    def __init__(
+        self,
+        *,
+        beta: float = 2.0,
+        alpha: float | None = None,
+        pos_weight: Tensor | None = None,
+        reduction: str = "mean",
+        loss_weight: float = 1.0,
+    ) -> None:
+        super().__init__(reduction)
+        self.beta = _check_exponent("beta", beta)
+        self.alpha = _check_alpha(alpha)
+        self.loss_weight = float(loss_weight)
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(
+        self,
+        logits: Tensor,
+        target: Tensor | Sequence[Tensor],
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+    ) -> Tensor:
+        loss = QF.quality_focal_loss(
+            logits,
+            target,
+            beta=self.beta,
+            alpha=self.alpha,
+            pos_weight=self.pos_weight,
+            weight=weight,
+            reduction=self.reduction,
+            avg_factor=avg_factor,
+        )
+        return loss * self.loss_weight if self.loss_weight != 1.0 else loss
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, alpha={self.alpha}, reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+
+
+class SigmoidFocalLoss(_Loss):
+    """Module form of :func:`qfocal.sigmoid_focal_loss` (arXiv:1708.02002); soft targets allowed.
+
+    Example:
+        >>> import torch
+        >>> criterion = SigmoidFocalLoss(alpha=0.25, gamma=2.0)
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> criterion(logits, (torch.rand(4, 3) > 0.5).float()).backward()
+    """
+
+    def __init__(
+        self,
+        *,
+        alpha: float | None = 0.25,
+        gamma: float = 2.0,
+        pos_weight: Tensor | None = None,
+        reduction: str = "mean",
+        loss_weight: float = 1.0,
+    ) -> None:
+        super().__init__(reduction)
+        self.alpha = _check_alpha(alpha, negative_disables=True)
+        self.gamma = _check_exponent("gamma", gamma)
+        self.loss_weight = float(loss_weight)
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(
+        self, logits: Tensor, target: Tensor, weight: Tensor | None = None, avg_factor: float | Tensor | None = None
+    ) -> Tensor:
+        loss = QF.sigmoid_focal_loss(
+            logits,
+            target,
+            alpha=self.alpha,
+            gamma=self.gamma,
+            pos_weight=self.pos_weight,
+            weight=weight,
+            reduction=self.reduction,
+            avg_factor=avg_factor,
+        )
+        return loss * self.loss_weight if self.loss_weight != 1.0 else loss
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+
+
+class VarifocalLoss(_Loss):
+    """Module form of :func:`qfocal.varifocal_loss` (VarifocalNet, arXiv:2008.13367).
+
+    Example:
+        >>> import torch
+        >>> criterion = VarifocalLoss(alpha=0.75, gamma=2.0)
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> criterion(logits, torch.rand(4, 3) * (torch.rand(4, 3) > 0.5)).backward()
+    """
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.75,
+        gamma: float = 2.0,
+        iou_weighted: bool = True,
+        reduction: str = "mean",
+        loss_weight: float = 1.0,
+    ) -> None:
+        super().__init__(reduction)
+        self.alpha = _check_alpha(alpha)
+        self.gamma = _check_exponent("gamma", gamma)
+        self.iou_weighted = bool(iou_weighted)
+        self.loss_weight = float(loss_weight)
+
+    def forward(
+        self, logits: Tensor, target: Tensor, weight: Tensor | None = None, avg_factor: float | Tensor | None = None
+    ) -> Tensor:
+        loss = QF.varifocal_loss(
+            logits,
+            target,
+            alpha=self.alpha,
+            gamma=self.gamma,
+            iou_weighted=self.iou_weighted,
+            weight=weight,
+            reduction=self.reduction,
+            avg_factor=avg_factor,
+        )
+        return loss * self.loss_weight if self.loss_weight != 1.0 else loss
+
+    def extra_repr(self) -> str:
+        return (
+            f"alpha={self.alpha}, gamma={self.gamma}, iou_weighted={self.iou_weighted}, "
+            f"reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+        )
+
+
+class DistributionFocalLoss(_Loss):
+    """Module form of :func:`qfocal.distribution_focal_loss` (GFL, arXiv:2006.04388).
+
+    Example:
+        >>> import torch
+        >>> criterion = DistributionFocalLoss()
+        >>> logits = torch.randn(8, 17, requires_grad=True)
+        >>> criterion(logits, torch.rand(8) * 15.9).backward()
+    """
+
+    def __init__(self, *, reduction: str = "mean", loss_weight: float = 1.0) -> None:
+        super().__init__(reduction)
+        self.loss_weight = float(loss_weight)
+
+    def forward(
+        self, logits: Tensor, target: Tensor, weight: Tensor | None = None, avg_factor: float | Tensor | None = None
+    ) -> Tensor:
+        loss = QF.distribution_focal_loss(logits, target, weight=weight, reduction=self.reduction, avg_factor=avg_factor)
+        return loss * self.loss_weight if self.loss_weight != 1.0 else loss
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+
+
+class _YOLOv5Wrapper(nn.Module):
+    """Common part of the YOLOv5 drop-ins: read, never write, the wrapped ``nn.BCEWithLogitsLoss``."""
+
+    def __init__(self, loss_fcn: nn.BCEWithLogitsLoss | None, gamma: float, alpha: float | None) -> None:
+        super().__init__()
+        if loss_fcn is None:
+            loss_fcn = nn.BCEWithLogitsLoss()
+        if not isinstance(loss_fcn, nn.BCEWithLogitsLoss):
+            raise TypeError(f"loss_fcn: expected an nn.BCEWithLogitsLoss, got {type(loss_fcn).__name__}")
+        self.loss_fcn = loss_fcn
+        self.gamma = _check_exponent("gamma", gamma)
+        self.alpha = _check_alpha(alpha)
+
+    @property
+    def reduction(self) -> str:
+        """The wrapped BCE's reduction, which these losses honour (YOLOv5 overwrote it with "none")."""
+        return self.loss_fcn.reduction
+
+    def _kwargs(self) -> dict:
+        return {
+            "alpha": self.alpha,
+            "pos_weight": self.loss_fcn.pos_weight,
+            "weight": self.loss_fcn.weight,
+            "reduction": self.loss_fcn.reduction,
+        }
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, alpha={self.alpha}, reduction={self.reduction!r}"
+
+
+class QFocalLoss(_YOLOv5Wrapper):
+    """Drop-in for YOLOv5's ``QFocalLoss(loss_fcn, gamma=1.5, alpha=0.25)``: :func:`qfocal.quality_focal_loss`
+    with ``beta=gamma``, the wrapped BCE's ``pos_weight``, ``weight`` and ``reduction``.
+
+    Example:
+        >>> import torch
+        >>> criterion = QFocalLoss(nn.BCEWithLogitsLoss(pos_weight=torch.tensor([1.0])), gamma=1.5)
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> criterion(logits, torch.rand(4, 3)).backward()
+    """
+
+    def __init__(self, loss_fcn: nn.BCEWithLogitsLoss | None = None, gamma: float = 1.5, alpha: float | None = 0.25):
+        super().__init__(loss_fcn, gamma, alpha)
+
+    def forward(self, pred: Tensor, true: Tensor) -> Tensor:
+        return QF.quality_focal_loss(pred, true, beta=self.gamma, **self._kwargs())
+
+
+class FocalLoss(_YOLOv5Wrapper):
+    """Drop-in for YOLOv5's ``FocalLoss(loss_fcn, gamma=1.5, alpha=0.25)``: :func:`qfocal.sigmoid_focal_loss`
+    with the wrapped BCE's ``pos_weight``, ``weight`` and ``reduction``.
+
+    Example:
+        >>> import torch
+        >>> criterion = FocalLoss(nn.BCEWithLogitsLoss(), gamma=1.5)
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> criterion(logits, torch.rand(4, 3)).backward()
+    """
+
+    def __init__(self, loss_fcn: nn.BCEWithLogitsLoss | None = None, gamma: float = 1.5, alpha: float | None = 0.25):
+        super().__init__(loss_fcn, gamma, alpha)
+
+    def forward(self, pred: Tensor, true: Tensor) -> Tensor:
+        return QF.sigmoid_focal_loss(pred, true, gamma=self.gamma, **self._kwargs())
