@@ -43,5 +43,10 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str, rtol=N
     diff = (actual.double() - expected.double()).abs()
     largest = diff.max().item() if diff.numel() else 0.0
     torch.testing.assert_close(
-        actual, expected, rtol=rtol, atol=atol, equal_nan=False, msg=lambda m: f"{name}: largest |diff| {largest:.3e}\n{m}"
+        actual,
+        expected,
+        rtol=rtol,
+        atol=atol,
+        equal_nan=False,
+        msg=lambda m: f"{name}: largest |diff| {largest:.3e}\n{m}",
     )

@@ -46,13 +46,16 @@ def quality_focal_loss(pred, target, beta=2.0):
     return loss.sum(dim=1, keepdim=False)
 
 
-def varifocal_loss(pred, target, weight=None, alpha=0.75, gamma=2.0, iou_weighted=True, reduction="mean", avg_factor=None):
+def varifocal_loss(
+    pred, target, weight=None, alpha=0.75, gamma=2.0, iou_weighted=True, reduction="mean", avg_factor=None
+):
     pred_sigmoid = pred.sigmoid()
     target = target.type_as(pred)
     if iou_weighted:
-        focal_weight = target * (target > 0.0).float() + alpha * (pred_sigmoid - target).abs().pow(gamma) * (
-            target <= 0.0
-        ).float()
+        focal_weight = (
+            target * (target > 0.0).float()
+            + alpha * (pred_sigmoid - target).abs().pow(gamma) * (target <= 0.0).float()
+        )
     else:
         focal_weight = (target > 0.0).float() + alpha * (pred_sigmoid - target).abs().pow(gamma) * (
             target <= 0.0

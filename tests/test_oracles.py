@@ -53,7 +53,9 @@ def _compare(ours, theirs, x, *args, name="loss", rtol=None, atol=None):
 def test_yolov5_qfocal_and_focal_with_pos_weight(cls, reduction, dtype):
     x, t = _inputs((37, 5), dtype, seed=1)
     pos_weight = torch.tensor([1.0, 2.0, 0.5, 1.5, 3.0], dtype=dtype)
-    theirs = getattr(y5loss, cls)(nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction=reduction), gamma=1.5, alpha=0.25)
+    theirs = getattr(y5loss, cls)(
+        nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction=reduction), gamma=1.5, alpha=0.25
+    )
     bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction=reduction)
     ours = getattr(qfocal, cls)(bce, gamma=1.5, alpha=0.25)
     _compare(ours, theirs, x, t, name=f"yolov5.{cls}")
@@ -61,7 +63,9 @@ def test_yolov5_qfocal_and_focal_with_pos_weight(cls, reduction, dtype):
     # The functional form is the same function.
     fn = qfocal.quality_focal_loss if cls == "QFocalLoss" else qfocal.sigmoid_focal_loss
     kw = {"beta": 1.5} if cls == "QFocalLoss" else {"gamma": 1.5}
-    _compare(lambda a, b: fn(a, b, alpha=0.25, pos_weight=pos_weight, reduction=reduction, **kw), theirs, x, t)
+    _compare(
+        lambda a, b: fn(a, b, alpha=0.25, pos_weight=pos_weight, reduction=reduction, **kw), theirs, x, t
+    )
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
@@ -126,7 +130,9 @@ def test_ultralytics_dfl(dtype):
     target = (torch.rand(m, 4, generator=g, dtype=torch.float64) * (reg_max - 1.01)).to(dtype)
 
     def ours(x, tt):
-        return qfocal.distribution_focal_loss(x, tt.view(-1), reduction="none").view(m, 4).mean(-1, keepdim=True)
+        return (
+            qfocal.distribution_focal_loss(x, tt.view(-1), reduction="none").view(m, 4).mean(-1, keepdim=True)
+        )
 
     def theirs(x, tt):
         return DFLoss(reg_max)(x, tt.clone())
@@ -181,7 +187,13 @@ def test_mmdet_qfl_sparse_avg_factor_and_per_anchor_weight(beta, dtype):
     def ours_none(x, lab, sc):
         return qfocal.quality_focal_loss(x, (lab, sc), beta=beta, reduction="none").sum(1)
 
-    _compare(ours_none, lambda x, lab, sc: mmdet.quality_focal_loss(x, (lab, sc), beta=beta), logits, labels, scores)
+    _compare(
+        ours_none,
+        lambda x, lab, sc: mmdet.quality_focal_loss(x, (lab, sc), beta=beta),
+        logits,
+        labels,
+        scores,
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

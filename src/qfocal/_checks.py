@@ -64,18 +64,24 @@ def _check_tensor(name: str, x: object) -> Tensor:
 def _check_float_tensor(name: str, x: object) -> Tensor:
     x = _check_tensor(name, x)
     if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor (float16, bfloat16, float32, float64), got {x.dtype}")
+        raise TypeError(
+            f"{name}: expected a floating-point tensor (float16, bfloat16, float32, float64), got {x.dtype}"
+        )
     return x
 
 
 def _check_same_device(name: str, x: Tensor, ref_name: str, ref: Tensor) -> None:
     if x.device != ref.device:
-        raise ValueError(f"{name}: expected a tensor on {ref_name}'s device {ref.device}, got device {x.device}")
+        raise ValueError(
+            f"{name}: expected a tensor on {ref_name}'s device {ref.device}, got device {x.device}"
+        )
 
 
 def _check_same_shape(name: str, x: Tensor, ref_name: str, ref: Tensor) -> None:
     if x.shape != ref.shape:
-        raise ValueError(f"{name}: expected shape {tuple(ref.shape)} (the shape of {ref_name}), got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name}: expected shape {tuple(ref.shape)} (the shape of {ref_name}), got {tuple(x.shape)}"
+        )
 
 
 def _check_reduction(reduction: object) -> str:
@@ -116,10 +122,14 @@ def _check_avg_factor(avg_factor: object, reduction: str) -> float | Tensor | No
     if avg_factor is None:
         return None
     if reduction == "sum":
-        raise ValueError('avg_factor: expected None with reduction="sum" (avg_factor only rescales "mean"), got a value')
+        raise ValueError(
+            'avg_factor: expected None with reduction="sum" (avg_factor only rescales "mean"), got a value'
+        )
     if isinstance(avg_factor, Tensor):
         if avg_factor.numel() != 1:
-            raise ValueError(f"avg_factor: expected a number or a one-element tensor, got shape {tuple(avg_factor.shape)}")
+            raise ValueError(
+                f"avg_factor: expected a number or a one-element tensor, got shape {tuple(avg_factor.shape)}"
+            )
         return avg_factor
     value = _check_real("avg_factor", avg_factor)
     if value < 0:
@@ -179,7 +189,9 @@ def _check_pos_weight(pos_weight: object, loss_shape: torch.Size, ref: Tensor) -
 def _check_sparse_target(target: tuple, logits: Tensor) -> tuple[Tensor, Tensor]:
     """mmdetection's ``(labels, scores)`` form: labels in [0, C], C meaning background."""
     if len(target) != 2:
-        raise ValueError(f"target: expected a dense tensor or a (labels, scores) pair, got a sequence of {len(target)}")
+        raise ValueError(
+            f"target: expected a dense tensor or a (labels, scores) pair, got a sequence of {len(target)}"
+        )
     labels, scores = target
     labels = _check_tensor("labels", labels)
     scores = _check_float_tensor("scores", scores)
@@ -191,7 +203,9 @@ def _check_sparse_target(target: tuple, logits: Tensor) -> tuple[Tensor, Tensor]
         raise TypeError(f"labels: expected an integer tensor (int64) of class indices, got {labels.dtype}")
     n, c = logits.shape
     if labels.shape != (n,):
-        raise ValueError(f"labels: expected shape ({n},) (one label per row of logits), got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels: expected shape ({n},) (one label per row of logits), got {tuple(labels.shape)}"
+        )
     if scores.shape != (n,):
         raise ValueError(f"scores: expected shape ({n},) like labels, got {tuple(scores.shape)}")
     _check_same_device("labels", labels, "logits", logits)
@@ -209,7 +223,9 @@ def _check_sparse_target(target: tuple, logits: Tensor) -> tuple[Tensor, Tensor]
 
 def _check_dense_target(target: object, logits: Tensor) -> Tensor:
     if isinstance(target, (tuple, list)):
-        raise ValueError("target: a (labels, scores) pair is accepted by quality_focal_loss only; pass a dense tensor")
+        raise ValueError(
+            "target: a (labels, scores) pair is accepted by quality_focal_loss only; pass a dense tensor"
+        )
     target = _check_float_tensor("target", target)
     _check_same_device("target", target, "logits", logits)
     _check_same_shape("target", target, "logits", logits)

@@ -90,7 +90,9 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def plot_losses(out: str, *, targets=(0.0, 0.5, 0.9, 1.0), gamma: float = 2.0, alpha: float | None = None) -> str:
+def plot_losses(
+    out: str, *, targets=(0.0, 0.5, 0.9, 1.0), gamma: float = 2.0, alpha: float | None = None
+) -> str:
     """Loss against predicted probability, one panel per soft target: BCE, focal, QFL and VFL."""
     import matplotlib
 
@@ -130,7 +132,9 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     try:
         targets = tuple(float(v) for v in args.targets.split(","))
     except ValueError as exc:
-        raise SystemExit(f"qfocal plot: --targets expects numbers like 0,0.5,0.9,1, got {args.targets!r}") from exc
+        raise SystemExit(
+            f"qfocal plot: --targets expects numbers like 0,0.5,0.9,1, got {args.targets!r}"
+        ) from exc
     if not all(0.0 <= t <= 1.0 for t in targets):
         raise SystemExit(f"qfocal plot: --targets must lie in [0, 1], got {args.targets!r}")
     print(plot_losses(args.out, targets=targets, gamma=args.gamma))

@@ -86,12 +86,16 @@ def _bce(x: Tensor, t: Tensor, pos_weight: Tensor | None) -> Tensor:
     return F.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight, reduction="none")
 
 
-def _qfl_elementwise(x: Tensor, t: Tensor, beta: float, alpha: float | None, pos_weight: Tensor | None) -> Tensor:
+def _qfl_elementwise(
+    x: Tensor, t: Tensor, beta: float, alpha: float | None, pos_weight: Tensor | None
+) -> Tensor:
     p = torch.sigmoid(x)
     return _bce(x, t, pos_weight) * _safe_pow((t - p).abs(), beta) * _alpha_factor(t, alpha)
 
 
-def _focal_elementwise(x: Tensor, t: Tensor, gamma: float, alpha: float | None, pos_weight: Tensor | None) -> Tensor:
+def _focal_elementwise(
+    x: Tensor, t: Tensor, gamma: float, alpha: float | None, pos_weight: Tensor | None
+) -> Tensor:
     p = torch.sigmoid(x)
     p_t = t * p + (1.0 - t) * (1.0 - p)
     return _bce(x, t, pos_weight) * _safe_pow(1.0 - p_t, gamma) * _alpha_factor(t, alpha)
@@ -107,14 +111,16 @@ def _vfl_elementwise(x: Tensor, t: Tensor, alpha: float, gamma: float, iou_weigh
 
 def _densify(labels: Tensor, scores: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
     """The dense (N, C) target equivalent to mmdetection's (labels, scores); label C is background."""
-    n, c = shape
+    c = shape[1]
     target = torch.zeros(shape, dtype=dtype, device=scores.device)
     pos = (labels >= 0) & (labels < c)
     rows = pos.nonzero().squeeze(1)
     return target.index_put((rows, labels[rows].long()), scores[rows].to(dtype))
 
 
-def _weight_reduce(loss: Tensor, weight: Tensor | None, reduction: str, avg_factor: float | Tensor | None) -> Tensor:
+def _weight_reduce(
+    loss: Tensor, weight: Tensor | None, reduction: str, avg_factor: float | Tensor | None
+) -> Tensor:
     """mmdetection's ``weight_reduce_loss``: weight, then none / sum / mean, mean = sum / avg_factor if given."""
     if weight is not None:
         loss = loss * weight.to(loss.dtype)
@@ -133,7 +139,9 @@ def _finish(loss: Tensor, like: Tensor) -> Tensor:
     return loss.to(like.dtype)
 
 
-def _reference(kind: str, logits: Tensor, target: Tensor, params: dict, pos_weight, weight, reduction, avg_factor):
+def _reference(
+    kind: str, logits: Tensor, target: Tensor, params: dict, pos_weight, weight, reduction, avg_factor
+):
     cdtype = _compute_dtype(logits.dtype)
     x = logits.to(cdtype)
     t = target.to(cdtype)
@@ -421,4 +429,3 @@ def distribution_focal_loss(
     lp_right = logp.gather(-1, (left + 1).unsqueeze(-1)).squeeze(-1)
     loss = -(lp_left * w_left + lp_right * (1.0 - w_left))
     return _finish(_weight_reduce(loss, weight, reduction, avg_factor), logits)
-

@@ -111,7 +111,11 @@ class SigmoidFocalLoss(_Loss):
         self.register_buffer("pos_weight", pos_weight)
 
     def forward(
-        self, logits: Tensor, target: Tensor, weight: Tensor | None = None, avg_factor: float | Tensor | None = None
+        self,
+        logits: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
     ) -> Tensor:
         loss = QF.sigmoid_focal_loss(
             logits,
@@ -155,7 +159,11 @@ class VarifocalLoss(_Loss):
         self.loss_weight = float(loss_weight)
 
     def forward(
-        self, logits: Tensor, target: Tensor, weight: Tensor | None = None, avg_factor: float | Tensor | None = None
+        self,
+        logits: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
     ) -> Tensor:
         loss = QF.varifocal_loss(
             logits,
@@ -191,9 +199,15 @@ class DistributionFocalLoss(_Loss):
         self.loss_weight = float(loss_weight)
 
     def forward(
-        self, logits: Tensor, target: Tensor, weight: Tensor | None = None, avg_factor: float | Tensor | None = None
+        self,
+        logits: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
     ) -> Tensor:
-        loss = QF.distribution_focal_loss(logits, target, weight=weight, reduction=self.reduction, avg_factor=avg_factor)
+        loss = QF.distribution_focal_loss(
+            logits, target, weight=weight, reduction=self.reduction, avg_factor=avg_factor
+        )
         return loss * self.loss_weight if self.loss_weight != 1.0 else loss
 
     def extra_repr(self) -> str:
@@ -241,7 +255,9 @@ class QFocalLoss(_YOLOv5Wrapper):
         >>> criterion(logits, torch.rand(4, 3)).backward()
     """
 
-    def __init__(self, loss_fcn: nn.BCEWithLogitsLoss | None = None, gamma: float = 1.5, alpha: float | None = 0.25):
+    def __init__(
+        self, loss_fcn: nn.BCEWithLogitsLoss | None = None, gamma: float = 1.5, alpha: float | None = 0.25
+    ):
         super().__init__(loss_fcn, gamma, alpha)
 
     def forward(self, pred: Tensor, true: Tensor) -> Tensor:
@@ -259,7 +275,9 @@ class FocalLoss(_YOLOv5Wrapper):
         >>> criterion(logits, torch.rand(4, 3)).backward()
     """
 
-    def __init__(self, loss_fcn: nn.BCEWithLogitsLoss | None = None, gamma: float = 1.5, alpha: float | None = 0.25):
+    def __init__(
+        self, loss_fcn: nn.BCEWithLogitsLoss | None = None, gamma: float = 1.5, alpha: float | None = 0.25
+    ):
         super().__init__(loss_fcn, gamma, alpha)
 
     def forward(self, pred: Tensor, true: Tensor) -> Tensor:
