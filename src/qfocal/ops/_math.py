@@ -1,0 +1,116 @@
+"""The fused loss-and-gradient math in plain PyTorch: the body of the eager and Inductor backends.
+
+One function computes, from logits and targets, both the (weighted, reduced) loss and ``d loss / d logits``
+of :func:`qfocal.quality_focal_loss`, :func:`qfocal.sigmoid_focal_loss` and :func:`qfocal.varifocal_loss`.
+Run eagerly it is only a correctness baseline (it allocates like any eager code); compiled by Inductor it
+becomes one loop that reads the logits and targets once and writes the gradient once.
+
+Hyper-parameters arrive as 0-dim tensors so that one compiled graph serves every value; only the structure
+(loss kind, sparse or dense target, presence of weights, reduction) selects a graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+KINDS = ("qfl", "focal", "vfl")
+
+
+def _safe_pow_and_slope(base: Tensor, gamma: Tensor, tiny: float) -> tuple[Tensor, Tensor]:
+    """``base ** gamma`` and its derivative, with the slope of :func:`qfocal.functional._safe_pow`.
+
+    Where ``base <= tiny`` (0 or sub-normal) the reference's slope is 0 for ``gamma < 1`` and
+    ``gamma * base ** (gamma - 1)`` otherwise; the latter is taken as ``1`` for ``gamma == 1`` and ``0`` for
+    ``gamma > 1``, which differs from the reference only for sub-normal bases with ``1 < gamma < ~1.3``.
+    """
+    value = base.pow(gamma)
+    ok = base > tiny
+    slope_ok = gamma * value / torch.where(ok, base, 1.0)
+    slope_bad = (gamma == 1.0).to(base.dtype)
+    return value, torch.where(ok, slope_ok, slope_bad)
+
+
+def fused_loss_and_grad(
+    x: Tensor,
+    target: Tensor | None,
+    labels: Tensor | None,
+    scores: Tensor | None,
+    pos_weight: Tensor | None,
+    weight: Tensor | None,
+    gamma: Tensor,
+    alpha: Tensor,
+    alpha_offset: Tensor,
+    alpha_slope: Tensor,
+    iou_weighted: Tensor,
+    scale: Tensor,
+    kind: str,
+    reduce: bool,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Loss (0-dim sum times ``scale`` if ``reduce``, else elementwise) and gradient, both in ``x``'s dtype.
+
+    ``a_t = alpha_offset + alpha_slope * t`` (``1 - alpha`` and ``2 alpha - 1``, or 1 and 0 without alpha);
+    ``alpha`` alone is varifocal's negative weight. The gradient already includes weight and ``scale``.
+    """
+    out_dtype = x.dtype
+    cdtype = torch.float64 if out_dtype == torch.float64 else torch.float32
+    tiny = torch.finfo(cdtype).tiny
+    x = x.to(cdtype)
+    if labels is not None:
+        # Sparse QFL target: t[i, j] = scores[i] where labels[i] == j; never materialised when compiled.
+        cols = torch.arange(x.shape[-1], device=x.device)
+        t = torch.where(labels.unsqueeze(-1) == cols, scores.to(cdtype).unsqueeze(-1), 0.0)
+    else:
+        t = target.to(cdtype)
+
+    e = torch.exp(-x.abs())
+    one_plus_e = 1.0 + e
+    p = torch.where(x >= 0, 1.0 / one_plus_e, e / one_plus_e)
+    dp = e / (one_plus_e * one_plus_e)  # sigmoid'(x) = p (1 - p), accurate for large |x|
+    log_sigmoid = torch.clamp(x, max=0.0) - torch.log1p(e)
+    # torch's binary_cross_entropy_with_logits: (1 - t) x - lw logsigmoid(x), lw = (pw - 1) t + 1
+    if pos_weight is None:
+        bce = (1.0 - t) * x - log_sigmoid
+        dbce = p - t
+    else:
+        pw = pos_weight.to(cdtype)
+        lw = (pw - 1.0) * t + 1.0
+        bce = (1.0 - t) * x - lw * log_sigmoid
+        dbce = lw * p - pw * t
+
+    if kind == "qfl":
+        diff = t - p
+        power, slope = _safe_pow_and_slope(diff.abs(), gamma, tiny)
+        a_t = alpha_offset + alpha_slope * t
+        m = a_t * power
+        dm = -a_t * slope * torch.sign(diff) * dp
+    elif kind == "focal":
+        p_t = t * p + (1.0 - t) * (1.0 - p)
+        power, slope = _safe_pow_and_slope(1.0 - p_t, gamma, tiny)
+        a_t = alpha_offset + alpha_slope * t
+        m = a_t * power
+        dm = a_t * slope * (1.0 - 2.0 * t) * dp
+    elif kind == "vfl":
+        diff = p - t
+        power, slope = _safe_pow_and_slope(diff.abs(), gamma, tiny)
+        pos = t > 0
+        m = torch.where(pos, torch.where(iou_weighted, t, 1.0), alpha * power)
+        dm = torch.where(pos, 0.0, alpha * slope * torch.sign(diff) * dp)
+    else:
+        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+
+    loss = bce * m
+    if weight is not None:
+        w = weight.to(cdtype)
+        loss = loss * w
+    grad = None
+    if need_grad:
+        grad = dbce * m + bce * dm
+        if weight is not None:
+            grad = grad * w
+        if reduce:
+            grad = grad * scale
+        grad = grad.to(out_dtype)
+    loss = (loss.sum() * scale) if reduce else loss
+    return loss.to(out_dtype), grad

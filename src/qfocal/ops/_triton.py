@@ -1,0 +1,188 @@
+"""The Triton kernel of the fused losses: one program per block of elements reads logits and targets once,
+writes ``d loss / d logits`` and either the elementwise loss or one partial sum.
+
+The math mirrors :mod:`qfocal.ops._math` line for line (computed in fp32). Set ``TRITON_INTERPRET=1`` before
+this module is imported to run the kernel on CPU tensors through Triton's interpreter (how the tests run it).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+_KIND_IDS = {"qfl": 0, "focal": 1, "vfl": 2}
+_BLOCK = 1024
+_FP32_TINY = 1.1754943508222875e-38
+
+
+def interpreter_enabled() -> bool:
+    """Whether Triton kernels run through the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+@triton.jit
+def _pow_and_slope(base, gamma):
+    # base ** gamma with the reference's slope (see _math._safe_pow_and_slope)
+    safe = tl.where(base > 0.0, base, 1.0)
+    value = tl.where(base > 0.0, tl.exp2(gamma * tl.log2(safe)), tl.where(gamma == 0.0, 1.0, 0.0))
+    ok = base > 1.1754943508222875e-38
+    slope = tl.where(ok, gamma * value / tl.where(ok, base, 1.0), tl.where(gamma == 1.0, 1.0, 0.0))
+    return value, slope
+
+
+@triton.jit
+def _fused_loss_kernel(
+    x_ptr, sxr, sxc,
+    t_ptr, str_, stc,
+    lab_ptr, slab,
+    sco_ptr, ssco,
+    pw_ptr, spwr, spwc,
+    w_ptr, swr, swc,
+    scale_ptr,
+    loss_ptr, grad_ptr,
+    n_elements, n_cols,
+    gamma, alpha, alpha_offset, alpha_slope,
+    KIND: tl.constexpr, SPARSE: tl.constexpr, HAS_PW: tl.constexpr, HAS_W: tl.constexpr,
+    REDUCE: tl.constexpr, NEED_GRAD: tl.constexpr, IOU_WEIGHTED: tl.constexpr, FLAT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_elements
+    row = offs // n_cols
+    col = offs % n_cols
+    if FLAT:  # logits and dense target contiguous: plain offsets let the compiler vectorise
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        x = tl.load(x_ptr + row * sxr + col * sxc, mask=mask, other=0.0).to(tl.float32)
+    if SPARSE:
+        lab = tl.load(lab_ptr + row * slab, mask=mask, other=-1).to(tl.int64)
+        sco = tl.load(sco_ptr + row * ssco, mask=mask, other=0.0).to(tl.float32)
+        t = tl.where(lab == col, sco, 0.0)
+    elif FLAT:
+        t = tl.load(t_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        t = tl.load(t_ptr + row * str_ + col * stc, mask=mask, other=0.0).to(tl.float32)
+
+    e = tl.exp(-tl.abs(x))
+    one_plus_e = 1.0 + e
+    p = tl.where(x >= 0.0, 1.0 / one_plus_e, e / one_plus_e)
+    dp = e / (one_plus_e * one_plus_e)
+    # log1p(e) to full precision from log(1 + e) (Goldberg's correction)
+    log1p_e = tl.where(one_plus_e == 1.0, e, tl.log(one_plus_e) * e / (one_plus_e - 1.0))
+    log_sigmoid = tl.minimum(x, 0.0) - log1p_e
+    if HAS_PW:
+        pw = tl.load(pw_ptr + row * spwr + col * spwc, mask=mask, other=1.0).to(tl.float32)
+        lw = (pw - 1.0) * t + 1.0
+        bce = (1.0 - t) * x - lw * log_sigmoid
+        dbce = lw * p - pw * t
+    else:
+        bce = (1.0 - t) * x - log_sigmoid
+        dbce = p - t
+
+    if KIND == 0:  # quality focal loss
+        diff = t - p
+        power, slope = _pow_and_slope(tl.abs(diff), gamma)
+        a_t = alpha_offset + alpha_slope * t
+        m = a_t * power
+        sign = tl.where(diff > 0.0, 1.0, tl.where(diff < 0.0, -1.0, 0.0))
+        dm = -a_t * slope * sign * dp
+    elif KIND == 1:  # sigmoid focal loss
+        p_t = t * p + (1.0 - t) * (1.0 - p)
+        power, slope = _pow_and_slope(1.0 - p_t, gamma)
+        a_t = alpha_offset + alpha_slope * t
+        m = a_t * power
+        dm = a_t * slope * (1.0 - 2.0 * t) * dp
+    else:  # varifocal loss
+        diff = p - t
+        power, slope = _pow_and_slope(tl.abs(diff), gamma)
+        pos = t > 0.0
+        if IOU_WEIGHTED:  # noqa: SIM108 (constexpr branch)
+            pos_factor = t
+        else:
+            pos_factor = tl.full(t.shape, 1.0, tl.float32)
+        m = tl.where(pos, pos_factor, alpha * power)
+        sign = tl.where(diff > 0.0, 1.0, tl.where(diff < 0.0, -1.0, 0.0))
+        dm = tl.where(pos, 0.0, alpha * slope * sign * dp)
+
+    loss = bce * m
+    grad = dbce * m + bce * dm
+    if HAS_W:
+        w = tl.load(w_ptr + row * swr + col * swc, mask=mask, other=0.0).to(tl.float32)
+        loss = loss * w
+        grad = grad * w
+    if REDUCE:
+        scale = tl.load(scale_ptr).to(tl.float32)
+        tl.store(loss_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
+        grad = grad * scale
+    else:
+        tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=mask)
+    if NEED_GRAD:
+        tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+def _as_2d(x: Tensor | None, shape: torch.Size, n_cols: int) -> tuple[Tensor | None, int, int]:
+    """``x`` broadcast to ``shape`` and viewed as (rows, n_cols), with its two strides (0 where broadcast)."""
+    if x is None:
+        return None, 0, 0
+    full = x.expand(shape)
+    try:
+        flat = full.view(-1, n_cols)
+    except RuntimeError:  # a broadcast that no 2-D view can express: materialise it
+        flat = full.reshape(-1, n_cols)
+    return flat, flat.stride(0), flat.stride(1)
+
+
+def triton_loss_and_grad(
+    x: Tensor,
+    target: Tensor | None,
+    labels: Tensor | None,
+    scores: Tensor | None,
+    pos_weight: Tensor | None,
+    weight: Tensor | None,
+    scale: Tensor,
+    *,
+    kind: str,
+    gamma: float,
+    alpha: float,
+    alpha_offset: float,
+    alpha_slope: float,
+    iou_weighted: bool,
+    reduce: bool,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Same contract as :func:`qfocal.ops._math.fused_loss_and_grad` (fp16/bf16/fp32 logits, non-empty)."""
+    shape = x.shape
+    n_cols = shape[-1] if x.dim() else 1
+    n = x.numel()
+    x2, sxr, sxc = _as_2d(x, shape, n_cols)
+    t2, str_, stc = _as_2d(target, shape, n_cols)
+    pw2, spwr, spwc = _as_2d(pos_weight, shape, n_cols)
+    w2, swr, swc = _as_2d(weight, shape, n_cols)
+    flat = x.is_contiguous() and (target is None or target.is_contiguous())
+    n_blocks = triton.cdiv(n, _BLOCK)
+    loss = torch.empty(n_blocks if reduce else n, dtype=torch.float32 if reduce else x.dtype, device=x.device)
+    grad = torch.empty(shape, dtype=x.dtype, device=x.device) if need_grad else loss
+    dummy = x2
+    scale = scale.to(device=x.device, dtype=torch.float32).reshape(1)
+    _fused_loss_kernel[(n_blocks,)](
+        x2, sxr, sxc,
+        dummy if t2 is None else t2, str_, stc,
+        dummy if labels is None else labels, 0 if labels is None else labels.stride(0),
+        dummy if scores is None else scores, 0 if scores is None else scores.stride(0),
+        dummy if pw2 is None else pw2, spwr, spwc,
+        dummy if w2 is None else w2, swr, swc,
+        scale,
+        loss, grad,
+        n, n_cols,
+        float(gamma), float(alpha), float(alpha_offset), float(alpha_slope),
+        KIND=_KIND_IDS[kind], SPARSE=labels is not None, HAS_PW=pos_weight is not None, HAS_W=weight is not None,
+        REDUCE=reduce, NEED_GRAD=need_grad, IOU_WEIGHTED=bool(iou_weighted), FLAT=flat,
+        BLOCK=_BLOCK, num_warps=4,
+    )  # fmt: skip
+    out = (loss.sum() * scale.reshape(())).to(x.dtype) if reduce else loss.view(shape)
+    return out, (grad if need_grad else None)
