@@ -1,0 +1,271 @@
+"""Keep YOLOv5 and Ultralytics off the network while qfocal drives their trainers.
+
+Both frameworks reach for the network on their own: fonts (``check_font``), weights for the AMP check
+(``yolo26n.pt`` / ``yolov5n.pt``), ``pip install`` of missing requirements, Hugging Face hub look-ups, dataset
+download scripts, PyPI version checks and analytics. :func:`offline` turns all of that off for the duration of a
+``with`` block and puts everything back on exit:
+
+* environment: ``YOLO_OFFLINE=1``, ``HF_HUB_OFFLINE=1``, ``YOLO_AUTOINSTALL=False``, ``YOLOv5_AUTOINSTALL=False``;
+* Ultralytics: ``ONLINE = False`` and ``AUTOINSTALL = False`` where its modules read them; ``check_font`` finds
+  local fonts only; ``attempt_download_asset`` / ``safe_download`` raise :class:`OfflineError` for anything
+  not on disk; ``is_url(check=True)`` answers False without a request;
+* YOLOv5: ``check_font`` and ``check_git_status`` do nothing; ``check_online`` is False; ``attempt_download``
+  and ``attempt_download_from_hub`` never download; ``check_dataset`` never runs a download script;
+  ``check_pil_font`` falls back to PIL's built-in font.
+
+A function is swapped wherever a loaded module holds it (``from x import f`` copies the name), by identity, and
+only for the block. Ultralytics computes ``ONLINE`` once, on import: if the block is where Ultralytics is first
+imported, it stays offline for the rest of the process (probing the network to undo that would defeat the point).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["OfflineError", "offline"]
+
+_LOG = logging.getLogger("qfocal.integrations")
+_MISSING = object()
+
+_ENV = {
+    "YOLO_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "YOLO_AUTOINSTALL": "False",
+    "YOLOv5_AUTOINSTALL": "False",
+}
+
+
+class OfflineError(ConnectionError, FileNotFoundError):
+    """Something asked for a download while :func:`offline` was active.
+
+    A ``ConnectionError`` (what the frameworks catch when they are offline) and a ``FileNotFoundError`` (what the
+    user sees: the file is not on disk).
+    """
+
+
+class _Patches:
+    """A stack of reversible changes to attributes and environment variables."""
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], None]] = []
+
+    def setattr(self, obj: Any, name: str, value: Any) -> None:
+        old = obj.__dict__.get(name, _MISSING) if hasattr(obj, "__dict__") else getattr(obj, name, _MISSING)
+        setattr(obj, name, value)
+        self._undo.append(lambda: delattr(obj, name) if old is _MISSING else setattr(obj, name, old))
+
+    def setenv(self, key: str, value: str) -> None:
+        old = os.environ.get(key)
+        os.environ[key] = value
+        self._undo.append(
+            lambda: os.environ.pop(key, None) if old is None else os.environ.__setitem__(key, old)
+        )
+
+    def replace_everywhere(self, original: Any, replacement: Any) -> int:
+        """Rebind every module-level name that refers to ``original``; returns how many were rebound."""
+        n = 0
+        for module in list(sys.modules.values()):
+            namespace = getattr(module, "__dict__", None)
+            if not isinstance(namespace, dict):
+                continue
+            for name, value in list(namespace.items()):
+                if value is original:
+                    self.setattr(module, name, replacement)
+                    n += 1
+        return n
+
+    def undo(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ultralytics
+# ----------------------------------------------------------------------------------------------------------
+def _patch_ultralytics(p: _Patches) -> None:
+    try:
+        import ultralytics.utils as U
+        import ultralytics.utils.checks as C
+        import ultralytics.utils.downloads as D
+    except ImportError:
+        return
+    for module in (U, C, sys.modules.get("ultralytics.utils.events")):
+        if module is not None and hasattr(module, "ONLINE"):
+            p.setattr(module, "ONLINE", False)
+    for module in (U, C):
+        if hasattr(module, "AUTOINSTALL"):
+            p.setattr(module, "AUTOINSTALL", False)
+
+    config_dir = Path(getattr(U, "USER_CONFIG_DIR", Path.home()))
+    weights_dir = Path(getattr(U, "WEIGHTS_DIR", Path.cwd()))
+
+    def check_font(font: str = "Arial.ttf"):
+        """Ultralytics' check_font without the download: a local path or None (callers fall back to PIL's)."""
+        name = Path(font).name
+        if (config_dir / name).exists():
+            return config_dir / name
+        try:
+            from matplotlib import font_manager
+
+            return next((f.fname for f in font_manager.fontManager.ttflist if font in f.fname), None)
+        except Exception:
+            return None
+
+    def attempt_download_asset(file, *args, **kwargs) -> str:
+        path = Path(str(file).strip().replace("'", ""))
+        for candidate in (path, weights_dir / path.name):
+            if candidate.exists():
+                return str(candidate)
+        raise OfflineError(
+            f"{file}: not found locally, and downloads are off (qfocal offline mode); build the model from a .yaml "
+            "or pass the path of a local .pt"
+        )
+
+    def safe_download(url=None, file=None, *args, **kwargs):
+        raise OfflineError(f"{url or file}: downloads are off (qfocal offline mode)")
+
+    def is_url(url, check: bool = False) -> bool:
+        return False if check else original_is_url(url, check=False)
+
+    original_is_url = D.is_url
+    original_check_amp = C.check_amp
+
+    def check_amp(model) -> bool:
+        try:
+            device = next(model.parameters()).device
+        except (AttributeError, StopIteration):
+            return original_check_amp(model)
+        if device.type in {"cpu", "mps"}:
+            return False
+        try:
+            return original_check_amp(model)
+        except OfflineError:  # the reference weights are not on disk: what Ultralytics does offline
+            _LOG.warning("AMP checks skipped: offline and no local yolo26n.pt; keeping amp=True")
+            return True
+
+    p.replace_everywhere(C.check_font, check_font)
+    p.replace_everywhere(D.attempt_download_asset, attempt_download_asset)
+    p.replace_everywhere(D.safe_download, safe_download)
+    p.replace_everywhere(D.is_url, is_url)
+    p.replace_everywhere(C.check_amp, check_amp)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# YOLOv5 (the ``yolov5`` pip package, package="yolov5", or the ultralytics/yolov5 repository, package="")
+# ----------------------------------------------------------------------------------------------------------
+def _patch_yolov5(p: _Patches, package: str) -> None:
+    prefix = f"{package}." if package else ""
+    general = sys.modules.get(f"{prefix}utils.general")
+    downloads = sys.modules.get(f"{prefix}utils.downloads")
+    plots = sys.modules.get(f"{prefix}utils.plots")
+    if general is None:
+        return
+    if hasattr(general, "AUTOINSTALL"):
+        p.setattr(general, "AUTOINSTALL", False)
+
+    def check_font(font="Arial.ttf", progress=False):
+        return None  # check_dataset only pre-fetches the font; check_pil_font (below) copes without it
+
+    def check_online() -> bool:
+        return False
+
+    def check_git_status(*args, **kwargs) -> None:
+        return None  # it runs `git fetch`
+
+    def attempt_download(file, *args, **kwargs) -> str:
+        path = Path(str(file).strip().replace("'", ""))
+        if path.exists():
+            return str(path)
+        raise OfflineError(
+            f"{file}: not found locally, and downloads are off (qfocal offline mode); use --weights '' with "
+            "--cfg <model>.yaml to train from scratch, or pass the path of a local .pt"
+        )
+
+    def attempt_download_from_hub(*args, **kwargs) -> None:
+        return None
+
+    def safe_download(*args, **kwargs):
+        raise OfflineError("downloads are off (qfocal offline mode)")
+
+    patched: dict[str, Callable] = {
+        "check_font": check_font,
+        "check_online": check_online,
+        "check_git_status": check_git_status,
+    }
+    for name, replacement in patched.items():
+        if hasattr(general, name):
+            p.replace_everywhere(getattr(general, name), replacement)
+
+    original_check_dataset = getattr(general, "check_dataset", None)
+    if original_check_dataset is not None:
+
+        def check_dataset(data, autodownload=True):
+            return original_check_dataset(data, autodownload=False)
+
+        p.replace_everywhere(original_check_dataset, check_dataset)
+
+    original_check_file = getattr(general, "check_file", None)
+    if original_check_file is not None:
+
+        def check_file(file, suffix=""):
+            if str(file).startswith(("http:/", "https:/")):
+                raise OfflineError(f"{file}: downloads are off (qfocal offline mode); pass a local path")
+            return original_check_file(file, suffix)
+
+        p.replace_everywhere(original_check_file, check_file)
+
+    if downloads is not None:
+        for name, replacement in (
+            ("attempt_download", attempt_download),
+            ("attempt_download_from_hub", attempt_download_from_hub),
+            ("safe_download", safe_download),
+            ("curl_download", safe_download),
+        ):
+            if hasattr(downloads, name):
+                p.replace_everywhere(getattr(downloads, name), replacement)
+
+    if plots is not None and hasattr(plots, "check_pil_font"):
+        config_dir = Path(getattr(general, "CONFIG_DIR", Path.home()))
+
+        def check_pil_font(font="Arial.ttf", size=10):
+            from PIL import ImageFont
+
+            for candidate in (Path(font), config_dir / Path(font).name):
+                if candidate.exists():
+                    with contextlib.suppress(Exception):
+                        return ImageFont.truetype(str(candidate), size)
+            return ImageFont.load_default()
+
+        p.replace_everywhere(plots.check_pil_font, check_pil_font)
+
+
+@contextlib.contextmanager
+def offline(*, yolov5_package: str | None = "yolov5") -> Iterator[None]:
+    """Within the block, YOLOv5 and Ultralytics download nothing and install nothing; restored on exit.
+
+    Args:
+        yolov5_package: the package YOLOv5's modules live in: ``"yolov5"`` for the pip package, ``""`` for a
+            checkout of the ultralytics/yolov5 repository (modules ``utils.general`` ...), None to leave YOLOv5
+            alone. Only modules already imported are patched.
+
+    Example:
+        >>> from qfocal.integrations import offline
+        >>> with offline():
+        ...     pass  # train here
+    """
+    p = _Patches()
+    try:
+        for key, value in _ENV.items():
+            p.setenv(key, value)
+        _patch_ultralytics(p)
+        if yolov5_package is not None:
+            _patch_yolov5(p, yolov5_package)
+        yield
+    finally:
+        p.undo()

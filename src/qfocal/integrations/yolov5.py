@@ -1,0 +1,526 @@
+"""YOLOv5 with qfocal's losses: a drop-in ``ComputeLoss``, a reversible patch of YOLOv5's trainer, and a command.
+
+:class:`ComputeLoss` takes a YOLOv5 ``DetectionModel`` (from the ``yolov5`` pip package or a checkout of the
+ultralytics/yolov5 repository: it only reads ``model.hyp`` and the ``Detect`` layer) and is called like YOLOv5's
+own: ``loss, items = compute_loss(predictions, targets)``. The objectness and classification criteria are chosen
+by optional hyp keys; without them every number, loss item and gradient equals YOLOv5's ``ComputeLoss``.
+
+Hyp keys (all optional; ``fl_gamma`` is in every stock hyp file):
+
+==============  =================================================================================================
+key             meaning
+==============  =================================================================================================
+``obj_loss``    objectness criterion: ``bce`` | ``focal`` | ``qfocal`` | ``varifocal``. Objectness targets are
+                the IoU of the predicted box with its ground truth, so ``qfocal`` and ``varifocal`` fit them.
+``cls_loss``    classification criterion, same choices (targets: one-hot, or ``cp``/``cn`` with label
+                smoothing). A term not named follows YOLOv5's rule: ``focal`` if ``fl_gamma > 0`` else ``bce``.
+``fl_gamma``    YOLOv5's key: the exponent of ``focal`` and ``qfocal`` (and of ``varifocal``'s negatives). 0, as in
+                the stock hyps, means the loss's own default: 1.5 for ``focal`` (YOLOv5's), 2.0 for ``qfocal``
+                (the paper's beta) and ``varifocal``.
+``fl_alpha``    alpha of ``focal`` and ``qfocal``: 0.25 when absent (YOLOv5's), ``null`` for none.
+``qfl_beta``    exponent of ``qfocal`` only, over ``fl_gamma``. The paper's QFL (arXiv:2006.04388) is
+                ``qfocal`` with ``qfl_beta: 2.0`` and ``fl_alpha: null``.
+``vfl_alpha``   weight of ``varifocal``'s negatives, default 0.75 (arXiv:2008.13367).
+==============  =================================================================================================
+
+``bce``, ``focal`` and ``qfocal`` keep the BCE's ``cls_pw`` / ``obj_pw``; ``varifocal`` has no ``pos_weight``
+and asks for ``1.0``. Every criterion is the mean over its elements, as in YOLOv5.
+
+To train through YOLOv5's own ``train.py``: :func:`patch_train` (a context manager), :func:`train` (one call), or
+``qfocal yolov5-train`` / ``python -m qfocal.integrations.yolov5`` with YOLOv5's usual arguments.
+
+The target assignment and CIoU below restate YOLOv5's (``utils/loss.py``, ``utils/metrics.py``, AGPL-3.0) so that
+no YOLOv5 module has to be imported; the tests compare both against the installed package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..modules import FocalLoss, QFocalLoss, VarifocalLoss
+from ._offline import _Patches, offline
+
+__all__ = ["LOSSES", "ComputeLoss", "build_criterion", "main", "patch_train", "train"]
+
+LOSSES = ("bce", "focal", "qfocal", "varifocal")
+_LOSS_KEYS = ("obj_loss", "cls_loss", "fl_gamma", "fl_alpha", "qfl_beta", "vfl_alpha")
+# Exponent used when fl_gamma is 0 (the stock hyps): YOLOv5's FocalLoss default, the papers' beta / gamma.
+_DEFAULT_EXPONENT = {"focal": 1.5, "qfocal": 2.0, "varifocal": 2.0}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Criteria
+# ----------------------------------------------------------------------------------------------------------
+def _check_loss_name(key: str, value: object) -> str:
+    if not isinstance(value, str) or value.lower() not in LOSSES:
+        raise ValueError(f"hyp[{key!r}]: expected one of {LOSSES}, got {value!r}")
+    return value.lower()
+
+
+def _number(hyp: Mapping[str, Any], key: str, default: float | None) -> float | None:
+    value = hyp.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"hyp[{key!r}]: expected a number or null, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+class _Varifocal(nn.Module):
+    """YOLOv5-style call ``criterion(pred, true)`` for :class:`qfocal.VarifocalLoss` (mean over elements)."""
+
+    def __init__(self, alpha: float, gamma: float) -> None:
+        super().__init__()
+        self.loss = VarifocalLoss(alpha=alpha, gamma=gamma, reduction="mean")
+
+    def forward(self, pred: Tensor, true: Tensor) -> Tensor:
+        return self.loss(pred, true)
+
+
+def build_criterion(kind: str, bce: nn.BCEWithLogitsLoss, hyp: Mapping[str, Any]) -> nn.Module:
+    """The criterion ``kind`` for one YOLOv5 loss term, reading its hyper-parameters from ``hyp``.
+
+    Args:
+        kind: ``"bce"`` | ``"focal"`` | ``"qfocal"`` | ``"varifocal"``.
+        bce: the term's ``nn.BCEWithLogitsLoss`` (carrying ``cls_pw`` / ``obj_pw``); returned as is for ``"bce"``,
+            wrapped (never modified) otherwise.
+        hyp: the hyp dict (``fl_gamma``, ``fl_alpha``, ``qfl_beta``, ``vfl_alpha``; see the module docstring).
+
+    Returns:
+        A module called as ``criterion(logits, target)`` returning the mean loss.
+    """
+    kind = _check_loss_name("loss", kind)
+    if kind == "bce":
+        return bce
+    gamma = _number(hyp, "fl_gamma", 0.0) or _DEFAULT_EXPONENT[kind]
+    if kind == "focal":
+        return FocalLoss(bce, gamma=gamma, alpha=_number(hyp, "fl_alpha", 0.25))
+    if kind == "qfocal":
+        beta = _number(hyp, "qfl_beta", None)
+        return QFocalLoss(bce, gamma=gamma if beta is None else beta, alpha=_number(hyp, "fl_alpha", 0.25))
+    pos_weight = bce.pos_weight
+    if pos_weight is not None and not bool((pos_weight == 1).all()):
+        raise ValueError(
+            f"varifocal has no pos_weight: expected cls_pw / obj_pw of 1.0, got {pos_weight.flatten().tolist()}"
+        )
+    return _Varifocal(alpha=_number(hyp, "vfl_alpha", 0.75), gamma=gamma)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Boxes
+# ----------------------------------------------------------------------------------------------------------
+def _ciou(box1: Tensor, box2: Tensor, eps: float = 1e-7) -> Tensor:
+    """Complete IoU (arXiv:1911.08287) of matching ``(n, 4)`` xywh boxes, shape ``(n, 1)``; YOLOv5's exact form
+    (eps placement, and the trade-off weight ``alpha`` held constant in backward)."""
+    (x1, y1, w1, h1), (x2, y2, w2, h2) = box1.chunk(4, -1), box2.chunk(4, -1)
+    w1_, h1_, w2_, h2_ = w1 / 2, h1 / 2, w2 / 2, h2 / 2
+    b1_x1, b1_x2, b1_y1, b1_y2 = x1 - w1_, x1 + w1_, y1 - h1_, y1 + h1_
+    b2_x1, b2_x2, b2_y1, b2_y2 = x2 - w2_, x2 + w2_, y2 - h2_, y2 + h2_
+    inter = (b1_x2.minimum(b2_x2) - b1_x1.maximum(b2_x1)).clamp(0) * (
+        b1_y2.minimum(b2_y2) - b1_y1.maximum(b2_y1)
+    ).clamp(0)
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    cw = b1_x2.maximum(b2_x2) - b1_x1.minimum(b2_x1)  # enclosing box
+    ch = b1_y2.maximum(b2_y2) - b1_y1.minimum(b2_y1)
+    c2 = cw**2 + ch**2 + eps
+    rho2 = ((b2_x1 + b2_x2 - b1_x1 - b1_x2) ** 2 + (b2_y1 + b2_y2 - b1_y1 - b1_y2) ** 2) / 4
+    v = (4 / math.pi**2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)).pow(2)
+    with torch.no_grad():
+        alpha = v / (v - iou + (1 + eps))
+    return iou - (rho2 / c2 + v * alpha)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ComputeLoss
+# ----------------------------------------------------------------------------------------------------------
+def _detect_layer(model: nn.Module) -> nn.Module:
+    inner = (
+        model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
+    )
+    layers = getattr(inner, "model", None)
+    try:
+        m = layers[-1]
+    except (TypeError, IndexError, KeyError):
+        m = None
+    missing = [k for k in ("na", "nc", "nl", "anchors", "stride") if not hasattr(m, k)]
+    if m is None or missing:
+        raise TypeError(
+            "model: expected a YOLOv5 DetectionModel whose model[-1] is a Detect layer (na, nc, nl, anchors, "
+            f"stride), got {type(model).__name__}" + (f" (missing {missing})" if m is not None else "")
+        )
+    return m
+
+
+def _model_hyp(model: nn.Module) -> dict:
+    hyp = getattr(model, "hyp", None)
+    if hyp is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        hyp = getattr(model.module, "hyp", None)
+    if not isinstance(hyp, Mapping):
+        raise TypeError(
+            f"model.hyp: expected the hyperparameter dict YOLOv5's train.py attaches, got {hyp!r}"
+        )
+    return dict(hyp)
+
+
+class ComputeLoss:
+    """Drop-in for YOLOv5's ``utils.loss.ComputeLoss`` whose objectness and classification criteria are qfocal's.
+
+    Args:
+        model: a YOLOv5 ``DetectionModel`` (possibly in DataParallel/DDP) with ``model.hyp`` set, as YOLOv5's
+            ``train.py`` does. Read once, here.
+        autobalance: YOLOv5's per-level objectness balancing.
+
+    Call:
+        ``loss, items = compute_loss(p, targets)`` with ``p`` the list of ``(bs, na, ny, nx, 5 + nc)`` training
+        outputs and ``targets`` ``(nt, 6)`` rows ``(image, class, x, y, w, h)`` normalised to [0, 1]. Returns
+        ``(box + obj + cls) * bs`` of shape ``(1,)`` and the detached ``(3,)`` items ``(box, obj, cls)``.
+
+    Attributes ``BCEcls``, ``BCEobj``, ``balance``, ``gr``, ``sort_obj_iou``, ``hyp``, ``na``, ``nc``, ``nl``,
+    ``anchors`` mean what they mean in YOLOv5.
+
+    Example:
+        >>> from yolov5.models.yolo import Model  # doctest: +SKIP
+        >>> model = Model("yolov5n.yaml", nc=2)  # doctest: +SKIP
+        >>> model.hyp = {**yolov5_hyp, "obj_loss": "qfocal"}  # doctest: +SKIP
+        >>> loss, items = ComputeLoss(model)(model(images), targets)  # doctest: +SKIP
+        >>> loss.backward()  # doctest: +SKIP
+    """
+
+    sort_obj_iou = False
+
+    def __init__(self, model: nn.Module, autobalance: bool = False) -> None:
+        device = next(model.parameters()).device
+        h = _model_hyp(model)
+        m = _detect_layer(model)
+
+        bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h["cls_pw"]], device=device))
+        bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h["obj_pw"]], device=device))
+        eps = float(h.get("label_smoothing", 0.0))
+        self.cp, self.cn = 1.0 - 0.5 * eps, 0.5 * eps  # label-smoothed positive / negative targets
+
+        # YOLOv5's rule for a term not named: focal loss on both when fl_gamma > 0
+        legacy = "focal" if (_number(h, "fl_gamma", 0.0) or 0.0) > 0 else "bce"
+        obj_kind = _check_loss_name("obj_loss", h.get("obj_loss") or legacy)
+        cls_kind = _check_loss_name("cls_loss", h.get("cls_loss") or legacy)
+        self.BCEcls = build_criterion(cls_kind, bce_cls, h)
+        self.BCEobj = build_criterion(obj_kind, bce_obj, h)
+        self.obj_loss, self.cls_loss = obj_kind, cls_kind
+
+        self.balance = {3: [4.0, 1.0, 0.4]}.get(m.nl, [4.0, 1.0, 0.25, 0.06, 0.02])  # P3-P7
+        self.ssi = list(m.stride).index(16) if autobalance else 0  # stride-16 level
+        self.gr, self.hyp, self.autobalance = 1.0, h, autobalance
+        self.na, self.nc, self.nl = m.na, m.nc, m.nl
+        self.anchors = m.anchors
+        self.device = device
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(obj={self.BCEobj!r}, cls={self.BCEcls!r})"
+
+    def __call__(self, p: Sequence[Tensor], targets: Tensor) -> tuple[Tensor, Tensor]:
+        lcls = torch.zeros(1, device=self.device)
+        lbox = torch.zeros(1, device=self.device)
+        lobj = torch.zeros(1, device=self.device)
+        tcls, tbox, indices, anchors = self.build_targets(p, targets)
+
+        for i, pi in enumerate(p):
+            b, a, gj, gi = indices[i]
+            tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=self.device)
+            n = b.shape[0]
+            if n:
+                pxy, pwh, _, pcls = pi[b, a, gj, gi].split((2, 2, 1, self.nc), 1)
+                pbox = torch.cat((pxy.sigmoid() * 2 - 0.5, (pwh.sigmoid() * 2) ** 2 * anchors[i]), 1)
+                iou = _ciou(pbox, tbox[i]).squeeze()
+                lbox += (1.0 - iou).mean()
+
+                iou = iou.detach().clamp(0).type(tobj.dtype)  # objectness target: the IoU achieved
+                if self.sort_obj_iou:
+                    j = iou.argsort()
+                    b, a, gj, gi, iou = b[j], a[j], gj[j], gi[j], iou[j]
+                if self.gr < 1:
+                    iou = (1.0 - self.gr) + self.gr * iou
+                tobj[b, a, gj, gi] = iou
+
+                if self.nc > 1:  # a single class has no classification loss
+                    t = torch.full_like(pcls, self.cn, device=self.device)
+                    t[range(n), tcls[i]] = self.cp
+                    lcls += self.BCEcls(pcls.float(), t.float())  # fp32 under autocast, as BCE is
+
+            obji = self.BCEobj(pi[..., 4].float(), tobj.float())
+            lobj += obji * self.balance[i]
+            if self.autobalance:
+                self.balance[i] = self.balance[i] * 0.9999 + 0.0001 / obji.detach().item()
+
+        if self.autobalance:
+            self.balance = [x / self.balance[self.ssi] for x in self.balance]
+        lbox *= self.hyp["box"]
+        lobj *= self.hyp["obj"]
+        lcls *= self.hyp["cls"]
+        bs = tobj.shape[0]
+        return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
+
+    def build_targets(
+        self, p: Sequence[Tensor], targets: Tensor
+    ) -> tuple[list[Tensor], list[Tensor], list[tuple[Tensor, ...]], list[Tensor]]:
+        """YOLOv5's assignment: each target goes to every anchor whose width/height ratio is within
+        ``anchor_t``, in its own grid cell and the two nearest neighbouring cells (5 candidate offsets).
+
+        Returns per level: classes, boxes (xy offset in the cell, wh in grid units), indices
+        ``(image, anchor, gy, gx)`` and the matched anchors.
+        """
+        na, nt = self.na, targets.shape[0]
+        tcls, tbox, indices, anch = [], [], [], []
+        gain = torch.ones(7, device=self.device)
+        ai = torch.arange(na, device=self.device).float().view(na, 1).repeat(1, nt)
+        targets = torch.cat((targets.repeat(na, 1, 1), ai[..., None]), 2)  # (na, nt, 7): + anchor index
+
+        g = 0.5  # neighbour cells whose centre is within half a cell
+        off = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], device=self.device).float() * g
+
+        for i in range(self.nl):
+            anchors, shape = self.anchors[i], p[i].shape
+            gain[2:6] = torch.tensor(shape)[[3, 2, 3, 2]]  # normalised xywh -> grid units
+            t = targets * gain
+            if nt:
+                r = t[..., 4:6] / anchors[:, None]
+                keep = torch.max(r, 1 / r).max(2)[0] < self.hyp["anchor_t"]
+                t = t[keep]
+                gxy = t[:, 2:4]
+                gxi = gain[[2, 3]] - gxy
+                left, up = ((gxy % 1 < g) & (gxy > 1)).T
+                right, down = ((gxi % 1 < g) & (gxi > 1)).T
+                use = torch.stack((torch.ones_like(left), left, up, right, down))
+                t = t.repeat((5, 1, 1))[use]
+                offsets = (torch.zeros_like(gxy)[None] + off[:, None])[use]
+            else:
+                t = targets[0]
+                offsets = 0
+
+            bc, gxy, gwh, a = t.chunk(4, 1)
+            a, (b, c) = a.long().view(-1), bc.long().T
+            gij = (gxy - offsets).long()
+            # clamp the cells in place first: YOLOv5's box offsets are taken from the clamped cell
+            gij[:, 0].clamp_(0, shape[3] - 1)
+            gij[:, 1].clamp_(0, shape[2] - 1)
+            gi, gj = gij.T
+            indices.append((b, a, gj, gi))
+            tbox.append(torch.cat((gxy - gij, gwh), 1))
+            anch.append(anchors[a])
+            tcls.append(c)
+
+        return tcls, tbox, indices, anch
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training through YOLOv5's own train.py
+# ----------------------------------------------------------------------------------------------------------
+def _train_module(train_module: ModuleType | None) -> ModuleType:
+    if train_module is not None:
+        if not hasattr(train_module, "ComputeLoss"):
+            raise TypeError(
+                f"train_module: expected YOLOv5's train module (it imports ComputeLoss), got {train_module!r}"
+            )
+        return train_module
+    import yolov5.train as module
+
+    return module
+
+
+def _package_of(train_module: ModuleType) -> str:
+    """``"yolov5"`` for the pip package's ``yolov5.train``, ``""`` for a repository checkout's ``train``."""
+    return train_module.__name__.rpartition(".")[0]
+
+
+@contextlib.contextmanager
+def patch_train(train_module: ModuleType | None = None, *, offline_mode: bool = True) -> Iterator[ModuleType]:
+    """Within the block, YOLOv5's ``train.py`` builds qfocal's :class:`ComputeLoss`; restored on exit.
+
+    Only the name ``ComputeLoss`` in the train module is rebound (train.py looks it up there), and, with
+    ``offline_mode``, YOLOv5's downloaders (see :func:`qfocal.integrations.offline`).
+
+    Args:
+        train_module: YOLOv5's train module; default ``yolov5.train`` (the pip package). For a checkout of the
+            ultralytics/yolov5 repository, pass its ``train`` module (``import train`` from the repository root).
+        offline_mode: also keep YOLOv5 off the network for the block.
+
+    Yields:
+        the train module.
+
+    Example:
+        >>> import yolov5.train  # doctest: +SKIP
+        >>> with patch_train() as t:  # doctest: +SKIP
+        ...     t.run(data="data.yaml", cfg="yolov5n.yaml", weights="", hyp="hyp.qfl.yaml", imgsz=320)
+    """
+    module = _train_module(train_module)
+    patches = _Patches()
+    with offline(yolov5_package=_package_of(module)) if offline_mode else contextlib.nullcontext():
+        try:
+            patches.setattr(module, "ComputeLoss", ComputeLoss)
+            yield module
+        finally:
+            patches.undo()
+
+
+def _load_yaml(path: str | Path) -> dict:
+    import yaml
+
+    with open(path, errors="ignore") as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"hyp: expected a YAML mapping in {path}, got {type(data).__name__}")
+    return data
+
+
+def _write_hyp(hyp: Mapping[str, Any], directory: str) -> str:
+    import yaml
+
+    path = Path(directory) / "hyp.qfocal.yaml"
+    path.write_text(yaml.safe_dump(dict(hyp), sort_keys=False))
+    return str(path)
+
+
+def _resolve_hyp(module: ModuleType, hyp: str | Path | None) -> Path:
+    if hyp is None:
+        return Path(module.__file__).parent / "data" / "hyps" / "hyp.scratch-low.yaml"
+    path = Path(hyp)
+    if path.is_file():
+        return path
+    found = Path(module.__file__).parent / "data" / "hyps" / path.name
+    if found.is_file():
+        return found
+    raise FileNotFoundError(f"hyp: expected a hyperparameter YAML file, got {hyp!s} (not found)")
+
+
+def _validate_loss_keys(hyp: Mapping[str, Any]) -> None:
+    for key in ("obj_loss", "cls_loss"):
+        if hyp.get(key) is not None:
+            _check_loss_name(key, hyp[key])
+    for key in ("fl_gamma", "fl_alpha", "qfl_beta", "vfl_alpha"):
+        _number(hyp, key, None)
+
+
+def train(
+    *,
+    data: str | Path,
+    cfg: str | Path = "yolov5n.yaml",
+    hyp: str | Path | Mapping[str, Any] | None = None,
+    base_hyp: str | Path | None = None,
+    weights: str = "",
+    train_module: ModuleType | None = None,
+    offline_mode: bool = True,
+    **opts: Any,
+) -> argparse.Namespace:
+    """Train with YOLOv5's own ``train.run`` and qfocal's :class:`ComputeLoss`, offline by default.
+
+    Args:
+        data: dataset YAML (YOLOv5 format).
+        cfg: model YAML, e.g. ``"yolov5n.yaml"`` (found among YOLOv5's models).
+        hyp: a hyp YAML file, or a mapping laid over ``base_hyp``, e.g. ``{"obj_loss": "qfocal"}``.
+        base_hyp: the hyp file a mapping ``hyp`` is laid over; default YOLOv5's ``hyp.scratch-low.yaml``.
+        weights: initial weights; ``""`` (the default) trains from scratch.
+        train_module: YOLOv5's train module (default ``yolov5.train``; a repository checkout's ``train``).
+        offline_mode: no downloads or installs during training (:func:`qfocal.integrations.offline`).
+        **opts: any other ``train.py`` option by its ``opt`` name: ``epochs``, ``imgsz``, ``batch_size``,
+            ``device``, ``workers``, ``project``, ``name``, ``exist_ok``, ``noplots``, ``label_smoothing`` ...
+
+    Returns:
+        the options YOLOv5 trained with (``opt.save_dir`` is the run folder).
+
+    Example:
+        >>> from qfocal.integrations import yolov5
+        >>> yolov5.train(data="toy/data.yaml", hyp={"obj_loss": "qfocal"}, epochs=1, imgsz=64)  # doctest: +SKIP
+    """
+    module = _train_module(train_module)
+    with tempfile.TemporaryDirectory(prefix="qfocal-yolov5-") as tmp:
+        if isinstance(hyp, Mapping):
+            merged = {**_load_yaml(_resolve_hyp(module, base_hyp)), **hyp}
+            _validate_loss_keys(merged)
+            hyp_path = _write_hyp(merged, tmp)
+        else:
+            hyp_path = str(_resolve_hyp(module, hyp))
+            _validate_loss_keys(_load_yaml(hyp_path))
+        patches = _Patches()
+        try:
+            patches.setattr(sys, "argv", sys.argv[:1])  # train.run parses sys.argv for its defaults
+            with patch_train(module, offline_mode=offline_mode):
+                return module.run(data=str(data), cfg=str(cfg), hyp=hyp_path, weights=weights, **opts)
+        finally:
+            patches.undo()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line: `qfocal yolov5-train ...` and `python -m qfocal.integrations.yolov5 ...`
+# ----------------------------------------------------------------------------------------------------------
+def _alpha(text: str) -> float | None:
+    return None if text.lower() in ("none", "null") else float(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """qfocal's options (absent unless given); every other argument goes to YOLOv5's ``train.py`` unchanged."""
+    group = parser.add_argument_group("qfocal (merged into the --hyp file; see docs/integrations.md)")
+    s = argparse.SUPPRESS
+    group.add_argument("--obj-loss", choices=LOSSES, default=s, help="objectness criterion (hyp obj_loss)")
+    group.add_argument(
+        "--cls-loss", choices=LOSSES, default=s, help="classification criterion (hyp cls_loss)"
+    )
+    group.add_argument(
+        "--fl-gamma", type=float, default=s, help="exponent of focal/qfocal/varifocal (hyp fl_gamma)"
+    )
+    group.add_argument(
+        "--fl-alpha", type=_alpha, default=s, help="alpha of focal/qfocal, or none (hyp fl_alpha)"
+    )
+    group.add_argument("--qfl-beta", type=float, default=s, help="exponent of qfocal only (hyp qfl_beta)")
+    group.add_argument(
+        "--vfl-alpha", type=float, default=s, help="weight of varifocal's negatives (hyp vfl_alpha)"
+    )
+    group.add_argument("--online", action="store_true", help="allow YOLOv5 its downloads and installs")
+
+
+def run_command(
+    args: argparse.Namespace, yolov5_args: Sequence[str], train_module: ModuleType | None = None
+) -> int:
+    """Parse ``yolov5_args`` with YOLOv5's own parser, merge qfocal's options into its hyp, and train."""
+    module = _train_module(train_module)
+    overrides = {key: getattr(args, key) for key in _LOSS_KEYS if hasattr(args, key)}
+    patches = _Patches()
+    try:
+        # train from scratch unless told otherwise: YOLOv5's default --weights yolov5s.pt is a download
+        patches.setattr(sys, "argv", [f"{module.__name__}.py", "--weights", "", *yolov5_args])
+        opt = module.parse_opt()
+    finally:
+        patches.undo()
+    with tempfile.TemporaryDirectory(prefix="qfocal-yolov5-") as tmp:
+        hyp = {**_load_yaml(_resolve_hyp(module, opt.hyp)), **overrides}
+        _validate_loss_keys(hyp)
+        opt.hyp = _write_hyp(hyp, tmp)
+        with patch_train(module, offline_mode=not getattr(args, "online", False)):
+            module.main(opt)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m qfocal.integrations.yolov5 [qfocal options] [YOLOv5 train.py options]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m qfocal.integrations.yolov5",
+        description="Train with YOLOv5's train.py and qfocal's losses; all other options are YOLOv5's "
+        "(python -m yolov5.train --help). Offline; trains from scratch unless --weights is given.",
+        allow_abbrev=False,
+    )
+    add_arguments(parser)
+    args, rest = parser.parse_known_args(argv)
+    return run_command(args, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
