@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:  # the module exists but one of its imports is missing: say so
+            if not (exc.name and name.startswith(exc.name)):  # it exists but an import inside it is missing
                 raise
             continue
         module.register(sub)
