@@ -1,0 +1,120 @@
+"""Finding a dataset on disk (COCO or YOLO layout) and serving it to torch as resized images with targets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .coco import read_coco
+from .records import AnnotationError, DetectionData
+from .yolo import read_yolo, read_yolo_yaml
+
+__all__ = ["DetectionDataset", "collate", "load_split"]
+
+
+def _coco_images_dir(root: Path, split: str) -> Path | None:
+    for cand in (root / "images" / split, root / f"{split}2017", root / split, root / "images"):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def load_split(path: str | os.PathLike, split: str, *, skip_bad: bool = False) -> DetectionData:
+    """Read the ``split`` ("train" or "val") of the dataset at ``path``.
+
+    ``path`` is a YOLO data yaml, or a folder holding either ``annotations/instances_{split}.json`` (COCO; images
+    in ``images/{split}``, ``{split}2017`` or ``{split}``) or a ``data.yaml`` (YOLO). COCO wins when both exist.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split: expected 'train' or 'val', got {split!r}")
+    p = Path(path)
+    if p.is_file() and p.suffix in (".yaml", ".yml"):
+        cfg = read_yolo_yaml(p)
+        return read_yolo(cfg[split], cfg["names"], skip_bad=skip_bad, source=f"{p} [{split}]")
+    if not p.is_dir():
+        raise AnnotationError(f"{p}: dataset not found (expected a folder or a YOLO data yaml)")
+    ann = p / "annotations" / f"instances_{split}.json"
+    if not ann.is_file() and split == "train" and (p / "annotations" / "instances_train2017.json").is_file():
+        ann = p / "annotations" / "instances_train2017.json"
+    if not ann.is_file() and split == "val" and (p / "annotations" / "instances_val2017.json").is_file():
+        ann = p / "annotations" / "instances_val2017.json"
+    if ann.is_file():
+        images = _coco_images_dir(p, split)
+        if images is None:
+            raise AnnotationError(
+                f"{p}: found {ann.name} but no image folder images/{split}, {split}2017 or {split}"
+            )
+        return read_coco(ann, images, skip_bad=skip_bad)
+    for name in ("data.yaml", "data.yml"):
+        if (p / name).is_file():
+            return load_split(p / name, split, skip_bad=skip_bad)
+    raise AnnotationError(
+        f"{p}: neither annotations/instances_{split}.json (COCO) nor data.yaml (YOLO) found"
+    )
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Images resized to ``imgsz x imgsz`` as float tensors in [0, 1] with ``{"boxes", "labels"}`` targets in the
+    resized pixel frame. ``train=True`` adds a horizontal flip drawn from ``(seed, epoch, index)`` only, so the
+    data seen in an epoch does not depend on what ran before (resume reproduces an uninterrupted run).
+    Decoded images are cached in memory as uint8 when they fit in ``cache_bytes``.
+    """
+
+    def __init__(
+        self, data: DetectionData, imgsz: int, *, train: bool = False, seed: int = 0, cache_bytes: float = 2e9
+    ) -> None:
+        self.data = data
+        self.imgsz = int(imgsz)
+        self.train = train
+        self.seed = int(seed)
+        self.epoch = 0
+        self._cache: dict[int, torch.Tensor] | None = (
+            {} if len(data.records) * 3 * self.imgsz**2 <= cache_bytes else None
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.data.records)
+
+    def _image(self, index: int) -> torch.Tensor:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        rec = self.data.records[index]
+        with Image.open(rec.path) as im:
+            im = im.convert("RGB")
+            if im.size != (self.imgsz, self.imgsz):
+                im = im.resize((self.imgsz, self.imgsz), Image.BILINEAR)
+            arr = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        if self._cache is not None:
+            self._cache[index] = arr
+        return arr
+
+    def __getitem__(self, index: int):
+        rec = self.data.records[index]
+        img = self._image(index).float().div_(255.0)
+        scale = torch.tensor(
+            [self.imgsz / rec.width, self.imgsz / rec.height, self.imgsz / rec.width, self.imgsz / rec.height]
+        )
+        boxes = torch.from_numpy(rec.boxes).float() * scale
+        labels = torch.from_numpy(rec.labels).long()
+        if self.train:
+            gen = torch.Generator().manual_seed(
+                ((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index) % 2**62
+            )
+            if torch.rand((), generator=gen) < 0.5:
+                img = img.flip(-1)
+                boxes = torch.stack(
+                    [self.imgsz - boxes[:, 2], boxes[:, 1], self.imgsz - boxes[:, 0], boxes[:, 3]], 1
+                )
+        return img, {"boxes": boxes.reshape(-1, 4), "labels": labels}, index
+
+
+def collate(batch):
+    images, targets, indices = zip(*batch)
+    return list(images), list(targets), list(indices)

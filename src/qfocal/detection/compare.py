@@ -1,0 +1,127 @@
+"""``qfocal compare``: train one detector per (loss, seed) on the same data and tabulate mean +- std of the APs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.synth import generate_dataset
+from ..integrations.torchvision import LOSSES
+from .evaluate import METRIC_KEYS
+from .train import TrainConfig, train
+
+__all__ = ["compare", "format_table"]
+
+
+def _fmt(values: list[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    if (v < 0).any():  # pycocotools' -1: no ground truth of that size
+        return "n/a"
+    v = v * 100
+    if len(v) == 1:
+        return f"{v[0]:.1f}"
+    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
+
+
+def format_table(
+    summary: dict[str, dict[str, list[float]]], seconds: dict[str, list[float]] | None = None
+) -> str:
+    """A markdown table: one row per loss, ``mean ± std`` over seeds of each COCO metric in percent (sample std)."""
+    cols = list(METRIC_KEYS) + (["train s/run"] if seconds else [])
+    lines = ["| loss | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for loss, vals in summary.items():
+        cells = [_fmt(vals[k]) for k in METRIC_KEYS]
+        if seconds:
+            cells.append(f"{np.mean(seconds[loss]):.0f}")
+        lines.append(f"| {loss} | {len(vals['AP'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare(
+    base: TrainConfig,
+    *,
+    losses: Sequence[str] = LOSSES,
+    seeds: Sequence[int] = (0, 1, 2),
+    out: str | Path = "runs/compare",
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train ``base`` once per loss and seed under ``out/{loss}-s{seed}`` and summarise.
+
+    With ``base.data == "synthetic"`` the dataset is generated once in ``out/data`` and shared. ``resume=True``
+    reuses finished runs (their ``metrics.json``) and resumes unfinished ones. Writes ``out/compare.md`` (the
+    table), ``out/compare.json`` (every run's metrics) and ``out/compare.png``; returns the JSON content.
+    """
+    for loss in losses:
+        if loss not in LOSSES:
+            raise ValueError(f"losses: expected names from {', '.join(LOSSES)}, got {loss!r}")
+    if not seeds:
+        raise ValueError("seeds: expected at least one seed")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    data = base.data
+    if data == "synthetic":
+        data_dir = out / "data"
+        marker = data_dir / ".complete"
+        stamp = f"{base.synth_images} {base.synth_seed}\n"
+        if not marker.is_file() or marker.read_text() != stamp:
+            log(
+                f"generating the synthetic dataset ({base.synth_images} images, seed {base.synth_seed}) in {data_dir}"
+            )
+            generate_dataset(data_dir, images=base.synth_images, seed=base.synth_seed)
+            marker.write_text(stamp)
+        data = str(data_dir)
+    summary: dict[str, dict[str, list[float]]] = {}
+    seconds: dict[str, list[float]] = {}
+    runs = []
+    for loss in losses:
+        summary[loss] = {k: [] for k in METRIC_KEYS}
+        seconds[loss] = []
+        for seed in seeds:
+            run_dir = out / f"{loss}-s{seed}"
+            cfg = dataclasses.replace(base, data=data, loss=loss, seed=int(seed), out=str(run_dir))
+            done = run_dir / "metrics.json"
+            t0 = time.perf_counter()
+            if resume and done.is_file() and (run_dir / "history.csv").is_file():
+                metrics = json.loads(done.read_text())
+                log(f"{loss} seed {seed}: reusing {done}")
+            else:
+                metrics = train(cfg, resume=resume, log=log)
+            dt = time.perf_counter() - t0
+            log(f"{loss} seed {seed}: AP {metrics['AP']:.4f} AP50 {metrics['AP50']:.4f} ({dt:.0f} s)")
+            for k in METRIC_KEYS:
+                summary[loss][k].append(float(metrics[k]))
+            seconds[loss].append(dt)
+            runs.append(
+                {"loss": loss, "seed": int(seed), "seconds": dt, **{k: metrics[k] for k in METRIC_KEYS}}
+            )
+    wall = time.perf_counter() - t_start
+    table = format_table(summary, seconds)
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    header = (
+        f"COCO val metrics in percent, mean ± sample std over seeds {list(seeds)}; data {base.data}; "
+        f"{base.epochs} epochs, imgsz {base.imgsz}, batch {base.batch}, model {base.model_size}; "
+        f"{machine}; wall {wall:.0f} s."
+    )
+    (out / "compare.md").write_text(header + "\n\n" + table + "\n")
+    result = {
+        "config": dataclasses.asdict(base),
+        "losses": list(losses),
+        "seeds": [int(s) for s in seeds],
+        "runs": runs,
+        "wall_s": wall,
+        "table": table,
+    }
+    (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    from .plots import plot_compare
+
+    plot_compare(summary, out / "compare.png", title=header[:120])
+    return result

@@ -1,0 +1,306 @@
+"""torchvision glue: FCOS detectors whose classification loss is focal, QFL or VFL, for any training loop.
+
+* :func:`fcos_tiny`: a from-scratch FCOS small enough to train on a laptop CPU (GroupNorm everywhere, no
+  weight downloads), with ``loss="focal" | "qfl" | "vfl"``.
+* :class:`QualityFCOSHead`: FCOS's head with the GFL joint representation: no centerness branch; the
+  classification target of each positive is the IoU of its decoded (detached) predicted box with its ground
+  truth, trained with :func:`qfocal.quality_focal_loss` (beta = 2) or :func:`qfocal.varifocal_loss`, normalised
+  by the number of positives averaged over processes (mmdetection's ``reduce_mean``).
+* :class:`QualityFCOS`: torchvision's ``FCOS`` that scores boxes by the classification score alone.
+* :class:`FocalFCOSHead`: torchvision's own ``FCOSHead`` loss, unchanged in one process; under DDP its
+  normaliser is averaged over processes so that DDP equals one process on the combined batch.
+
+Users with their own backbone build ``QualityFCOS(backbone, num_classes, head=QualityFCOSHead(...))``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.fcos import FCOS, FCOSHead, FCOSRegressionHead
+from torchvision.ops import boxes as box_ops
+from torchvision.ops import generalized_box_iou_loss
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from ..functional import quality_focal_loss, varifocal_loss
+
+__all__ = ["LOSSES", "FocalFCOSHead", "QualityFCOS", "QualityFCOSHead", "TinyBackbone", "fcos_tiny"]
+
+LOSSES = ("focal", "qfl", "vfl")
+
+
+def _check_loss(loss: str) -> str:
+    if loss not in LOSSES:
+        raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
+    return loss
+
+
+def _mean_over_processes(value: float, device: torch.device) -> float:
+    """``value`` averaged over the default process group (itself outside DDP)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+def _aligned_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of row i of ``a`` with row i of ``b``, boxes ``(n, 4)`` xyxy; returns ``(n,)``."""
+    lt = torch.maximum(a[:, :2], b[:, :2])
+    rb = torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=1)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(dim=1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(dim=1)
+    return inter / (area_a + area_b - inter).clamp(min=1e-6)
+
+
+def _match_targets(targets: list[dict[str, Tensor]], matched_idxs: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-anchor class (``-1`` for background) ``(N, A)`` and box ``(N, A, 4)`` as torchvision's head builds them."""
+    classes, boxes = [], []
+    for tgt, idx in zip(targets, matched_idxs):
+        if len(tgt["labels"]) == 0:
+            cls = tgt["labels"].new_zeros((len(idx),))
+            box = tgt["boxes"].new_zeros((len(idx), 4))
+        else:
+            cls = tgt["labels"][idx.clip(min=0)]
+            box = tgt["boxes"][idx.clip(min=0)]
+        cls = cls.clone()
+        cls[idx < 0] = -1
+        classes.append(cls)
+        boxes.append(box)
+    return torch.stack(classes), torch.stack(boxes)
+
+
+class FocalFCOSHead(FCOSHead):
+    """torchvision's ``FCOSHead`` (focal loss, GIoU, centerness), normalised by the positives averaged over
+    processes. In one process the losses equal torchvision's exactly (the rescale factor is 1)."""
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
+        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        local = sum(int((m >= 0).sum()) for m in matched_idxs)
+        mean = _mean_over_processes(local, head_outputs["cls_logits"].device)
+        scale = max(1.0, float(local)) / max(1.0, mean)
+        return {k: v * scale for k, v in losses.items()} if scale != 1.0 else losses
+
+
+class _BoxRegressionHead(FCOSRegressionHead):
+    """FCOS's regression tower without the centerness branch (GFL folds quality into the class score)."""
+
+    def __init__(self, in_channels: int, num_anchors: int, num_convs: int = 4, norm_layer=None) -> None:
+        super().__init__(in_channels, num_anchors, num_convs, norm_layer)
+        del self.bbox_ctrness
+
+    def forward(self, x: list[Tensor]) -> Tensor:
+        out = []
+        for features in x:
+            t = self.conv(features)
+            reg = nn.functional.relu(self.bbox_reg(t))
+            n, _, h, w = reg.shape
+            out.append(reg.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
+        return torch.cat(out, dim=1)
+
+
+class QualityFCOSHead(FCOSHead):
+    """FCOS head trained with the GFL joint classification-IoU target and QFL or VFL.
+
+    Args:
+        in_channels: channels of every pyramid level.
+        num_anchors: anchors per location (1 for FCOS).
+        num_classes: number of classes ``C`` (no background class).
+        num_convs: conv layers in each tower.
+        loss: ``"qfl"`` (:func:`qfocal.quality_focal_loss`, the default) or ``"vfl"``
+            (:func:`qfocal.varifocal_loss`).
+        beta: QFL's exponent (GFL paper: 2).
+        alpha, gamma: VFL's negative weight and exponent (VarifocalNet: 0.75, 2).
+
+    ``compute_loss`` returns ``{"classification", "bbox_regression"}``, each the sum over anchors divided by the
+    number of positives averaged over processes (at least 1).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        num_convs: int = 4,
+        *,
+        loss: str = "qfl",
+        beta: float = 2.0,
+        alpha: float = 0.75,
+        gamma: float = 2.0,
+    ) -> None:
+        super().__init__(in_channels, num_anchors, num_classes, num_convs)
+        if _check_loss(loss) == "focal":
+            raise ValueError("loss: QualityFCOSHead takes 'qfl' or 'vfl'; use FocalFCOSHead for 'focal'")
+        self.loss = loss
+        self.beta, self.alpha, self.gamma = float(beta), float(alpha), float(gamma)
+        self.regression_head = _BoxRegressionHead(in_channels, num_anchors, num_convs)
+
+    def forward(self, x: list[Tensor]) -> dict[str, Tensor]:
+        return {"cls_logits": self.classification_head(x), "bbox_regression": self.regression_head(x)}
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, Tensor]:
+        cls_logits = head_outputs["cls_logits"]  # (N, A, C)
+        bbox_regression = head_outputs["bbox_regression"]  # (N, A, 4)
+        gt_classes, gt_boxes = _match_targets(targets, matched_idxs)
+        fg = gt_classes >= 0
+        num_pos = max(1.0, _mean_over_processes(int(fg.sum()), cls_logits.device))
+        pred_boxes = self.box_coder.decode(bbox_regression.float(), torch.stack(anchors))
+        pos_pred, pos_gt = pred_boxes[fg], gt_boxes[fg].float()
+        quality = _aligned_iou(pos_pred.detach(), pos_gt).clamp_(0.0, 1.0)
+        target = torch.zeros(cls_logits.shape, dtype=torch.float32, device=cls_logits.device)
+        target[fg, gt_classes[fg]] = quality
+        if self.loss == "qfl":
+            loss_cls = quality_focal_loss(cls_logits, target, beta=self.beta, avg_factor=num_pos)
+        else:
+            loss_cls = varifocal_loss(
+                cls_logits, target, alpha=self.alpha, gamma=self.gamma, iou_weighted=True, avg_factor=num_pos
+            )
+        loss_box = generalized_box_iou_loss(pos_pred, pos_gt, reduction="sum") / num_pos
+        return {"classification": loss_cls, "bbox_regression": loss_box}
+
+
+class QualityFCOS(FCOS):
+    """torchvision's ``FCOS`` scoring each box by ``sigmoid(cls_logit)`` alone (no centerness), for
+    :class:`QualityFCOSHead`. Construct it like ``FCOS``; pass ``head=QualityFCOSHead(...)``."""
+
+    def postprocess_detections(self, head_outputs, anchors, image_shapes):
+        class_logits = head_outputs["cls_logits"]
+        box_regression = head_outputs["bbox_regression"]
+        detections: list[dict[str, Tensor]] = []
+        for index in range(len(image_shapes)):
+            boxes_all, scores_all, labels_all = [], [], []
+            for reg, logits, anc in zip(
+                [br[index] for br in box_regression], [cl[index] for cl in class_logits], anchors[index]
+            ):
+                num_classes = logits.shape[-1]
+                scores = torch.sigmoid(logits).flatten()
+                keep = torch.where(scores > self.score_thresh)[0]
+                scores = scores[keep]
+                k = min(self.topk_candidates, keep.numel())
+                scores, idxs = scores.topk(k)
+                keep = keep[idxs]
+                anchor_idxs = torch.div(keep, num_classes, rounding_mode="floor")
+                boxes = self.box_coder.decode(reg[anchor_idxs], anc[anchor_idxs])
+                boxes_all.append(box_ops.clip_boxes_to_image(boxes, image_shapes[index]))
+                scores_all.append(scores)
+                labels_all.append(keep % num_classes)
+            boxes, scores, labels = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
+            keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return detections
+
+
+def _gn(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class _Block(nn.Module):
+    """conv3x3 stride 2 -> GN -> ReLU, then a residual pair of conv3x3 + GN."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), _gn(cout), nn.ReLU(inplace=True))
+        self.res = nn.Sequential(
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            _gn(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            _gn(cout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.down(x)
+        return nn.functional.relu(x + self.res(x))
+
+
+class TinyBackbone(nn.Sequential):
+    """A 5-stage residual CNN (strides 2..32) with GroupNorm, so DDP equals one process on the whole batch."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 96, 128)) -> None:
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        cin = 3
+        for i, w in enumerate(widths):
+            layers[f"layer{i}"] = _Block(cin, w)
+            cin = w
+        super().__init__(layers)
+        self.widths = tuple(widths)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+def fcos_tiny(
+    num_classes: int,
+    *,
+    loss: str = "focal",
+    imgsz: int = 128,
+    widths: tuple[int, ...] = (16, 32, 64, 96, 128),
+    fpn_channels: int = 64,
+    head_convs: int = 2,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.6,
+    detections_per_img: int = 100,
+    beta: float = 2.0,
+    alpha: float = 0.75,
+    gamma: float = 2.0,
+) -> FCOS:
+    """A small FCOS for training from scratch: :class:`TinyBackbone` + FPN (P3-P7) + a light FCOS head.
+
+    Args:
+        num_classes: number of object classes ``C`` (labels in ``[0, C)``).
+        loss: ``"focal"`` (torchvision's FCOS head and scoring), ``"qfl"`` or ``"vfl"`` (:class:`QualityFCOSHead`
+            in a :class:`QualityFCOS`).
+        imgsz: the square input size; torchvision's transform resizes to it (a no-op for images of that size).
+        widths: channels of the five backbone stages.
+        fpn_channels: channels of the pyramid and head; a multiple of 32 (the head's GroupNorm has 32 groups).
+        head_convs: conv layers per head tower (torchvision's default is 4).
+        score_thresh, nms_thresh, detections_per_img: post-processing, as in ``FCOS`` (0.05 keeps the low-score
+            detections COCO AP needs).
+        beta: QFL exponent; alpha, gamma: VFL parameters.
+
+    Returns:
+        An ``FCOS`` (``loss="focal"``) or :class:`QualityFCOS`: ``model(images, targets)`` gives the loss dict in
+        train mode, detections in eval mode. No weights are downloaded.
+
+    Example:
+        >>> model = fcos_tiny(3, loss="qfl", imgsz=64)
+        >>> images = [torch.rand(3, 64, 64)]
+        >>> targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 30.0]]), "labels": torch.tensor([1])}]
+        >>> sum(model(images, targets).values()).backward()
+    """
+    _check_loss(loss)
+    if num_classes < 1:
+        raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
+    if fpn_channels % 32:
+        raise ValueError(
+            f"fpn_channels: expected a multiple of 32 (GroupNorm(32) in the head), got {fpn_channels}"
+        )
+    if len(widths) != 5:
+        raise ValueError(f"widths: expected 5 stage widths, got {len(widths)}")
+    body = TinyBackbone(tuple(widths))
+    backbone = BackboneWithFPN(
+        body,
+        return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
+        in_channels_list=list(widths[2:]),
+        out_channels=fpn_channels,
+        extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels),
+    )
+    common = {
+        "min_size": imgsz,
+        "max_size": imgsz,
+        "score_thresh": score_thresh,
+        "nms_thresh": nms_thresh,
+        "detections_per_img": detections_per_img,
+    }
+    if loss == "focal":
+        head = FocalFCOSHead(fpn_channels, 1, num_classes, head_convs)
+        return FCOS(backbone, num_classes, head=head, **common)
+    head = QualityFCOSHead(
+        fpn_channels, 1, num_classes, head_convs, loss=loss, beta=beta, alpha=alpha, gamma=gamma
+    )
+    return QualityFCOS(backbone, num_classes, head=head, **common)

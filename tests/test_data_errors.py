@@ -1,0 +1,156 @@
+"""Every kind of bad annotation stops the COCO and YOLO readers with a message naming the file and the item,
+unless skip_bad is set, in which case the item is skipped and counted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from qfocal.data import AnnotationError, generate_dataset, load_split, read_coco, read_yolo
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("base")
+    generate_dataset(root, images=6, seed=0, imgsz=64, min_size=4)
+    return root
+
+
+@pytest.fixture
+def ds(base, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(base, root)
+    return root
+
+
+def _coco(root):
+    path = root / "annotations" / "instances_train.json"
+    return path, json.loads(path.read_text())
+
+
+COCO_CASES = {
+    "box outside image": (lambda a: a.update(bbox=[50.0, 50.0, 30.0, 10.0]), "outside the 64x64 image"),
+    "non-positive size": (lambda a: a.update(bbox=[5.0, 5.0, 0.0, 10.0]), "non-positive size"),
+    "unknown class": (lambda a: a.update(category_id=99), "unknown category_id 99"),
+    "malformed annotation": (lambda a: a.update(bbox=[1.0, 2.0]), "malformed"),
+}
+
+
+@pytest.mark.parametrize("reason", list(COCO_CASES))
+def test_coco_bad_annotation(ds, reason):
+    path, coco = _coco(ds)
+    edit, text = COCO_CASES[reason]
+    ann = coco["annotations"][1]
+    edit(ann)
+    path.write_text(json.dumps(coco))
+    with pytest.raises(AnnotationError) as err:
+        read_coco(path, ds / "images" / "train")
+    msg = str(err.value)
+    assert str(path) in msg and f"annotation id {ann['id']}" in msg and text in msg, msg
+    data = read_coco(path, ds / "images" / "train", skip_bad=True)
+    assert data.skipped.counts == {reason: 1}, data.skipped.counts
+    assert sum(len(r.labels) for r in data.records) == len(coco["annotations"]) - 1
+    assert "skipped 1 bad item(s)" in data.skipped.summary()
+
+
+def test_coco_unknown_image_id(ds):
+    path, coco = _coco(ds)
+    coco["annotations"][0]["image_id"] = 777
+    path.write_text(json.dumps(coco))
+    with pytest.raises(AnnotationError, match="unknown image_id 777"):
+        read_coco(path, ds / "images" / "train")
+
+
+@pytest.mark.parametrize("kind", ["missing image", "corrupt image"])
+def test_coco_missing_or_corrupt_image(ds, kind):
+    path, coco = _coco(ds)
+    img = ds / "images" / "train" / coco["images"][2]["file_name"]
+    if kind == "missing image":
+        img.unlink()
+    else:
+        img.write_bytes(img.read_bytes()[:60])  # truncated PNG
+    with pytest.raises(AnnotationError) as err:
+        read_coco(path, ds / "images" / "train")
+    assert str(img) in str(err.value) and "image id 3" in str(err.value), str(err.value)
+    data = read_coco(path, ds / "images" / "train", skip_bad=True)
+    assert data.skipped.counts == {kind: 1}
+    assert len(data.records) == len(coco["images"]) - 1
+    assert 3 not in [r.image_id for r in data.records]
+
+
+def test_coco_not_json(ds):
+    path, _ = _coco(ds)
+    path.write_text("{not json")
+    with pytest.raises(AnnotationError, match="not valid JSON"):
+        read_coco(path, ds / "images" / "train")
+
+
+def _first_label(root):
+    return next(p for p in sorted((root / "labels" / "train").glob("*.txt")) if p.read_text().strip())
+
+
+YOLO_CASES = {
+    "malformed line": ("0 0.5 0.5 0.2", "expected 5 fields"),
+    "unknown class": ("9 0.5 0.5 0.2 0.2", "unknown class 9"),
+    "non-positive size": ("1 0.5 0.5 -0.1 0.2", "non-positive size"),
+    "box outside image": ("1 0.95 0.5 0.3 0.2", "outside the 64x64 image"),
+}
+
+
+@pytest.mark.parametrize("reason", list(YOLO_CASES))
+def test_yolo_bad_line(ds, reason):
+    label = _first_label(ds)
+    line, text = YOLO_CASES[reason]
+    lines = label.read_text().splitlines()
+    label.write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")
+    with pytest.raises(AnnotationError) as err:
+        load_split(ds / "data.yaml", "train")
+    assert f"{label}:2" in str(err.value) and text in str(err.value), str(err.value)
+    data = load_split(ds / "data.yaml", "train", skip_bad=True)
+    assert data.skipped.counts == {reason: 1}
+    assert (
+        sum(len(r.labels) for r in data.records)
+        == sum(len(p.read_text().splitlines()) for p in (ds / "labels" / "train").glob("*.txt")) - 1
+    )
+
+
+def test_yolo_non_numeric_field(ds):
+    label = _first_label(ds)
+    label.write_text("0 0.5 zero 0.2 0.2\n")
+    with pytest.raises(AnnotationError, match=f"{label}:1: malformed line"):
+        read_yolo(ds / "images" / "train", ["a", "b", "c", "d", "e", "f"])
+
+
+@pytest.mark.parametrize("kind", ["missing image", "corrupt image"])
+def test_yolo_missing_or_corrupt_image(ds, kind):
+    img = sorted((ds / "images" / "train").glob("*.png"))[1]
+    lst = ds / "train.txt"
+    lst.write_text(
+        "\n".join(f"images/train/{p.name}" for p in sorted((ds / "images" / "train").glob("*.png")))
+    )
+    if kind == "missing image":
+        img.unlink()
+    else:
+        img.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(AnnotationError) as err:
+        read_yolo(lst, ["a"] * 6)
+    assert str(img) in str(err.value)
+    data = read_yolo(lst, ["a"] * 6, skip_bad=True)
+    assert data.skipped.counts == {kind: 1}
+    assert img not in [r.path for r in data.records]
+
+
+def test_training_reports_skipped_items(ds, capsys):
+    from qfocal.detection.train import TrainConfig, prepare_data
+
+    path, coco = _coco(ds)
+    coco["annotations"][0]["bbox"] = [0.0, 0.0, -1.0, 3.0]
+    path.write_text(json.dumps(coco))
+    with pytest.raises(AnnotationError, match="--skip-bad"):
+        prepare_data(TrainConfig(data=str(ds)))
+    logged = []
+    train, _ = prepare_data(TrainConfig(data=str(ds), skip_bad=True), log=logged.append)
+    assert train.skipped.total == 1
+    assert any("skipped 1 bad item(s): 1 non-positive size" in m for m in logged), logged
