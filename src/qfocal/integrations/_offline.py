@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OfflineError", "offline"]
+__all__ = ["OfflineError", "offline", "offline_import"]
 
 _LOG = logging.getLogger("qfocal.integrations")
 _MISSING = object()
@@ -243,6 +243,24 @@ def _patch_yolov5(p: _Patches, package: str) -> None:
             return ImageFont.load_default()
 
         p.replace_everywhere(plots.check_pil_font, check_pil_font)
+
+
+@contextlib.contextmanager
+def offline_import() -> Iterator[None]:
+    """Set ``YOLO_OFFLINE=1`` and ``HF_HUB_OFFLINE=1`` unless already set, for an import; restored on exit.
+
+    Ultralytics decides ``ONLINE`` on import with a DNS probe; importing it here skips the probe (and leaves
+    Ultralytics' online-only extras, such as its PyPI update check, off for the process). Import ``ultralytics``
+    before qfocal's integration to keep them.
+    """
+    p = _Patches()
+    try:
+        for key in ("YOLO_OFFLINE", "HF_HUB_OFFLINE"):
+            if key not in os.environ:
+                p.setenv(key, "1")
+        yield
+    finally:
+        p.undo()
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -49,7 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from ..modules import FocalLoss, QFocalLoss, VarifocalLoss
-from ._offline import _Patches, offline
+from ._offline import _Patches, offline, offline_import
 
 __all__ = ["LOSSES", "ComputeLoss", "build_criterion", "main", "patch_train", "train"]
 
@@ -332,7 +333,8 @@ def _train_module(train_module: ModuleType | None) -> ModuleType:
                 f"train_module: expected YOLOv5's train module (it imports ComputeLoss), got {train_module!r}"
             )
         return train_module
-    import yolov5.train as module
+    with offline_import():  # yolov5 imports Ultralytics, which probes the network on import otherwise
+        import yolov5.train as module
 
     return module
 
@@ -342,12 +344,36 @@ def _package_of(train_module: ModuleType) -> str:
     return train_module.__name__.rpartition(".")[0]
 
 
+class _NumpyWithTrapz(ModuleType):
+    """numpy, plus the ``trapz`` that numpy 2.4 removed and YOLOv5 7.0's ``compute_ap`` still calls."""
+
+    def __init__(self, numpy: ModuleType) -> None:
+        super().__init__(numpy.__name__)
+        self._numpy = numpy
+        self.trapz = numpy.trapezoid
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._numpy, name)
+
+
+def _numpy_compat(patches: _Patches, package: str) -> None:
+    """Give YOLOv5's metrics module (only) a numpy with ``trapz`` when the installed numpy lacks it."""
+    import numpy
+
+    metrics = sys.modules.get(f"{package}.utils.metrics" if package else "utils.metrics")
+    if metrics is not None and getattr(metrics, "np", None) is numpy and not hasattr(numpy, "trapz"):
+        patches.setattr(metrics, "np", _NumpyWithTrapz(numpy))
+
+
 @contextlib.contextmanager
 def patch_train(train_module: ModuleType | None = None, *, offline_mode: bool = True) -> Iterator[ModuleType]:
     """Within the block, YOLOv5's ``train.py`` builds qfocal's :class:`ComputeLoss`; restored on exit.
 
-    Only the name ``ComputeLoss`` in the train module is rebound (train.py looks it up there), and, with
-    ``offline_mode``, YOLOv5's downloaders (see :func:`qfocal.integrations.offline`).
+    Only the name ``ComputeLoss`` in the train module is rebound (train.py looks it up there); with
+    ``offline_mode``, YOLOv5's downloaders too (see :func:`qfocal.integrations.offline`); and, where numpy is
+    2.4 or newer, ``np`` in YOLOv5's ``utils.metrics`` gets back the ``np.trapz`` its mAP code calls; and
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` lets YOLOv5 7.0's ``torch.load`` read the checkpoints it writes
+    (torch >= 2.6 defaults to ``weights_only=True``). Load only ``--weights`` you trust, as with YOLOv5.
 
     Args:
         train_module: YOLOv5's train module; default ``yolov5.train`` (the pip package). For a checkout of the
@@ -367,6 +393,11 @@ def patch_train(train_module: ModuleType | None = None, *, offline_mode: bool = 
     with offline(yolov5_package=_package_of(module)) if offline_mode else contextlib.nullcontext():
         try:
             patches.setattr(module, "ComputeLoss", ComputeLoss)
+            _numpy_compat(patches, _package_of(module))
+            if os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() not in ("1", "true", "yes", "y"):
+                # YOLOv5 7.0 calls torch.load(ckpt) on checkpoints it pickled itself (strip_optimizer,
+                # attempt_load): torch >= 2.6 refuses them unless weights_only=False is the default again
+                patches.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
             yield module
         finally:
             patches.undo()
