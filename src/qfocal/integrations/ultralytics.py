@@ -33,6 +33,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..modules import QualityFocalLoss, SigmoidFocalLoss, VarifocalLoss
+from ._cli_args import ULTRALYTICS_LOSSES, add_ultralytics_arguments
 from ._offline import offline, offline_import
 
 with offline_import():  # Ultralytics probes the network (DNS) on import unless YOLO_OFFLINE is set
@@ -43,7 +44,7 @@ with offline_import():  # Ultralytics probes the network (DNS) on import unless 
 
 __all__ = ["CLS_LOSSES", "DetectionLoss", "QFocalDetectionModel", "QFocalDetectionTrainer", "main", "train"]
 
-CLS_LOSSES = ("bce", "qfocal", "varifocal", "focal")
+CLS_LOSSES = ULTRALYTICS_LOSSES
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "bce": {},
     "qfocal": {"beta": 2.0, "alpha": None},
@@ -254,38 +255,6 @@ def _value(text: str) -> Any:
         return text
 
 
-def _alpha(text: str) -> float | None:
-    return None if text.lower() in ("none", "null") else float(text)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model", nargs="?", default="yolov8n.yaml", help="model YAML or local .pt (yolov8n.yaml)"
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="Ultralytics training arguments: data=... epochs=... imgsz=...",
-    )
-    parser.add_argument(
-        "--cls-loss", choices=CLS_LOSSES, default="bce", help="classification criterion (bce)"
-    )
-    parser.add_argument("--beta", type=float, help="qfocal: exponent of |t - p| (2.0)")
-    parser.add_argument(
-        "--alpha", type=_alpha, default=argparse.SUPPRESS, help="alpha of the criterion, or none"
-    )
-    parser.add_argument("--gamma", type=float, help="focal / varifocal: exponent (1.5 / 2.0)")
-    parser.add_argument(
-        "--no-iou-weighted",
-        dest="iou_weighted",
-        action="store_false",
-        default=None,
-        help="varifocal: weight 1",
-    )
-    parser.add_argument("--online", action="store_true", help="allow Ultralytics its downloads and checks")
-
-
 def run_command(args: argparse.Namespace) -> int:
     overrides = {}
     for item in args.overrides:
@@ -319,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m qfocal.integrations.ultralytics",
         description="Train an Ultralytics YOLO detector with qfocal's classification loss, offline.",
     )
-    add_arguments(parser)
+    add_ultralytics_arguments(parser)
     return run_command(parser.parse_args(argv))
 
 

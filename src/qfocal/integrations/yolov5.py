@@ -50,11 +50,12 @@ import torch
 from torch import Tensor, nn
 
 from ..modules import FocalLoss, QFocalLoss, VarifocalLoss
+from ._cli_args import YOLOV5_LOSSES, add_yolov5_arguments
 from ._offline import _Patches, offline, offline_import
 
 __all__ = ["LOSSES", "ComputeLoss", "build_criterion", "main", "patch_train", "train"]
 
-LOSSES = ("bce", "focal", "qfocal", "varifocal")
+LOSSES = YOLOV5_LOSSES
 _LOSS_KEYS = ("obj_loss", "cls_loss", "fl_gamma", "fl_alpha", "qfl_beta", "vfl_alpha")
 # Exponent used when fl_gamma is 0 (the stock hyps): YOLOv5's FocalLoss default, the papers' beta / gamma.
 _DEFAULT_EXPONENT = {"focal": 1.5, "qfocal": 2.0, "varifocal": 2.0}
@@ -493,31 +494,6 @@ def train(
 # ----------------------------------------------------------------------------------------------------------
 # Command line: `qfocal yolov5-train ...` and `python -m qfocal.integrations.yolov5 ...`
 # ----------------------------------------------------------------------------------------------------------
-def _alpha(text: str) -> float | None:
-    return None if text.lower() in ("none", "null") else float(text)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """qfocal's options (absent unless given); every other argument goes to YOLOv5's ``train.py`` unchanged."""
-    group = parser.add_argument_group("qfocal (merged into the --hyp file; see docs/integrations.md)")
-    s = argparse.SUPPRESS
-    group.add_argument("--obj-loss", choices=LOSSES, default=s, help="objectness criterion (hyp obj_loss)")
-    group.add_argument(
-        "--cls-loss", choices=LOSSES, default=s, help="classification criterion (hyp cls_loss)"
-    )
-    group.add_argument(
-        "--fl-gamma", type=float, default=s, help="exponent of focal/qfocal/varifocal (hyp fl_gamma)"
-    )
-    group.add_argument(
-        "--fl-alpha", type=_alpha, default=s, help="alpha of focal/qfocal, or none (hyp fl_alpha)"
-    )
-    group.add_argument("--qfl-beta", type=float, default=s, help="exponent of qfocal only (hyp qfl_beta)")
-    group.add_argument(
-        "--vfl-alpha", type=float, default=s, help="weight of varifocal's negatives (hyp vfl_alpha)"
-    )
-    group.add_argument("--online", action="store_true", help="allow YOLOv5 its downloads and installs")
-
-
 def run_command(
     args: argparse.Namespace, yolov5_args: Sequence[str], train_module: ModuleType | None = None
 ) -> int:
@@ -548,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(python -m yolov5.train --help). Offline; trains from scratch unless --weights is given.",
         allow_abbrev=False,
     )
-    add_arguments(parser)
+    add_yolov5_arguments(parser)
     args, rest = parser.parse_known_args(argv)
     return run_command(args, rest)
 

@@ -1,0 +1,73 @@
+"""``qfocal yolov5-train`` and ``qfocal ultralytics-train``: train through each framework's own trainer with
+qfocal's losses, offline. YOLOv5 and Ultralytics are imported only when one of these commands runs."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register"]
+
+_YOLOV5_EPILOG = """\
+Every other argument is YOLOv5's train.py's, passed through unchanged (see `python -m yolov5.train --help`).
+Example (a toy dataset: python -c "from qfocal.integrations import write_toy_dataset as w; w('toy')"):
+  qfocal yolov5-train --obj-loss qfocal --data toy/data.yaml --cfg yolov5n.yaml --img 64 --epochs 1 --batch-size 4
+"""
+
+_ULTRALYTICS_EPILOG = """\
+Ultralytics' training arguments go as key=value, as with the `yolo` command.
+Example:
+  qfocal ultralytics-train yolov8n.yaml data=toy/data.yaml epochs=1 imgsz=64 batch=4 --cls-loss qfocal
+"""
+
+
+class _PassThroughParser(argparse.ArgumentParser):
+    """Keeps the arguments it does not know in ``framework_args`` instead of failing on them."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        namespace.framework_args = [*getattr(namespace, "framework_args", []), *extras]
+        return namespace, []
+
+
+def _yolov5_train(args: argparse.Namespace) -> int:
+    from . import yolov5
+
+    return yolov5.run_command(args, args.framework_args)
+
+
+def _ultralytics_train(args: argparse.Namespace) -> int:
+    if args.framework_args:
+        raise SystemExit(f"ultralytics-train: unrecognized arguments {args.framework_args}; use key=value")
+    from . import ultralytics
+
+    return ultralytics.run_command(args)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``yolov5-train`` and ``ultralytics-train`` to the ``qfocal`` command."""
+    # Argument definitions live beside the code they drive; importing them must not import the frameworks.
+    from ._cli_args import add_ultralytics_arguments, add_yolov5_arguments
+
+    p = subparsers.add_parser(
+        "yolov5-train",
+        help="train YOLOv5 (its own train.py) with qfocal's objectness/classification losses",
+        description="Train with YOLOv5's train.py and qfocal's ComputeLoss, offline, from scratch unless --weights.",
+        epilog=_YOLOV5_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.__class__ = _PassThroughParser
+    add_yolov5_arguments(p)
+    p.set_defaults(func=_yolov5_train)
+
+    p = subparsers.add_parser(
+        "ultralytics-train",
+        help="train an Ultralytics YOLO detector with qfocal's classification loss",
+        description="Train with Ultralytics' DetectionTrainer and qfocal's DetectionLoss, offline.",
+        epilog=_ULTRALYTICS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.__class__ = _PassThroughParser
+    add_ultralytics_arguments(p)
+    p.set_defaults(func=_ultralytics_train)
