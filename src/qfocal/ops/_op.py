@@ -97,6 +97,7 @@ def _(logits, target, labels, scores, pos_weight, weight, avg_factor, kind, gamm
 
 
 def _setup_context(ctx, inputs, output) -> None:
+    ctx.set_materialize_grads(False)  # else autograd allocates zeros for the unused gradient output
     ctx.save_for_backward(*inputs[:7])
     ctx.params = inputs[7:]
     ctx.grad = output[1]  # not saved_tensors: eager backward scales it in place, see _backward
@@ -120,9 +121,9 @@ def _reference_grad(ctx, grad_loss: Tensor, create_graph: bool) -> Tensor:
     return grad
 
 
-def _backward(ctx, grad_loss: Tensor, _grad_of_grad: Tensor):
+def _backward(ctx, grad_loss: Optional[Tensor], _grad_of_grad: Optional[Tensor]):
     grads: list[Tensor | None] = [None] * _N_INPUTS
-    if not ctx.needs_input_grad[0]:
+    if grad_loss is None or not ctx.needs_input_grad[0]:
         return tuple(grads)
     if torch.compiler.is_compiling():
         grads[0] = ctx.grad * grad_loss  # traced by AOTAutograd: Inductor plans the memory itself
