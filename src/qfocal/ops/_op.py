@@ -133,8 +133,16 @@ def _backward(ctx, grad_loss: Optional[Tensor], _grad_of_grad: Optional[Tensor])
         # Hand the saved buffer itself to autograd (no second N x C tensor); a later backward through the same
         # graph (retain_graph=True) recomputes instead.
         grad, ctx.grad, ctx.consumed = ctx.grad, None, True
-        reduced = grad_loss.dim() == 0
-        if not (reduced and grad_loss.device.type == "cpu" and grad_loss.item() == 1.0):
+        if grad_loss.numel() != 1:
+            grad.mul_(grad_loss)
+        elif grad_loss.device.type == "cpu":
+            if grad_loss.item() != 1.0:
+                grad.mul_(grad_loss)
+        elif ctx.params[-1] == "triton" and grad.is_contiguous():
+            from ._triton import scale_inplace
+
+            scale_inplace(grad, grad_loss)
+        else:
             grad.mul_(grad_loss)
         grads[0] = grad
     return tuple(grads)

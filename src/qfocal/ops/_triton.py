@@ -186,3 +186,20 @@ def triton_loss_and_grad(
     )  # fmt: skip
     out = (loss.sum() * scale.reshape(())).to(x.dtype) if reduce else loss.view(shape)
     return out, (grad if need_grad else None)
+
+
+@triton.jit
+def _scale_inplace_kernel(grad_ptr, s_ptr, n_elements, BLOCK: tl.constexpr):
+    s = tl.load(s_ptr).to(tl.float32)
+    if s != 1.0:  # loss.backward() passes 1: then no memory traffic at all, and no host sync to find out
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n_elements
+        g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(grad_ptr + offs, (g * s).to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+def scale_inplace(grad: Tensor, s: Tensor) -> Tensor:
+    """``grad *= s`` for a contiguous ``grad`` and a one-element ``s`` on the same device, skipped if ``s == 1``."""
+    n = grad.numel()
+    _scale_inplace_kernel[(triton.cdiv(n, _BLOCK),)](grad, s.reshape(1), n, BLOCK=_BLOCK, num_warps=4)
+    return grad

@@ -1,0 +1,582 @@
+"""Side-by-side benchmark of the fused losses against the focal-family losses of other libraries.
+
+Every provider runs in this one process on the same inputs: logits ``(N, C)`` from a normal distribution and
+YOLO-like soft targets (about 1 % positives carrying an IoU in (0, 1], 0 elsewhere). For each shape, dtype and
+provider it times the forward pass (logits not requiring grad) and forward+backward (``logits.grad`` reset to
+None before every call), reports the median, the ratio to ``qfocal-fused`` and the extra peak memory of one
+call, and writes a CSV, a markdown report and a bar chart.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` minus the allocation before the call. On the CPU
+(Linux), the kernel's resident-set high-water mark: ``/proc/self/clear_refs`` resets ``VmHWM`` to the current
+RSS before the call, and glibc is told (``mallopt(M_MMAP_THRESHOLD, 64 KiB)``, set only for the memory pass,
+after all timings) to map every buffer of 64 KiB or more fresh and unmap it on free, so each tensor's pages
+count while it lives and no longer. The figure includes the gradient itself (``N x C`` for fwd+bwd).
+
+Used by ``benchmarks/bench_losses.py`` and ``qfocal bench``; both take the options of :func:`build_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import ctypes
+import datetime as _dt
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DEFAULT_SHAPES = ((134400, 80), (40000, 1203), (4096, 20))
+QUICK_SHAPES = ((4096, 20),)
+DEFAULT_DTYPES = ("float32", "bfloat16")
+FUSED = "qfocal-fused"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_POS_FRACTION = 0.01
+_MB = 2.0**20
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Providers: name -> (what it computes, factory(pos_weight) -> loss(x, t, label) callable)
+# ----------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _qfocal_mode(backend: str, checks: bool) -> Iterator[None]:
+    import qfocal
+
+    previous_checks = qfocal.set_value_checks(checks)
+    try:
+        with qfocal.backend(backend):
+            yield
+    finally:
+        qfocal.set_value_checks(previous_checks)
+
+
+def _qfocal(kind: str, backend: str, checks: bool = False) -> Callable:
+    def make(pos_weight: Tensor) -> Callable:
+        import qfocal
+
+        def run(x: Tensor, t: Tensor, label: Tensor) -> Tensor:
+            with _qfocal_mode(backend, checks):
+                if kind == "qfl":
+                    return qfocal.quality_focal_loss(x, t, beta=1.5, alpha=0.25, pos_weight=pos_weight)
+                if kind == "focal":
+                    return qfocal.sigmoid_focal_loss(x, t, alpha=0.25, gamma=2.0)
+                return qfocal.varifocal_loss(x, t, alpha=0.75, gamma=2.0, reduction="sum") / x.shape[-1]
+
+        return run
+
+    return make
+
+
+def _yolov5(name: str) -> Callable:
+    def make(pos_weight: Tensor) -> Callable:
+        from yolov5.utils import loss as yolov5_loss
+
+        criterion = getattr(yolov5_loss, name)(
+            torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight), gamma=1.5, alpha=0.25
+        )
+        return lambda x, t, label: criterion(x, t)
+
+    return make
+
+
+def _torchvision(pos_weight: Tensor) -> Callable:
+    from torchvision.ops import sigmoid_focal_loss
+
+    return lambda x, t, label: sigmoid_focal_loss(x, t, alpha=0.25, gamma=2.0, reduction="mean")
+
+
+def _ultralytics(pos_weight: Tensor) -> Callable:
+    from ultralytics.utils.loss import VarifocalLoss
+
+    criterion = VarifocalLoss(gamma=2.0, alpha=0.75)
+    return lambda x, t, label: criterion(x, t, label)
+
+
+def _kornia(pos_weight: Tensor) -> Callable:
+    from kornia.losses import binary_focal_loss_with_logits
+
+    return lambda x, t, label: binary_focal_loss_with_logits(x, t, alpha=0.25, gamma=2.0, reduction="mean")
+
+
+def _bce(pos_weight: Tensor) -> Callable:
+    return lambda x, t, label: F.binary_cross_entropy_with_logits(x, t)
+
+
+def _copy(pos_weight: Tensor) -> Callable:
+    out: dict[str, Tensor] = {}
+
+    def run(x: Tensor, t: Tensor, label: Tensor) -> Tensor:
+        buf = out.get("buf")
+        if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or buf.device != x.device:
+            buf = out["buf"] = torch.empty_like(x)
+        return buf.copy_(x)
+
+    return run
+
+
+PROVIDERS: dict[str, tuple[str, Callable]] = {
+    FUSED: (
+        "qfocal.quality_focal_loss, YOLOv5 form (beta=1.5, alpha=0.25, pos_weight), backend 'fused'",
+        _qfocal("qfl", "fused"),
+    ),
+    "qfocal-reference": ("the same, backend 'reference' (plain PyTorch)", _qfocal("qfl", "reference")),
+    "qfocal-fused-checked": (
+        "qfocal-fused with the value-range checks on (the default)",
+        _qfocal("qfl", "fused", True),
+    ),
+    "qfocal-fused-focal": (
+        "qfocal.sigmoid_focal_loss(alpha=0.25, gamma=2), backend 'fused'",
+        _qfocal("focal", "fused"),
+    ),
+    "qfocal-fused-vfl": (
+        "qfocal.varifocal_loss, Ultralytics' normalisation, backend 'fused'",
+        _qfocal("vfl", "fused"),
+    ),
+    "yolov5-qfocal": (
+        "yolov5.utils.loss.QFocalLoss(BCEWithLogitsLoss(pos_weight), 1.5, 0.25)",
+        _yolov5("QFocalLoss"),
+    ),
+    "yolov5-focal": (
+        "yolov5.utils.loss.FocalLoss(BCEWithLogitsLoss(pos_weight), 1.5, 0.25)",
+        _yolov5("FocalLoss"),
+    ),
+    "torchvision-focal": ("torchvision.ops.sigmoid_focal_loss(alpha=0.25, gamma=2, mean)", _torchvision),
+    "ultralytics-vfl": ("ultralytics.utils.loss.VarifocalLoss(gamma=2, alpha=0.75)", _ultralytics),
+    "kornia-focal": ("kornia.losses.binary_focal_loss_with_logits(alpha=0.25, gamma=2, mean)", _kornia),
+    "bce": ("torch.nn.functional.binary_cross_entropy_with_logits (eager, mean)", _bce),
+    "copy": ("device copy of the logits into a preallocated buffer (bandwidth yardstick, fwd only)", _copy),
+}
+_FORWARD_ONLY = {"copy"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measurement
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    provider: str
+    shape: str
+    dtype: str
+    mode: str  # "fwd" | "fwd+bwd"
+    median_ms: float | None = None
+    min_ms: float | None = None
+    repeats: int = 0
+    ratio_to_fused: float | None = None
+    extra_peak_mb: float | None = None
+    gb_per_s: float | None = None
+    status: str = "ok"
+    extra: dict = field(default_factory=dict, repr=False)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _make_inputs(shape: tuple[int, int], dtype: torch.dtype, device: torch.device, seed: int = 0):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    pos = torch.rand(shape, generator=gen) < _POS_FRACTION
+    t = (torch.rand(shape, generator=gen).clamp_min(0.05) * pos).to(device=device, dtype=dtype)
+    label = pos.to(device=device, dtype=dtype)
+    pos_weight = torch.ones(1, device=device)
+    return x, t, label, pos_weight
+
+
+def _call(fn: Callable, x: Tensor, t: Tensor, label: Tensor, backward: bool) -> None:
+    if backward:
+        x.grad = None
+        fn(x, t, label).backward()
+    else:
+        with torch.no_grad():
+            fn(x, t, label)
+
+
+def _time(fn: Callable, x, t, label, backward: bool, repeats: int, budget_s: float, device) -> list[float]:
+    """Per-call seconds; fewer repeats (at least 3) where one call is slow, so the default run stays short."""
+    _sync(device)
+    start = time.perf_counter()
+    _call(fn, x, t, label, backward)  # warm-up (compiles, caches)
+    _sync(device)
+    first = time.perf_counter() - start
+    n = max(min(repeats, 3), min(repeats, int(budget_s / max(first, 1e-6))))
+    inner = 1
+    if device.type == "cuda":  # amortise launch latency as a training loop would
+        inner = max(1, min(50, int(0.02 / max(first, 1e-6))))
+    times = []
+    for _ in range(n):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(inner):
+            _call(fn, x, t, label, backward)
+        _sync(device)
+        times.append((time.perf_counter() - start) / inner)
+    return times
+
+
+def _read_status() -> dict[str, float]:
+    values = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(value.split()[0]) * 1024.0
+    return values
+
+
+class _CpuPeak:
+    """Resident-set high-water mark of this process around one call (Linux; see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.available = False
+        self.reason = "needs Linux /proc/self/clear_refs and glibc mallopt"
+        if not sys.platform.startswith("linux"):
+            return
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            if libc.mallopt(-3, 64 * 1024) != 1:  # M_MMAP_THRESHOLD
+                return
+            self._reset()
+            _read_status()
+        except (OSError, AttributeError, ValueError):
+            return
+        self.available = True
+        self.reason = ""
+
+    @staticmethod
+    def _reset() -> None:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+
+    def measure(self, run: Callable[[], None]) -> float:
+        self._reset()
+        base = _read_status()["VmRSS"]
+        run()
+        return max(0.0, _read_status()["VmHWM"] - base)
+
+
+def _cuda_peak(run: Callable[[], None], device: torch.device) -> float:
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    run()
+    torch.cuda.synchronize(device)
+    return max(0.0, torch.cuda.max_memory_allocated(device) - base)
+
+
+def _parse_shape(text: str) -> tuple[int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"shape: expected NxC with positive integers (e.g. 134400x80), got {text!r}"
+        )
+    return int(parts[0]), int(parts[1])
+
+
+def _parse_list(text: str, valid: Sequence[str], what: str) -> list[str]:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in items if s not in valid]
+    if unknown or not items:
+        raise argparse.ArgumentTypeError(
+            f"{what}: expected a comma-separated subset of {list(valid)}, got {text!r}"
+        )
+    return items
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="bench_losses", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--providers",
+        type=lambda s: _parse_list(s, list(PROVIDERS), "providers"),
+        default=list(PROVIDERS),
+        help=f"comma-separated, by exact name (default: all): {','.join(PROVIDERS)}",
+    )
+    parser.add_argument(
+        "--shapes",
+        type=_parse_shape,
+        nargs="+",
+        default=None,
+        metavar="NxC",
+        help="logits shapes (default: 134400x80 40000x1203 4096x20; --quick: 4096x20)",
+    )
+    parser.add_argument(
+        "--dtypes",
+        type=lambda s: _parse_list(s, list(_DTYPES), "dtypes"),
+        default=None,
+        help="comma-separated from float32,bfloat16,float16 (default: float32,bfloat16; --quick: float32)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed calls per case (default 7, --quick 3)"
+    )
+    parser.add_argument(
+        "--budget", type=float, default=None, help="seconds per case before repeats are cut (>= 3 kept)"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: small shape, fp32, 3 repeats")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path("benchmarks"), help="where the files go (default: benchmarks)"
+    )
+    parser.add_argument(
+        "--name", default="RESULTS", help="file stem: NAME.md, NAME.csv, NAME.png (default RESULTS)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    text = f"{cpu}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
+    if device.type == "cuda":
+        text += f"; GPU {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def run(args: argparse.Namespace, command: str | None = None) -> list[Row]:
+    """Run the benchmark described by ``args`` (from :func:`build_parser`); write the files; return the rows."""
+    from tqdm import tqdm
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    shapes = args.shapes or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
+    dtypes = args.dtypes or (["float32"] if args.quick else list(DEFAULT_DTYPES))
+    repeats = args.repeats or (3 if args.quick else 7)
+    if repeats < 1:
+        raise ValueError(f"--repeats: expected a value >= 1, got {repeats}")
+    budget = args.budget if args.budget is not None else (1.0 if args.quick else 4.0)
+    providers = list(args.providers)
+    if FUSED not in providers:
+        providers.insert(0, FUSED)  # ratios are to the fused op
+
+    made: dict[str, Callable] = {}
+    skipped: dict[str, str] = {}
+    for name in providers:
+        try:
+            made[name] = PROVIDERS[name][1](torch.ones(1, device=device))
+        except ImportError as exc:
+            skipped[name] = f"not installed ({exc.name or exc})"
+
+    rows: list[Row] = []
+    cases = [(s, d) for s in shapes for d in dtypes]
+    total = sum(1 if p in _FORWARD_ONLY else 2 for p in made) * len(cases)
+    bar = tqdm(
+        total=total * (1 if args.no_memory else 2), desc="bench", unit="case", disable=args.no_progress
+    )
+    for shape, dtype_name in cases:
+        dtype = _DTYPES[dtype_name]
+        x, t, label, pos_weight = _make_inputs(shape, dtype, device)
+        for name in made:
+            fn = PROVIDERS[name][1](pos_weight)
+            for backward in (False,) if name in _FORWARD_ONLY else (False, True):
+                row = Row(name, f"{shape[0]}x{shape[1]}", dtype_name, "fwd+bwd" if backward else "fwd")
+                bar.set_postfix_str(f"{name} {row.shape} {dtype_name} {row.mode}")
+                xin = x.detach().requires_grad_(backward)
+                try:
+                    times = _time(fn, xin, t, label, backward, repeats, budget, device)
+                    row.median_ms = statistics.median(times) * 1e3
+                    row.min_ms = min(times) * 1e3
+                    row.repeats = len(times)
+                except Exception as exc:  # a provider that cannot run this case is reported, not fatal
+                    row.status = (
+                        f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+                    )
+                rows.append(row)
+                bar.update(1)
+        del x, t, label
+
+    if not args.no_memory:
+        peak = _CpuPeak() if device.type == "cpu" else None
+        for shape, dtype_name in cases:
+            x, t, label, pos_weight = _make_inputs(shape, _DTYPES[dtype_name], device)
+            for row in rows:
+                if row.shape != f"{shape[0]}x{shape[1]}" or row.dtype != dtype_name:
+                    continue
+                bar.set_postfix_str(f"memory {row.provider} {row.shape} {row.dtype} {row.mode}")
+                if row.status == "ok":
+                    fn = PROVIDERS[row.provider][1](pos_weight)
+                    backward = row.mode == "fwd+bwd"
+                    xin = x.detach().requires_grad_(backward)
+                    _call(fn, xin, t, label, backward)  # same state as the timed calls
+
+                    def once(fn=fn, xin=xin, t=t, label=label, backward=backward) -> None:
+                        _call(fn, xin, t, label, backward)
+                        _sync(device)
+
+                    if device.type == "cuda":
+                        xin.grad = None
+                        row.extra_peak_mb = _cuda_peak(once, device) / _MB
+                    elif peak.available:
+                        xin.grad = None
+                        row.extra_peak_mb = peak.measure(once) / _MB
+                    del xin
+                bar.update(1)
+            del x, t, label
+    bar.close()
+
+    _finish_rows(rows)
+    for name, reason in skipped.items():
+        rows.append(Row(name, "-", "-", "-", status=f"skipped: {reason}"))
+    command = command or " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    meta = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": _machine(device),
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "command": command,
+        "repeats": repeats,
+        "memory": "off"
+        if args.no_memory
+        else (
+            "torch.cuda.max_memory_allocated"
+            if device.type == "cuda"
+            else "RSS high-water (clear_refs + VmHWM)"
+        ),
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.out_dir / args.name
+    write_csv(rows, stem.with_suffix(".csv"))
+    write_markdown(rows, meta, stem.with_suffix(".md"))
+    write_chart(rows, meta, stem.with_suffix(".png"))
+    return rows
+
+
+def _finish_rows(rows: list[Row]) -> None:
+    fused = {(r.shape, r.dtype, r.mode): r.median_ms for r in rows if r.provider == FUSED and r.median_ms}
+    for r in rows:
+        ref = fused.get((r.shape, r.dtype, r.mode))
+        if r.median_ms and ref:
+            r.ratio_to_fused = r.median_ms / ref
+        if r.median_ms and r.provider in (FUSED, "copy"):
+            n, c = (int(v) for v in r.shape.split("x"))
+            size = torch.empty((), dtype=_DTYPES[r.dtype]).element_size()
+            # copy: read + write the logits; fused: read logits and targets (+ write the gradient with bwd)
+            n_tensors = 2 if r.provider == "copy" or r.mode == "fwd" else 3
+            r.gb_per_s = n * c * size * n_tensors / (r.median_ms * 1e-3) / 1e9
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    names = [k for k in asdict(rows[0]) if k != "extra"] if rows else list(Row.__dataclass_fields__)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[n for n in names if n != "extra"])
+        writer.writeheader()
+        for r in rows:
+            d = asdict(r)
+            d.pop("extra", None)
+            writer.writerow(d)
+
+
+def write_markdown(rows: list[Row], meta: dict, path: Path) -> None:
+    lines = [
+        "# qfocal loss benchmark",
+        "",
+        f"- date: {meta['date']}",
+        f"- machine: {meta['machine']}",
+        f"- device: {meta['device']}; torch {meta['torch']}; python {meta['python']}",
+        f"- command: `{meta['command']}`",
+        f"- time: median of up to {meta['repeats']} calls after one warm-up (fewer, at least 3, for slow cases); "
+        "fwd+bwd resets `logits.grad` before every call",
+        f"- extra peak memory: {meta['memory']}, one call, above the inputs; includes the gradient",
+        "- ratio: time / time of `qfocal-fused` for the same shape, dtype and mode (> 1: slower than fused)",
+        "- GB/s: bytes read and written (logits, targets, gradient) / time, for `qfocal-fused` and `copy`",
+        "- qfocal providers run with `qfocal.set_value_checks(False)` except `qfocal-fused-checked`",
+        "",
+    ]
+    cases = sorted({(r.shape, r.dtype) for r in rows if r.shape != "-"}, key=lambda c: (-_numel(c[0]), c[1]))
+    for shape, dtype in cases:
+        lines += [
+            f"## {shape} {dtype}",
+            "",
+            "| provider | fwd ms | fwd+bwd ms | fwd+bwd ratio | fwd peak MB | fwd+bwd peak MB | GB/s | note |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        by_provider: dict[str, dict[str, Row]] = {}
+        for r in rows:
+            if r.shape == shape and r.dtype == dtype:
+                by_provider.setdefault(r.provider, {})[r.mode] = r
+        for provider, modes in by_provider.items():
+            fwd, both = modes.get("fwd"), modes.get("fwd+bwd")
+            notes = "; ".join(sorted({m.status for m in modes.values() if m.status != "ok"}))
+            gbps = (both or fwd).gb_per_s if (both or fwd) else None
+            lines.append(
+                f"| {provider} | {_fmt(fwd and fwd.median_ms, 2)} | {_fmt(both and both.median_ms, 2)} | "
+                f"{_fmt(both and both.ratio_to_fused, 2)} | {_fmt(fwd and fwd.extra_peak_mb)} | "
+                f"{_fmt(both and both.extra_peak_mb)} | {_fmt(gbps)} | {notes} |"
+            )
+        lines.append("")
+    skipped = [r for r in rows if r.shape == "-"]
+    if skipped:
+        lines += ["Skipped: " + "; ".join(f"{r.provider} ({r.status})" for r in skipped), ""]
+    lines += ["Providers:", ""]
+    lines += [f"- `{name}`: {PROVIDERS[name][0]}" for name in dict.fromkeys(r.provider for r in rows)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _numel(shape: str) -> int:
+    n, c = (int(v) for v in shape.split("x"))
+    return n * c
+
+
+def write_chart(rows: list[Row], meta: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    cases = sorted({(r.shape, r.dtype) for r in rows if r.shape != "-"}, key=lambda c: (-_numel(c[0]), c[1]))
+    n = max(1, len(cases))
+    fig, axes = plt.subplots(n, 1, figsize=(9, 2.6 * n + 0.6), squeeze=False)
+    for ax, (shape, dtype) in zip(axes[:, 0], cases, strict=False):
+        data = [
+            (r.provider, r.median_ms)
+            for r in rows
+            if r.shape == shape and r.dtype == dtype and r.mode == "fwd+bwd" and r.median_ms is not None
+        ]
+        data.sort(key=lambda d: d[1])
+        names = [d[0] for d in data]
+        values = [d[1] for d in data]
+        colors = ["tab:red" if nm.startswith("qfocal-fused") else "tab:gray" for nm in names]
+        ax.barh(names, values, color=colors)
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_title(f"{shape} {dtype}, forward+backward (median ms, log scale)", fontsize=9)
+        ax.tick_params(labelsize=8)
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:.3g}", va="center", fontsize=7)
+    fig.suptitle(f"qfocal bench: {meta['device']}, torch {meta['torch']}, {meta['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pkg_resources.*")
+        rows = run(args)
+    out = args.out_dir / args.name
+    print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.csv')}, {out.with_suffix('.png')}")
+    failed = [r for r in rows if r.status.startswith("error")]
+    for r in failed:
+        print(f"  {r.provider} {r.shape} {r.dtype} {r.mode}: {r.status}", file=sys.stderr)
+    return 0
