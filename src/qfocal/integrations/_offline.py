@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OfflineError", "offline", "offline_import"]
+__all__ = ["OfflineError", "offline", "offline_import", "preserved_torch_state"]
 
 _LOG = logging.getLogger("qfocal.integrations")
 _MISSING = object()
@@ -56,7 +56,7 @@ class _Patches:
         self._undo: list[Callable[[], None]] = []
 
     def setattr(self, obj: Any, name: str, value: Any) -> None:
-        old = obj.__dict__.get(name, _MISSING) if hasattr(obj, "__dict__") else getattr(obj, name, _MISSING)
+        old = getattr(obj, name, _MISSING)
         setattr(obj, name, value)
         self._undo.append(lambda: delattr(obj, name) if old is _MISSING else setattr(obj, name, old))
 
@@ -243,6 +243,33 @@ def _patch_yolov5(p: _Patches, package: str) -> None:
             return ImageFont.load_default()
 
         p.replace_everywhere(plots.check_pil_font, check_pil_font)
+
+
+@contextlib.contextmanager
+def preserved_torch_state() -> Iterator[None]:
+    """Restore on exit the process-wide switches both trainers' ``init_seeds`` flip: deterministic algorithms,
+    cuDNN determinism, ``CUBLAS_WORKSPACE_CONFIG`` and ``PYTHONHASHSEED``."""
+    import torch
+
+    p = _Patches()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = getattr(torch.utils.deterministic, "fill_uninitialized_memory", None)
+    p.setattr(torch.backends.cudnn, "deterministic", torch.backends.cudnn.deterministic)
+    for key in ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED"):
+        old = os.environ.get(key)
+        p._undo.append(
+            lambda key=key, old=old: (
+                os.environ.pop(key, None) if old is None else os.environ.update({key: old})
+            )
+        )
+    try:
+        yield
+    finally:
+        p.undo()
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        if fill is not None:
+            torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 @contextlib.contextmanager

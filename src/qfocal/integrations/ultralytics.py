@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ..modules import QualityFocalLoss, SigmoidFocalLoss, VarifocalLoss
 from ._cli_args import ULTRALYTICS_LOSSES, add_ultralytics_arguments
-from ._offline import offline, offline_import
+from ._offline import offline, offline_import, preserved_torch_state
 
 with offline_import():  # Ultralytics probes the network (DNS) on import unless YOLO_OFFLINE is set
     from ultralytics.models.yolo.detect import DetectionTrainer
@@ -237,7 +237,7 @@ def train(
         >>> qu.train("yolov8n.yaml", data="toy/data.yaml", cls_loss="qfocal", epochs=1, imgsz=64)  # doctest: +SKIP
     """
     args = {"model": str(model), "data": str(data), **overrides}
-    with offline(yolov5_package=None) if offline_mode else contextlib.nullcontext():
+    with offline(yolov5_package=None) if offline_mode else contextlib.nullcontext(), preserved_torch_state():
         trainer = QFocalDetectionTrainer(overrides=args, cls_loss=cls_loss, loss_kwargs=loss_kwargs)
         trainer.train()
     return trainer

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from ..modules import FocalLoss, QFocalLoss, VarifocalLoss
 from ._cli_args import YOLOV5_LOSSES, add_yolov5_arguments
-from ._offline import _Patches, offline, offline_import
+from ._offline import _Patches, offline, offline_import, preserved_torch_state
 
 __all__ = ["LOSSES", "ComputeLoss", "build_criterion", "main", "patch_train", "train"]
 
@@ -391,7 +391,10 @@ def patch_train(train_module: ModuleType | None = None, *, offline_mode: bool = 
     """
     module = _train_module(train_module)
     patches = _Patches()
-    with offline(yolov5_package=_package_of(module)) if offline_mode else contextlib.nullcontext():
+    with (
+        offline(yolov5_package=_package_of(module)) if offline_mode else contextlib.nullcontext(),
+        preserved_torch_state(),
+    ):
         try:
             patches.setattr(module, "ComputeLoss", ComputeLoss)
             _numpy_compat(patches, _package_of(module))
