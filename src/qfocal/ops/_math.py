@@ -64,11 +64,11 @@ def fused_loss_and_grad(
     else:
         t = target.to(cdtype)
 
-    e = torch.exp(-x.abs())
-    one_plus_e = 1.0 + e
-    p = torch.where(x >= 0, 1.0 / one_plus_e, e / one_plus_e)
-    dp = e / (one_plus_e * one_plus_e)  # sigmoid'(x) = p (1 - p), accurate for large |x|
-    log_sigmoid = torch.clamp(x, max=0.0) - torch.log1p(e)
+    # torch.sigmoid, as the reference: |t - p| ** gamma is ill-conditioned where t ~ p (for gamma < 1 its slope
+    # is singular there), so p must round as the reference's does, not merely be as accurate.
+    p = torch.sigmoid(x)
+    dp = p * (1.0 - p)
+    log_sigmoid = torch.clamp(x, max=0.0) - torch.log1p(torch.exp(-x.abs()))
     # torch's binary_cross_entropy_with_logits: (1 - t) x - lw logsigmoid(x), lw = (pw - 1) t + 1
     if pos_weight is None:
         bce = (1.0 - t) * x - log_sigmoid

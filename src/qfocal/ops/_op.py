@@ -35,8 +35,7 @@ def _scale(logits: Tensor, reduction: str, avg_factor: Optional[Tensor], avg_val
     return torch.full((), 1.0 / denominator, dtype=cdtype, device=logits.device)
 
 
-@torch.library.custom_op("qfocal::fused_loss", mutates_args=())
-def fused_loss_op(
+def _forward_impl(
     logits: Tensor,
     target: Optional[Tensor],
     labels: Optional[Tensor],
@@ -88,6 +87,9 @@ def fused_loss_op(
     return loss, grad
 
 
+fused_loss_op = torch.library.custom_op("qfocal::fused_loss", _forward_impl, mutates_args=())
+
+
 @fused_loss_op.register_fake
 def _(logits, target, labels, scores, pos_weight, weight, avg_factor, kind, gamma, alpha, iou_weighted,
       reduction, avg_value, need_grad, impl):  # fmt: skip
@@ -105,7 +107,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _reference_grad(ctx, grad_loss: Tensor, create_graph: bool) -> Tensor:
-    """Recompute d loss / d logits through the reference math (double backward, or a second backward)."""
+    """d loss / d logits through the reference math, differentiable again (double backward)."""
     logits, target, labels, scores, pos_weight, weight, avg_factor = ctx.saved_tensors
     kind, gamma, alpha, iou_weighted, reduction, avg_value, _, _ = ctx.params
     params = {"gamma": gamma, "alpha": alpha if alpha >= 0 else None, "iou_weighted": iou_weighted}
@@ -127,12 +129,17 @@ def _backward(ctx, grad_loss: Optional[Tensor], _grad_of_grad: Optional[Tensor])
         return tuple(grads)
     if torch.compiler.is_compiling():
         grads[0] = ctx.grad * grad_loss  # traced by AOTAutograd: Inductor plans the memory itself
-    elif ctx.consumed or torch.is_grad_enabled():
-        grads[0] = _reference_grad(ctx, grad_loss, create_graph=torch.is_grad_enabled())
+    elif torch.is_grad_enabled():  # create_graph=True: differentiate the reference math instead
+        grads[0] = _reference_grad(ctx, grad_loss, create_graph=True)
     else:
         # Hand the saved buffer itself to autograd (no second N x C tensor); a later backward through the same
-        # graph (retain_graph=True) recomputes instead.
-        grad, ctx.grad, ctx.consumed = ctx.grad, None, True
+        # graph (retain_graph=True) recomputes it with the same kernel, so both give the same bits.
+        if ctx.consumed:
+            params = list(ctx.params)
+            params[-2] = True  # need_grad
+            _, grad = _forward_impl(*ctx.saved_tensors, *params)
+        else:
+            grad, ctx.grad, ctx.consumed = ctx.grad, None, True
         if grad_loss.numel() != 1:
             grad.mul_(grad_loss)
         elif grad_loss.device.type == "cpu":

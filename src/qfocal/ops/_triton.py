@@ -68,10 +68,10 @@ def _fused_loss_kernel(
     else:
         t = tl.load(t_ptr + row * str_ + col * stc, mask=mask, other=0.0).to(tl.float32)
 
+    p = 1.0 / (1.0 + tl.exp(-x))  # torch.sigmoid's formula (see _math: p must round like the reference)
+    dp = p * (1.0 - p)
     e = tl.exp(-tl.abs(x))
     one_plus_e = 1.0 + e
-    p = tl.where(x >= 0.0, 1.0 / one_plus_e, e / one_plus_e)
-    dp = e / (one_plus_e * one_plus_e)
     # log1p(e) to full precision from log(1 + e) (Goldberg's correction)
     log1p_e = tl.where(one_plus_e == 1.0, e, tl.log(one_plus_e) * e / (one_plus_e - 1.0))
     log_sigmoid = tl.minimum(x, 0.0) - log1p_e
