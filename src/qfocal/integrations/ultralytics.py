@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..modules import QualityFocalLoss, SigmoidFocalLoss, VarifocalLoss
@@ -71,6 +72,9 @@ class _ElementwiseCls(nn.Module):
     def __init__(self, cls_loss: str, options: Mapping[str, Any]) -> None:
         super().__init__()
         self.loss = _MODULES[cls_loss](reduction="none", **options)
+        self.loss(
+            torch.zeros(1, 1), torch.zeros(1, 1)
+        )  # options the constructor lets through fail here, not mid-run
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         return self.loss(pred.float(), target.float())

@@ -366,13 +366,30 @@ def _numpy_compat(patches: _Patches, package: str) -> None:
         patches.setattr(metrics, "np", _NumpyWithTrapz(numpy))
 
 
+def _pillow_compat(patches: _Patches, package: str) -> None:
+    """Give the fonts of YOLOv5's plots (only) back ``getsize``, which Pillow 10 removed and YOLOv5 7.0 calls."""
+    plots = sys.modules.get(f"{package}.utils.plots" if package else "utils.plots")
+    check_pil_font = getattr(plots, "check_pil_font", None)
+    if check_pil_font is None:
+        return
+
+    def with_getsize(*args, **kwargs):
+        font = check_pil_font(*args, **kwargs)
+        if font is not None and not hasattr(font, "getsize") and hasattr(font, "getbbox"):
+            font.getsize = lambda text: font.getbbox(text)[2:4]  # what Ultralytics' own Annotator does
+        return font
+
+    patches.replace_everywhere(check_pil_font, with_getsize)
+
+
 @contextlib.contextmanager
 def patch_train(train_module: ModuleType | None = None, *, offline_mode: bool = True) -> Iterator[ModuleType]:
     """Within the block, YOLOv5's ``train.py`` builds qfocal's :class:`ComputeLoss`; restored on exit.
 
     Only the name ``ComputeLoss`` in the train module is rebound (train.py looks it up there); with
     ``offline_mode``, YOLOv5's downloaders too (see :func:`qfocal.integrations.offline`); and, where numpy is
-    2.4 or newer, ``np`` in YOLOv5's ``utils.metrics`` gets back the ``np.trapz`` its mAP code calls; and
+    2.4 or newer, ``np`` in YOLOv5's ``utils.metrics`` gets back the ``np.trapz`` its mAP code calls; its plots'
+    fonts get back Pillow 9's ``getsize``; and
     ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` lets YOLOv5 7.0's ``torch.load`` read the checkpoints it writes
     (torch >= 2.6 defaults to ``weights_only=True``). Load only ``--weights`` you trust, as with YOLOv5.
 
@@ -398,6 +415,7 @@ def patch_train(train_module: ModuleType | None = None, *, offline_mode: bool = 
         try:
             patches.setattr(module, "ComputeLoss", ComputeLoss)
             _numpy_compat(patches, _package_of(module))
+            _pillow_compat(patches, _package_of(module))
             if os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() not in ("1", "true", "yes", "y"):
                 # YOLOv5 7.0 calls torch.load(ckpt) on checkpoints it pickled itself (strip_optimizer,
                 # attempt_load): torch >= 2.6 refuses them unless weights_only=False is the default again
