@@ -73,7 +73,9 @@ def _fused_loss_kernel(
     e = tl.exp(-tl.abs(x))
     one_plus_e = 1.0 + e
     # log1p(e) to full precision from log(1 + e) (Goldberg's correction)
-    log1p_e = tl.where(one_plus_e == 1.0, e, tl.log(one_plus_e) * e / (one_plus_e - 1.0))
+    log1p_e = tl.where(
+        one_plus_e == 1.0, e, tl.log(one_plus_e) * e / tl.where(one_plus_e == 1.0, 1.0, one_plus_e - 1.0)
+    )
     log_sigmoid = tl.minimum(x, 0.0) - log1p_e
     if HAS_PW:
         pw = tl.load(pw_ptr + row * spwr + col * spwc, mask=mask, other=1.0).to(tl.float32)

@@ -335,6 +335,25 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
+def command_line(args: argparse.Namespace, prog: str) -> str:
+    """The command that reproduces ``args`` (every option spelt out, so it reads the same however it was run)."""
+    parts = [prog]
+    if args.quick:
+        parts.append("--quick")
+    parts += ["--providers", ",".join(args.providers)]
+    if args.shapes:
+        parts += ["--shapes", *(f"{n}x{c}" for n, c in args.shapes)]
+    if args.dtypes:
+        parts += ["--dtypes", ",".join(args.dtypes)]
+    for option in ("repeats", "budget", "device"):
+        if getattr(args, option) is not None:
+            parts += [f"--{option}", str(getattr(args, option))]
+    if args.no_memory:
+        parts.append("--no-memory")
+    parts += ["--out-dir", str(args.out_dir), "--name", args.name]
+    return " ".join([prog, *(shlex.quote(p) for p in parts[1:])])
+
+
 def _machine(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
@@ -431,7 +450,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> list[Row]:
     _finish_rows(rows)
     for name, reason in skipped.items():
         rows.append(Row(name, "-", "-", "-", status=f"skipped: {reason}"))
-    command = command or " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    command = command or command_line(args, "python benchmarks/bench_losses.py")
     meta = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(device),
@@ -493,7 +512,7 @@ def write_markdown(rows: list[Row], meta: dict, path: Path) -> None:
         f"- machine: {meta['machine']}",
         f"- device: {meta['device']}; torch {meta['torch']}; python {meta['python']}",
         f"- command: `{meta['command']}`",
-        f"- time: median of up to {meta['repeats']} calls after one warm-up (fewer, at least 3, for slow cases); "
+        f"- time: median of up to {meta['repeats']} calls after one warm-up (fewer for slow cases, at least 3 or --repeats); "
         "fwd+bwd resets `logits.grad` before every call",
         f"- extra peak memory: {meta['memory']}, one call, above the inputs; includes the gradient",
         "- ratio: time / time of `qfocal-fused` for the same shape, dtype and mode (> 1: slower than fused)",

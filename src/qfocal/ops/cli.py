@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import warnings
 
@@ -23,9 +22,9 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .bench import run
+    from .bench import command_line, run
 
-    command = " ".join(shlex.quote(a) for a in ["qfocal", *sys.argv[1:]])
+    command = command_line(args, "qfocal bench")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pkg_resources.*")
         rows = run(args, command=command)

@@ -1,0 +1,164 @@
+"""Backend selection of the fused kernels, compile-failure fallback, and torch.compile(fullgraph=True) of a
+model that calls a qfocal loss (the custom op must not break the graph)."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import pytest
+import torch
+
+import qfocal
+from qfocal import _backend
+from qfocal.ops import _inductor, select
+
+from .conftest import assert_close
+
+
+@pytest.fixture(autouse=True)
+def _clean_backend(monkeypatch):
+    monkeypatch.delenv("QFOCAL_BACKEND", raising=False)
+    monkeypatch.delenv("QFOCAL_INDUCTOR_MIN_NUMEL", raising=False)
+    previous = qfocal.set_backend("auto")
+    yield
+    qfocal.set_backend(previous)
+
+
+def _impl(fn):
+    assert isinstance(fn, functools.partial), f"expected the fused callable, got {fn!r}"
+    return fn.keywords["impl"]
+
+
+def test_auto_uses_reference_for_small_cpu_inputs_and_inductor_for_large(monkeypatch):
+    small = torch.zeros(8, 4)
+    assert select("auto", small) is None
+    assert _backend.fused_impl(small) is None
+    monkeypatch.setenv("QFOCAL_INDUCTOR_MIN_NUMEL", "32")
+    if _inductor.inductor_failed() is None:
+        assert _impl(select("auto", small)) == "inductor"
+    assert select("auto", torch.zeros(2, 4)) is None
+
+
+def test_explicit_names_pick_that_implementation():
+    x = torch.zeros(3, 5)
+    assert _impl(select("eager", x)) == "eager"
+    assert _impl(select("inductor", x)) == "inductor"
+    assert _impl(select("fused", x)) == "inductor"  # the CPU's fused implementation
+    with qfocal.backend("eager"):
+        assert _impl(_backend.fused_impl(x)) == "eager"
+    with qfocal.backend("reference"):
+        assert _backend.fused_impl(x) is None
+
+
+def test_environment_variable_overrides_auto(monkeypatch):
+    monkeypatch.setenv("QFOCAL_BACKEND", "eager")
+    assert qfocal.get_backend() == "eager"
+    assert _impl(_backend.fused_impl(torch.zeros(2, 2))) == "eager"
+    monkeypatch.setenv("QFOCAL_BACKEND", "warp-speed")
+    with pytest.raises(ValueError, match="expected one of"):
+        qfocal.get_backend()
+
+
+def test_unknown_names_and_unavailable_triton_are_errors(monkeypatch):
+    x = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="expected one of"):
+        select("fastest", x)
+    with pytest.raises(ValueError, match="expected one of"):
+        qfocal.set_backend("Fused")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="backend 'triton': expected CUDA"):
+        select("triton", x)
+    with qfocal.backend("triton"), pytest.raises(ValueError, match="backend 'triton'"):
+        qfocal.quality_focal_loss(x, x)
+    with pytest.raises(ValueError, match="QFOCAL_INDUCTOR_MIN_NUMEL"):
+        monkeypatch.setenv("QFOCAL_INDUCTOR_MIN_NUMEL", "lots")
+        select("auto", x)
+
+
+def test_compile_failure_falls_back_with_one_warning(monkeypatch):
+    def broken():
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(_inductor, "_get_compiled", broken)
+    monkeypatch.setattr(_inductor, "_broken", None)
+    x = torch.randn(4, 6, requires_grad=True)
+    t = torch.rand(4, 6)
+    with (
+        qfocal.backend("inductor"),
+        pytest.warns(RuntimeWarning, match="torch.compile of the fused loss failed"),
+    ):
+        loss = qfocal.quality_focal_loss(x, t)
+    assert _inductor.inductor_failed() is not None
+    with qfocal.backend("inductor"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second call must not warn again
+        loss2 = qfocal.quality_focal_loss(x, t)
+    monkeypatch.setenv("QFOCAL_INDUCTOR_MIN_NUMEL", "1")
+    assert select("auto", x) is None, "after a compile failure 'auto' must use the reference on the CPU"
+    with qfocal.backend("reference"):
+        expected = qfocal.quality_focal_loss(x, t)
+    assert_close(loss.detach(), expected.detach(), "fallback loss")
+    assert_close(loss2.detach(), expected.detach(), "fallback loss, second call")
+
+
+class _Head(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 5)
+
+    def forward(self, features, target, weight):
+        return qfocal.quality_focal_loss(self.linear(features), target, beta=1.5, alpha=0.25, weight=weight)
+
+
+def test_torch_compile_fullgraph_keeps_the_op_in_one_graph():
+    gen = torch.Generator().manual_seed(0)
+    features, target, weight = (
+        torch.randn(16, 8, generator=gen),
+        torch.rand(16, 5, generator=gen),
+        torch.rand(16),
+    )
+    model = _Head()
+    graphs = []
+
+    def recording_backend(gm, example_inputs):
+        graphs.append([str(node.target) for node in gm.graph.nodes if node.op == "call_function"])
+        return gm.forward
+
+    grads = {}
+    # value checks read the target on the host (a data-dependent branch): the documented hot-loop opt-out
+    with qfocal.value_checks(False):
+        for name in ("eager", "reference"):
+            with qfocal.backend(name):
+                torch._dynamo.reset()
+                compiled = torch.compile(model, backend=recording_backend, fullgraph=True)
+                loss = compiled(features, target, weight)
+                loss.backward()
+            grads[name] = (loss.detach(), model.linear.weight.grad.clone())
+            model.zero_grad()
+    torch._dynamo.reset()
+    assert len(graphs) == 2, f"expected one graph per backend, got {len(graphs)}"
+    assert any("qfocal.fused_loss" in target for target in graphs[0]), graphs[0]
+    assert_close(grads["eager"][0], grads["reference"][0], "compiled loss")
+    assert_close(grads["eager"][1], grads["reference"][1], "compiled weight grad")
+
+
+def test_torch_compile_with_inductor_end_to_end():
+    gen = torch.Generator().manual_seed(1)
+    features, target, weight = (
+        torch.randn(16, 8, generator=gen),
+        torch.rand(16, 5, generator=gen),
+        torch.rand(16),
+    )
+    model = _Head()
+    with qfocal.value_checks(False), qfocal.backend("inductor"):
+        torch._dynamo.reset()
+        loss = torch.compile(model, fullgraph=True)(features, target, weight)
+        loss.backward()
+    torch._dynamo.reset()
+    got = model.linear.weight.grad.clone()
+    model.zero_grad()
+    with qfocal.backend("reference"):
+        expected = model(features, target, weight)
+        expected.backward()
+    assert_close(loss.detach(), expected.detach(), "inductor-compiled loss")
+    assert_close(got, model.linear.weight.grad, "inductor-compiled weight grad")
