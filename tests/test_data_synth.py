@@ -61,7 +61,7 @@ def test_yolo_labels_match_coco(synth):
     yolo = load_split(synth / "data.yaml", "train")
     assert yolo.class_names == coco.class_names
     assert [r.path for r in yolo.records] == [r.path for r in coco.records]
-    for a, b in zip(coco.records, yolo.records):
+    for a, b in zip(coco.records, yolo.records, strict=True):
         assert a.labels.tolist() == b.labels.tolist(), a.path
         np.testing.assert_allclose(a.boxes, b.boxes, atol=0.01, err_msg=str(a.path))
     # The folder layout picks COCO when both exist; a yaml-only copy reads as YOLO.

@@ -116,5 +116,5 @@ class DetectionDataset(torch.utils.data.Dataset):
 
 
 def collate(batch):
-    images, targets, indices = zip(*batch)
+    images, targets, indices = zip(*batch, strict=True)
     return list(images), list(targets), list(indices)

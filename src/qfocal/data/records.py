@@ -77,7 +77,7 @@ class DetectionData:
             images.append(
                 {"id": rec.image_id, "file_name": rec.path.name, "width": rec.width, "height": rec.height}
             )
-            for box, label in zip(rec.boxes.tolist(), rec.labels.tolist()):
+            for box, label in zip(rec.boxes.tolist(), rec.labels.tolist(), strict=True):
                 w, h = box[2] - box[0], box[3] - box[1]
                 anns.append(
                     {
@@ -89,7 +89,7 @@ class DetectionData:
                         "iscrowd": 0,
                     }
                 )
-        cats = [{"id": c, "name": n} for c, n in zip(self.category_ids, self.class_names)]
+        cats = [{"id": c, "name": n} for c, n in zip(self.category_ids, self.class_names, strict=True)]
         return {"images": images, "annotations": anns, "categories": cats}
 
 

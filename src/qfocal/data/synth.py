@@ -128,7 +128,9 @@ def _draw_distractor(draw: ImageDraw.ImageDraw, size: int, min_r: float, max_r: 
         n = int(rng.integers(5, 9))
         a = np.sort(rng.uniform(0, 2 * math.pi, n))
         rad = r * rng.uniform(0.4, 1.0, n)
-        draw.polygon([(cx + ra * math.cos(t), cy + ra * math.sin(t)) for ra, t in zip(rad, a)], fill=fill)
+        draw.polygon(
+            [(cx + ra * math.cos(t), cy + ra * math.sin(t)) for ra, t in zip(rad, a, strict=True)], fill=fill
+        )
     elif kind == 2:  # stroke
         t = rng.uniform(0, math.pi)
         dx, dy = math.cos(t) * r * 2, math.sin(t) * r * 2

@@ -182,7 +182,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        result = compare(cfg, losses=DEMO["losses"], seeds=DEMO["seeds"], out=args.out, resume=args.resume)
+        compare(cfg, losses=DEMO["losses"], seeds=DEMO["seeds"], out=args.out, resume=args.resume)
     except _errors() as exc:
         print(f"qfocal demo: error: {exc}", file=sys.stderr)
         return 1

@@ -40,13 +40,13 @@ def coco_metrics(ground_truth: dict, detections: list[dict]) -> dict[str, float]
             stats = []
             for key in METRIC_KEYS:
                 stats.append(0.0 if _has_gt(ground_truth, key) else -1.0)
-            return dict(zip(METRIC_KEYS, stats))
+            return dict(zip(METRIC_KEYS, stats, strict=True))
         dt = gt.loadRes([dict(d) for d in detections])
         ev = COCOeval(gt, dt, iouType="bbox")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {k: float(v) for k, v in zip(METRIC_KEYS, ev.stats[:6])}
+    return {k: float(v) for k, v in zip(METRIC_KEYS, ev.stats[:6], strict=True)}
 
 
 def _has_gt(ground_truth: dict, key: str) -> bool:
@@ -82,7 +82,7 @@ def predict(
         images = [im.to(device) for im in images]
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             dets = model(images)
-        for det, i in zip(dets, idxs):
+        for det, i in zip(dets, idxs, strict=True):
             rec = data.records[i]
             scale = np.array([rec.width, rec.height, rec.width, rec.height], dtype=np.float32) / imgsz
             out.append(
@@ -99,9 +99,9 @@ def predict(
 def to_coco_results(data: DetectionData, predictions: list[dict]) -> list[dict]:
     """Per-image predictions (record order) as a COCO results list."""
     results = []
-    for rec, pred in zip(data.records, predictions):
+    for rec, pred in zip(data.records, predictions, strict=True):
         for box, score, label in zip(
-            pred["boxes"].tolist(), pred["scores"].tolist(), pred["labels"].tolist()
+            pred["boxes"].tolist(), pred["scores"].tolist(), pred["labels"].tolist(), strict=True
         ):
             results.append(
                 {

@@ -70,12 +70,12 @@ def plot_predictions(
         rec = data.records[k]
         with Image.open(rec.path) as im:
             ax.imshow(np.asarray(im.convert("RGB")))
-        for (x1, y1, x2, y2), lab in zip(rec.boxes.tolist(), rec.labels.tolist()):
+        for x1, y1, x2, y2 in rec.boxes.tolist():
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="lime", lw=1, ls="--"))
         if predictions is not None:
             p = predictions[k]
             for (x1, y1, x2, y2), s, lab in zip(
-                p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist()
+                p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist(), strict=True
             ):
                 if s < score_thresh:
                     continue

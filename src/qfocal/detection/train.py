@@ -359,8 +359,16 @@ def _train(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict
                 scaler.unscale_(optimizer)
             else:
                 total.backward()
-            if cfg.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            max_norm = cfg.clip_grad if cfg.clip_grad > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            # Gradients are all-reduced, so every process sees the same norm; fp16 leaves inf steps to the scaler.
+            if scaler is None and not torch.isfinite(grad_norm):
+                good = f"{ckpt_path} (epoch {epoch - 1})" if epoch > 1 else "none (failed in the first epoch)"
+                raise NonFiniteLossError(
+                    f"non-finite gradient at epoch {epoch}, step {it + 1}/{steps_per_epoch} (loss {float(total):.4g}, "
+                    f"gradient norm {float(grad_norm)}); stopped before the optimizer step. Last good checkpoint: "
+                    f"{good}. Try a lower --lr or --amp off."
+                )
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -381,7 +389,7 @@ def _train(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict
         row: dict = {
             "epoch": epoch,
             "lr": lr,
-            **{f"loss_{k}" if k != "loss" else k: float(v) for k, v in zip(keys, avg)},
+            **{f"loss_{k}" if k != "loss" else k: float(v) for k, v in zip(keys, avg, strict=True)},
         }
         row["train_s"] = round(time.perf_counter() - t0, 3)
         if is_main:

@@ -61,7 +61,7 @@ def _aligned_iou(a: Tensor, b: Tensor) -> Tensor:
 def _match_targets(targets: list[dict[str, Tensor]], matched_idxs: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Per-anchor class (``-1`` for background) ``(N, A)`` and box ``(N, A, 4)`` as torchvision's head builds them."""
     classes, boxes = [], []
-    for tgt, idx in zip(targets, matched_idxs):
+    for tgt, idx in zip(targets, matched_idxs, strict=True):
         if len(tgt["labels"]) == 0:
             cls = tgt["labels"].new_zeros((len(idx),))
             box = tgt["boxes"].new_zeros((len(idx), 4))
@@ -175,7 +175,10 @@ class QualityFCOS(FCOS):
         for index in range(len(image_shapes)):
             boxes_all, scores_all, labels_all = [], [], []
             for reg, logits, anc in zip(
-                [br[index] for br in box_regression], [cl[index] for cl in class_logits], anchors[index]
+                [br[index] for br in box_regression],
+                [cl[index] for cl in class_logits],
+                anchors[index],
+                strict=True,
             ):
                 num_classes = logits.shape[-1]
                 scores = torch.sigmoid(logits).flatten()
@@ -193,6 +196,15 @@ class QualityFCOS(FCOS):
             keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
             detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return detections
+
+
+class _LastLevelP6P7FP32(LastLevelP6P7):
+    """torchvision's P6/P7 block run in fp32 under autocast: on torch 2.14's CPU, the bf16 weight gradient of a
+    conv whose input is 1x1 (P7 at small image sizes) is non-deterministic and sometimes NaN."""
+
+    def forward(self, p, c, names):
+        with torch.autocast(p[0].device.type, enabled=False):
+            return super().forward([t.float() for t in p], [t.float() for t in c], names)
 
 
 def _gn(channels: int) -> nn.GroupNorm:
@@ -288,7 +300,7 @@ def fcos_tiny(
         return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
         in_channels_list=list(widths[2:]),
         out_channels=fpn_channels,
-        extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels),
+        extra_blocks=_LastLevelP6P7FP32(fpn_channels, fpn_channels),
     )
     common = {
         "min_size": imgsz,
