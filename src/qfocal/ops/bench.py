@@ -9,8 +9,8 @@ call, and writes a CSV, a markdown report and a bar chart.
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` minus the allocation before the call. On the CPU
 (Linux), the kernel's resident-set high-water mark: ``/proc/self/clear_refs`` resets ``VmHWM`` to the current
 RSS before the call, and glibc is told (``mallopt(M_MMAP_THRESHOLD, 64 KiB)``, set only for the memory pass,
-after all timings) to map every buffer of 64 KiB or more fresh and unmap it on free, so each tensor's pages
-count while it lives and no longer. The figure includes the gradient itself (``N x C`` for fwd+bwd).
+after all timings) to map every buffer of 64 KiB or more fresh and unmap it on free, and ``malloc_trim`` runs
+before each call, so each tensor's pages count while it lives and no longer (resolution: about 1 MB). The figure includes the gradient itself (``N x C`` for fwd+bwd).
 
 Used by ``benchmarks/bench_losses.py`` and ``qfocal bench``; both take the options of :func:`build_parser`.
 """
@@ -245,8 +245,11 @@ class _CpuPeak:
             return
         try:
             libc = ctypes.CDLL("libc.so.6")
-            if libc.mallopt(-3, 64 * 1024) != 1:  # M_MMAP_THRESHOLD
+            if (
+                libc.mallopt(-3, 64 * 1024) != 1 or libc.mallopt(-1, 128 * 1024) != 1
+            ):  # M_MMAP_/M_TRIM_THRESHOLD
                 return
+            self._trim = libc.malloc_trim
             self._reset()
             _read_status()
         except (OSError, AttributeError, ValueError):
@@ -260,6 +263,9 @@ class _CpuPeak:
             fh.write("5")
 
     def measure(self, run: Callable[[], None]) -> float:
+        # Free heap chunks from before mallopt (the timed calls) would be reused without a page fault: give
+        # their pages back first, so a reused chunk counts as it is touched again.
+        self._trim(0)
         self._reset()
         base = _read_status()["VmRSS"]
         run()
@@ -430,7 +436,6 @@ def run(args: argparse.Namespace, command: str | None = None) -> list[Row]:
                     fn = PROVIDERS[row.provider][1](pos_weight)
                     backward = row.mode == "fwd+bwd"
                     xin = x.detach().requires_grad_(backward)
-                    _call(fn, xin, t, label, backward)  # same state as the timed calls
 
                     def once(fn=fn, xin=xin, t=t, label=label, backward=backward) -> None:
                         _call(fn, xin, t, label, backward)
