@@ -20,6 +20,7 @@ from .conftest import assert_close
 def _clean_backend(monkeypatch):
     monkeypatch.delenv("QFOCAL_BACKEND", raising=False)
     monkeypatch.delenv("QFOCAL_INDUCTOR_MIN_NUMEL", raising=False)
+    monkeypatch.delenv("QFOCAL_INDUCTOR_WARMUP", raising=False)
     previous = qfocal.set_backend("auto")
     yield
     qfocal.set_backend(previous)
@@ -31,13 +32,23 @@ def _impl(fn):
 
 
 def test_auto_uses_reference_for_small_cpu_inputs_and_inductor_for_large(monkeypatch):
+    import qfocal.ops as ops
+
     small = torch.zeros(8, 4)
     assert select("auto", small) is None
     assert _backend.fused_impl(small) is None
     monkeypatch.setenv("QFOCAL_INDUCTOR_MIN_NUMEL", "32")
+    monkeypatch.setenv("QFOCAL_INDUCTOR_WARMUP", "2")
+    monkeypatch.setattr(ops, "_large_calls", 0)
     if _inductor.inductor_failed() is None:
+        # the first large calls run on the reference (a short script never pays a compilation)
+        assert select("auto", small) is None
+        assert select("auto", small) is None
         assert _impl(select("auto", small)) == "inductor"
     assert select("auto", torch.zeros(2, 4)) is None
+    monkeypatch.setenv("QFOCAL_INDUCTOR_WARMUP", "-1")
+    with pytest.raises(ValueError, match="QFOCAL_INDUCTOR_WARMUP: expected a value >= 0"):
+        select("auto", small)
 
 
 def test_explicit_names_pick_that_implementation():
@@ -94,6 +105,7 @@ def test_compile_failure_falls_back_with_one_warning(monkeypatch):
         warnings.simplefilter("error")  # a second call must not warn again
         loss2 = qfocal.quality_focal_loss(x, t)
     monkeypatch.setenv("QFOCAL_INDUCTOR_MIN_NUMEL", "1")
+    monkeypatch.setenv("QFOCAL_INDUCTOR_WARMUP", "0")
     assert select("auto", x) is None, "after a compile failure 'auto' must use the reference on the CPU"
     with qfocal.backend("reference"):
         expected = qfocal.quality_focal_loss(x, t)

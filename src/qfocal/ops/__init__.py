@@ -8,8 +8,10 @@ logits, or None for the reference math of :mod:`qfocal.functional`. Implementati
 - ``"eager"``: the same fused math in plain PyTorch, uncompiled (a baseline; no faster than the reference).
 
 ``"fused"`` picks Triton on CUDA and Inductor elsewhere. ``"auto"`` (the default) picks Triton on CUDA and, on
-the CPU, Inductor only for inputs of at least ``QFOCAL_INDUCTOR_MIN_NUMEL`` elements (default ``2**18``), where
-the one-off compilation (seconds) pays for itself; smaller inputs and other devices use the reference.
+the CPU, Inductor only where the one-off compilation (seconds) pays for itself: for inputs of at least
+``QFOCAL_INDUCTOR_MIN_NUMEL`` elements (default ``2**18``), once ``QFOCAL_INDUCTOR_WARMUP`` such calls (default
+16) have run on the reference, so that a short script or test does not pay a compilation a training loop
+amortises. Under ``torch.compile`` there is no warm-up. Smaller inputs and other devices use the reference.
 
 All of them go through the ``qfocal::fused_loss`` custom op (:mod:`qfocal.ops._op`), so they compose with
 ``torch.compile(fullgraph=True)``.
@@ -21,29 +23,60 @@ import functools
 import os
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from ._inductor import inductor_failed
 from ._op import fused_loss, fused_loss_op
 
-__all__ = ["available_impls", "fused_loss", "fused_loss_op", "inductor_min_numel", "select"]
+__all__ = [
+    "available_impls",
+    "fused_loss",
+    "fused_loss_op",
+    "inductor_min_numel",
+    "inductor_warmup",
+    "select",
+]
 
 _NAMES = ("auto", "fused", "triton", "inductor", "eager")
 _DEFAULT_MIN_NUMEL = 1 << 18
+_DEFAULT_WARMUP = 16
+_large_calls = 0  # CPU calls of "auto" at or above the size threshold so far
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}: expected an integer, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name}: expected a value >= 0, got {value}")
+    return value
 
 
 def inductor_min_numel() -> int:
     """Smallest ``logits.numel()`` for which ``"auto"`` uses Inductor on the CPU (``QFOCAL_INDUCTOR_MIN_NUMEL``)."""
-    raw = os.environ.get("QFOCAL_INDUCTOR_MIN_NUMEL")
-    if raw is None or not raw.strip():
-        return _DEFAULT_MIN_NUMEL
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"QFOCAL_INDUCTOR_MIN_NUMEL: expected an integer, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"QFOCAL_INDUCTOR_MIN_NUMEL: expected a value >= 0, got {value}")
-    return value
+    return _env_int("QFOCAL_INDUCTOR_MIN_NUMEL", _DEFAULT_MIN_NUMEL)
+
+
+def inductor_warmup() -> int:
+    """Large CPU calls ``"auto"`` runs on the reference before compiling (``QFOCAL_INDUCTOR_WARMUP``)."""
+    return _env_int("QFOCAL_INDUCTOR_WARMUP", _DEFAULT_WARMUP)
+
+
+def _auto_cpu_uses_inductor(logits: Tensor) -> bool:
+    global _large_calls
+    if logits.numel() < inductor_min_numel() or inductor_failed() is not None:
+        return False
+    if torch.compiler.is_compiling():  # the caller compiles anyway: no counter to guard on
+        return True
+    if _large_calls < inductor_warmup():
+        _large_calls += 1
+        return False
+    return True
 
 
 @functools.cache
@@ -85,7 +118,7 @@ def select(name: str, logits: Tensor) -> Callable | None:
     if name == "auto":
         if device == "cuda" and _triton_usable(logits):
             impl = "triton"
-        elif device == "cpu" and logits.numel() >= inductor_min_numel() and inductor_failed() is None:
+        elif device == "cpu" and _auto_cpu_uses_inductor(logits):
             impl = "inductor"
         else:
             return None
