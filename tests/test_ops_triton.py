@@ -68,6 +68,9 @@ _SCRIPT = textwrap.dedent(
     check("qfl sparse non-contiguous", "qfl", xt, (labels, scores), 1e-5, reduction="none")
     check("qfl sparse int32 labels", "qfl", xt, (labels.int(), scores), 1e-5, pos_weight=pw)
     tt = torch.rand(423, 5, generator=gen).t()
+    x3 = torch.randn(2, 7, 5, generator=gen) * 2  # 3-D logits, per-anchor weight (2, 7)
+    t3 = torch.rand(2, 7, 5, generator=gen) * (torch.rand(2, 7, 5, generator=gen) < 0.3)
+    check("vfl 3-D per-anchor weight", "vfl", x3, t3, 1e-5, weight=torch.rand(2, 7, generator=gen), avg_factor=3.0)
     check("focal dense non-contiguous", "focal", xt, tt, 1e-5, weight=torch.rand(423, generator=gen))
     # 0 < gamma < 1 where the target is (within an ulp of) the prediction: |t - p| ** 0.3 is steep there, so
     # only finiteness is comparable across sigmoid implementations (exact ties are tested on eager)

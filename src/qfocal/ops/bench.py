@@ -329,6 +329,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--budget", type=float, default=None, help="seconds per case before repeats are cut (>= 3 kept)"
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads for the run (default: torch's)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: small shape, fp32, 3 repeats")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument(
@@ -351,7 +354,7 @@ def command_line(args: argparse.Namespace, prog: str) -> str:
         parts += ["--shapes", *(f"{n}x{c}" for n, c in args.shapes)]
     if args.dtypes:
         parts += ["--dtypes", ",".join(args.dtypes)]
-    for option in ("repeats", "budget", "device"):
+    for option in ("repeats", "budget", "device", "threads"):
         if getattr(args, option) is not None:
             parts += [f"--{option}", str(getattr(args, option))]
     if args.no_memory:
@@ -378,6 +381,10 @@ def run(args: argparse.Namespace, command: str | None = None) -> list[Row]:
     from tqdm import tqdm
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads: expected a value >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     shapes = args.shapes or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
     dtypes = args.dtypes or (["float32"] if args.quick else list(DEFAULT_DTYPES))
     repeats = args.repeats or (3 if args.quick else 7)
