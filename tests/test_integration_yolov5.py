@@ -437,3 +437,31 @@ def test_command_end_to_end(tmp_path, network_guard, qfl_calls):
     assert main(argv) == 0
     assert (tmp_path / "runs" / "cli" / "weights" / "best.pt").is_file()
     assert qfl_calls and network_guard == []
+
+
+def _doc_blocks(section: str) -> list[str]:
+    """The python examples of one section of docs/integrations.md (the README's "Use with ..." sections)."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "integrations.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
+
+
+def test_docs_examples_run_offline(tmp_path, monkeypatch, network_guard, qfl_calls):
+    blocks = _doc_blocks("Use with YOLOv5")
+    assert len(blocks) == 3
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["docs-example"])  # train.run parses sys.argv, not pytest's arguments
+    for i, block in enumerate(blocks):
+        namespace: dict = {}
+        exec(compile(block, f"docs/integrations.md YOLOv5 example {i}", "exec"), namespace)
+        if "loss" in namespace:
+            assert (
+                torch.isfinite(namespace["loss"]).all()
+                and namespace["model"].model[-1].m[0].weight.grad is not None
+            )
+    assert (tmp_path / "runs" / "yolov5" / "qfl" / "weights" / "last.pt").is_file()
+    assert (tmp_path / "runs" / "yolov5" / "patched" / "weights" / "last.pt").is_file()
+    assert yolov5_train.ComputeLoss is YOLOv5ComputeLoss
+    assert qfl_calls and network_guard == []

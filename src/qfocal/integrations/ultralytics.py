@@ -183,6 +183,16 @@ class QFocalDetectionTrainer(DetectionTrainer):
         self.cls_loss, self.loss_kwargs = _check_cls_loss(cls_loss, loss_kwargs)[0], loss_kwargs
         super().__init__(cfg, overrides, _callbacks)
 
+    def train(self):
+        if getattr(self, "ddp", False) and self.cls_loss != "bce":
+            # Ultralytics' DDP workers rebuild the trainer from its Ultralytics arguments only: they would train
+            # with BCE without a word. Refuse instead.
+            raise NotImplementedError(
+                f"cls_loss={self.cls_loss!r} with multi-GPU DDP (device={self.args.device!r}): not supported; "
+                "train on one device"
+            )
+        return super().train()
+
     def get_model(
         self, cfg: str | dict | None = None, weights: nn.Module | None = None, verbose: bool = True
     ):
