@@ -52,6 +52,8 @@ def inductor_loss_and_grad(*args, **kwargs):
         try:
             with _limit_patch():
                 return _get_compiled()(*args, **kwargs)
+        except torch.OutOfMemoryError:  # the input's fault, not the compiler's
+            raise
         except Exception as exc:  # any compiler failure: keep the numbers, lose only the speed
             _broken = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             warnings.warn(
