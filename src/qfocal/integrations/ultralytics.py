@@ -41,7 +41,10 @@ with offline_import():  # Ultralytics probes the network (DNS) on import unless 
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils import DEFAULT_CFG
-    from ultralytics.utils.loss import E2ELoss, v8DetectionLoss
+    from ultralytics.utils import loss as _ultralytics_loss
+    from ultralytics.utils.loss import v8DetectionLoss
+
+E2ELoss = getattr(_ultralytics_loss, "E2ELoss", None)  # Ultralytics >= 8.4: end-to-end (YOLO26) heads
 
 __all__ = ["CLS_LOSSES", "DetectionLoss", "QFocalDetectionModel", "QFocalDetectionTrainer", "main", "train"]
 
@@ -72,9 +75,8 @@ class _ElementwiseCls(nn.Module):
     def __init__(self, cls_loss: str, options: Mapping[str, Any]) -> None:
         super().__init__()
         self.loss = _MODULES[cls_loss](reduction="none", **options)
-        self.loss(
-            torch.zeros(1, 1), torch.zeros(1, 1)
-        )  # options the constructor lets through fail here, not mid-run
+        # options the module's constructor lets through (varifocal's alpha=None) fail here, not mid-run
+        self.loss(torch.zeros(1, 1), torch.zeros(1, 1))
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         return self.loss(pred.float(), target.float())
@@ -146,6 +148,8 @@ class QFocalDetectionModel(DetectionModel):
     def init_criterion(self):
         make = functools.partial(DetectionLoss, cls_loss=self.cls_loss, **self.loss_kwargs)
         if getattr(self.model[-1], "one2one_cv2", None) is not None:
+            if E2ELoss is None:
+                raise NotImplementedError("end-to-end heads need Ultralytics >= 8.4 (E2ELoss)")
             return E2ELoss(self, make)
         return make(self)
 
@@ -200,13 +204,16 @@ class QFocalDetectionTrainer(DetectionTrainer):
 
         model = QFocalDetectionModel(
             cfg,
-            ch=self.data["channels"],
+            ch=self.data.get("channels", 3),
             nc=self.data["nc"],
             verbose=verbose and RANK == -1,
             cls_loss=self.cls_loss,
             loss_kwargs=self.loss_kwargs,
         )
-        model = self.set_model_names_for_load(model)
+        if hasattr(
+            self, "set_model_names_for_load"
+        ):  # Ultralytics >= 8.4: class names before loading weights
+            model = self.set_model_names_for_load(model)
         if weights:
             model.load(weights)
         return model

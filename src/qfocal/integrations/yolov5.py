@@ -386,12 +386,12 @@ def _pillow_compat(patches: _Patches, package: str) -> None:
 def patch_train(train_module: ModuleType | None = None, *, offline_mode: bool = True) -> Iterator[ModuleType]:
     """Within the block, YOLOv5's ``train.py`` builds qfocal's :class:`ComputeLoss`; restored on exit.
 
-    Only the name ``ComputeLoss`` in the train module is rebound (train.py looks it up there); with
-    ``offline_mode``, YOLOv5's downloaders too (see :func:`qfocal.integrations.offline`); and, where numpy is
-    2.4 or newer, ``np`` in YOLOv5's ``utils.metrics`` gets back the ``np.trapz`` its mAP code calls; its plots'
-    fonts get back Pillow 9's ``getsize``; and
-    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` lets YOLOv5 7.0's ``torch.load`` read the checkpoints it writes
-    (torch >= 2.6 defaults to ``weights_only=True``). Load only ``--weights`` you trust, as with YOLOv5.
+    Only the name ``ComputeLoss`` in the train module is rebound (train.py looks it up there). Also for the
+    block: with ``offline_mode``, YOLOv5's downloaders (:func:`qfocal.integrations.offline`); and three fixes
+    for YOLOv5 7.0 on current libraries: ``np.trapz`` (gone in numpy 2.4) for its ``utils.metrics`` only,
+    ``FreeTypeFont.getsize`` (gone in Pillow 10) for its plots' fonts only, and
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` so that torch >= 2.6 loads the checkpoints YOLOv5 writes and reads
+    back (load only ``--weights`` you trust, as always with YOLOv5).
 
     Args:
         train_module: YOLOv5's train module; default ``yolov5.train`` (the pip package). For a checkout of the
