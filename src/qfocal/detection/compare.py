@@ -51,7 +51,7 @@ def compare(
     seeds: Sequence[int] = (0, 1, 2),
     out: str | Path = "runs/compare",
     resume: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train ``base`` once per loss and seed under ``out/{loss}-s{seed}`` and summarise.
 
@@ -64,6 +64,8 @@ def compare(
             raise ValueError(f"losses: expected names from {', '.join(LOSSES)}, got {loss!r}")
     if not seeds:
         raise ValueError("seeds: expected at least one seed")
+    if log is None:
+        log = lambda msg: print(msg, flush=True)  # noqa: E731
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
