@@ -1,7 +1,8 @@
 """The Triton kernel through Triton's CPU interpreter (TRITON_INTERPRET=1), against the reference math.
 
 The interpreter must be chosen before the kernel is decorated, so the checks run in a fresh Python process with
-the variable set; this module itself never imports qfocal.ops._triton under the interpreter.
+the variable set; this module itself never imports qfocal.ops._triton under the interpreter. On a machine with
+a CUDA GPU the last test also runs the compiled kernel (and Inductor's CUDA code) against the reference.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ import sys
 import textwrap
 
 import pytest
+import torch
+
+import qfocal
+
+from .conftest import DTYPE_PRECISIONS, assert_close
 
 pytest.importorskip("triton")
 
@@ -99,3 +105,48 @@ def test_triton_kernel_matches_reference_under_interpreter():
     )
     assert proc.returncode == 0, f"interpreter checks failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
     assert "TRITON-INTERPRETER-OK" in proc.stdout, proc.stdout
+
+
+_CUDA = pytest.mark.skipif(
+    not __import__("torch").cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+    reason="needs a CUDA GPU",
+)
+
+
+@_CUDA
+@pytest.mark.parametrize("backend", ["triton", "inductor"])
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16", "float16"])
+def test_cuda_fused_matches_reference(backend, dtype_name):
+    dtype = getattr(torch, dtype_name)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(1000, 83, generator=gen) * 3).to("cuda", dtype)
+    t = (torch.rand(1000, 83, generator=gen) * (torch.rand(1000, 83, generator=gen) < 0.1)).to("cuda", dtype)
+    pw = torch.rand(83, generator=gen).cuda() + 0.5
+    labels = torch.randint(0, 84, (1000,), generator=gen).cuda()
+    scores = torch.rand(1000, generator=gen).cuda().to(dtype)
+    cases = [
+        ("qfl", t, {"beta": 1.5, "alpha": 0.25, "pos_weight": pw}),
+        ("qfl", (labels, scores), {"reduction": "sum"}),
+        ("focal", t, {"reduction": "none", "gamma": 0.5}),
+        ("vfl", t, {"avg_factor": torch.tensor(7.0, device="cuda")}),
+    ]
+    functions = {
+        "qfl": qfocal.quality_focal_loss,
+        "focal": qfocal.sigmoid_focal_loss,
+        "vfl": qfocal.varifocal_loss,
+    }
+    rtol, atol = DTYPE_PRECISIONS[dtype]
+    for kind, target, kw in cases:
+        results = []
+        for name in ("reference", backend):
+            leaf = x.detach().clone().requires_grad_()
+            with qfocal.backend(name):
+                loss = functions[kind](leaf, target, **kw)
+            (loss.float() * 1.5).sum().backward()
+            results.append((loss.detach(), leaf.grad))
+        (ref, ref_grad), (got, grad) = results
+        scale = ref_grad.abs().max().item()
+        assert_close(got, ref, f"{backend} {kind} {dtype_name} loss", rtol=rtol, atol=atol)
+        assert_close(
+            grad, ref_grad, f"{backend} {kind} {dtype_name} grad", rtol=rtol, atol=max(atol, rtol * scale)
+        )

@@ -131,6 +131,10 @@ PROVIDERS: dict[str, tuple[str, Callable]] = {
         _qfocal("qfl", "fused"),
     ),
     "qfocal-reference": ("the same, backend 'reference' (plain PyTorch)", _qfocal("qfl", "reference")),
+    "qfocal-inductor": (
+        "the same, backend 'inductor' (on CUDA: Inductor's generated Triton)",
+        _qfocal("qfl", "inductor"),
+    ),
     "qfocal-fused-checked": (
         "qfocal-fused with the value-range checks on (the default)",
         _qfocal("qfl", "fused", True),
@@ -158,6 +162,7 @@ PROVIDERS: dict[str, tuple[str, Callable]] = {
     "copy": ("device copy of the logits into a preallocated buffer (bandwidth yardstick, fwd only)", _copy),
 }
 _FORWARD_ONLY = {"copy"}
+_CUDA_ONLY = {"qfocal-inductor"}  # on the CPU it is what qfocal-fused runs
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -305,8 +310,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--providers",
         type=lambda s: _parse_list(s, list(PROVIDERS), "providers"),
-        default=list(PROVIDERS),
-        help=f"comma-separated, by exact name (default: all): {','.join(PROVIDERS)}",
+        default=None,
+        help=f"comma-separated, by exact name (default: all; qfocal-inductor on CUDA only): {','.join(PROVIDERS)}",
     )
     parser.add_argument(
         "--shapes",
@@ -349,7 +354,8 @@ def command_line(args: argparse.Namespace, prog: str) -> str:
     parts = [prog]
     if args.quick:
         parts.append("--quick")
-    parts += ["--providers", ",".join(args.providers)]
+    if args.providers is not None:
+        parts += ["--providers", ",".join(args.providers)]
     if args.shapes:
         parts += ["--shapes", *(f"{n}x{c}" for n, c in args.shapes)]
     if args.dtypes:
@@ -376,7 +382,7 @@ def _machine(device: torch.device) -> str:
     return text
 
 
-def run(args: argparse.Namespace, command: str | None = None) -> list[Row]:
+def run(args: argparse.Namespace, prog: str = "python benchmarks/bench_losses.py") -> list[Row]:
     """Run the benchmark described by ``args`` (from :func:`build_parser`); write the files; return the rows."""
     from tqdm import tqdm
 
@@ -391,7 +397,9 @@ def run(args: argparse.Namespace, command: str | None = None) -> list[Row]:
     if repeats < 1:
         raise ValueError(f"--repeats: expected a value >= 1, got {repeats}")
     budget = args.budget if args.budget is not None else (1.0 if args.quick else 4.0)
-    providers = list(args.providers)
+    command = command_line(args, prog)  # as given, before defaults are filled in
+    providers = args.providers or [p for p in PROVIDERS if device.type == "cuda" or p not in _CUDA_ONLY]
+    providers = list(providers)
     if FUSED not in providers:
         providers.insert(0, FUSED)  # ratios are to the fused op
 
@@ -462,7 +470,6 @@ def run(args: argparse.Namespace, command: str | None = None) -> list[Row]:
     _finish_rows(rows)
     for name, reason in skipped.items():
         rows.append(Row(name, "-", "-", "-", status=f"skipped: {reason}"))
-    command = command or command_line(args, "python benchmarks/bench_losses.py")
     meta = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(device),

@@ -22,12 +22,11 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .bench import command_line, run
+    from .bench import run
 
-    command = command_line(args, "qfocal bench")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pkg_resources.*")
-        rows = run(args, command=command)
+        rows = run(args, prog="qfocal bench")
     out = args.out_dir / args.name
     print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.csv')}, {out.with_suffix('.png')}")
     for r in rows:
