@@ -69,14 +69,19 @@ class _Patches:
 
     def replace_everywhere(self, original: Any, replacement: Any) -> int:
         """Rebind every module-level name that refers to ``original``; returns how many were rebound."""
+        return self.replace_all({id(original): (original, replacement)})
+
+    def replace_all(self, replacements: dict[int, tuple[Any, Any]]) -> int:
+        """One pass over the loaded modules for ``{id(original): (original, replacement)}``."""
         n = 0
         for module in list(sys.modules.values()):
             namespace = getattr(module, "__dict__", None)
             if not isinstance(namespace, dict):
                 continue
             for name, value in list(namespace.items()):
-                if value is original:
-                    self.setattr(module, name, replacement)
+                hit = replacements.get(id(value))
+                if hit is not None and hit[0] is value:
+                    self.setattr(module, name, hit[1])
                     n += 1
         return n
 
@@ -88,7 +93,7 @@ class _Patches:
 # ----------------------------------------------------------------------------------------------------------
 # Ultralytics
 # ----------------------------------------------------------------------------------------------------------
-def _patch_ultralytics(p: _Patches) -> None:
+def _patch_ultralytics(p: _Patches, swaps: dict[int, tuple[Any, Any]]) -> None:
     try:
         import ultralytics.utils as U
         import ultralytics.utils.checks as C
@@ -149,17 +154,20 @@ def _patch_ultralytics(p: _Patches) -> None:
             _LOG.warning("AMP checks skipped: offline and no local yolo26n.pt; keeping amp=True")
             return True
 
-    p.replace_everywhere(C.check_font, check_font)
-    p.replace_everywhere(D.attempt_download_asset, attempt_download_asset)
-    p.replace_everywhere(D.safe_download, safe_download)
-    p.replace_everywhere(D.is_url, is_url)
-    p.replace_everywhere(C.check_amp, check_amp)
+    for original, replacement in (
+        (C.check_font, check_font),
+        (D.attempt_download_asset, attempt_download_asset),
+        (D.safe_download, safe_download),
+        (D.is_url, is_url),
+        (C.check_amp, check_amp),
+    ):
+        swaps[id(original)] = (original, replacement)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # YOLOv5 (the ``yolov5`` pip package, package="yolov5", or the ultralytics/yolov5 repository, package="")
 # ----------------------------------------------------------------------------------------------------------
-def _patch_yolov5(p: _Patches, package: str) -> None:
+def _patch_yolov5(p: _Patches, package: str, swaps: dict[int, tuple[Any, Any]]) -> None:
     prefix = f"{package}." if package else ""
     general = sys.modules.get(f"{prefix}utils.general")
     downloads = sys.modules.get(f"{prefix}utils.downloads")
@@ -200,7 +208,7 @@ def _patch_yolov5(p: _Patches, package: str) -> None:
     }
     for name, replacement in patched.items():
         if hasattr(general, name):
-            p.replace_everywhere(getattr(general, name), replacement)
+            swaps[id(getattr(general, name))] = (getattr(general, name), replacement)
 
     original_check_dataset = getattr(general, "check_dataset", None)
     if original_check_dataset is not None:
@@ -208,7 +216,7 @@ def _patch_yolov5(p: _Patches, package: str) -> None:
         def check_dataset(data, autodownload=True):
             return original_check_dataset(data, autodownload=False)
 
-        p.replace_everywhere(original_check_dataset, check_dataset)
+        swaps[id(original_check_dataset)] = (original_check_dataset, check_dataset)
 
     original_check_file = getattr(general, "check_file", None)
     if original_check_file is not None:
@@ -218,7 +226,7 @@ def _patch_yolov5(p: _Patches, package: str) -> None:
                 raise OfflineError(f"{file}: downloads are off (qfocal offline mode); pass a local path")
             return original_check_file(file, suffix)
 
-        p.replace_everywhere(original_check_file, check_file)
+        swaps[id(original_check_file)] = (original_check_file, check_file)
 
     if downloads is not None:
         for name, replacement in (
@@ -228,7 +236,7 @@ def _patch_yolov5(p: _Patches, package: str) -> None:
             ("curl_download", safe_download),
         ):
             if hasattr(downloads, name):
-                p.replace_everywhere(getattr(downloads, name), replacement)
+                swaps[id(getattr(downloads, name))] = (getattr(downloads, name), replacement)
 
     if plots is not None and hasattr(plots, "check_pil_font"):
         config_dir = Path(getattr(general, "CONFIG_DIR", Path.home()))
@@ -242,7 +250,7 @@ def _patch_yolov5(p: _Patches, package: str) -> None:
                         return ImageFont.truetype(str(candidate), size)
             return ImageFont.load_default()
 
-        p.replace_everywhere(plots.check_pil_font, check_pil_font)
+        swaps[id(plots.check_pil_font)] = (plots.check_pil_font, check_pil_font)
 
 
 @contextlib.contextmanager
@@ -308,9 +316,11 @@ def offline(*, yolov5_package: str | None = "yolov5") -> Iterator[None]:
     try:
         for key, value in _ENV.items():
             p.setenv(key, value)
-        _patch_ultralytics(p)
+        swaps: dict[int, tuple[Any, Any]] = {}
+        _patch_ultralytics(p, swaps)
         if yolov5_package is not None:
-            _patch_yolov5(p, yolov5_package)
+            _patch_yolov5(p, yolov5_package, swaps)
+        p.replace_all(swaps)
         yield
     finally:
         p.undo()
