@@ -226,12 +226,12 @@ def test_compare_writes_table_and_plot(tiny_data, tmp_path):
     result = compare(base, losses=["focal", "qfl"], seeds=[0, 1], out=tmp_path / "cmp", log=lambda m: None)
     assert [(r["loss"], r["seed"]) for r in result["runs"]] == [
         ("focal", 0),
-        ("focal", 1),
         ("qfl", 0),
+        ("focal", 1),
         ("qfl", 1),
     ]
     table = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "| focal | 2 |" in table and "| qfl | 2 |" in table and "±" in table
+    assert "| focal | 2 |" in table and "| qfl | 2 |" in table and "±" in table and "(4 of 4 runs)" in table
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
     again = compare(base, losses=["focal", "qfl"], seeds=[0, 1], out=tmp_path / "cmp", resume=True, log=print)
     assert [r["AP"] for r in again["runs"]] == [r["AP"] for r in result["runs"]]

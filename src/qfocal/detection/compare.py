@@ -81,13 +81,13 @@ def compare(
             generate_dataset(data_dir, images=base.synth_images, seed=base.synth_seed)
             marker.write_text(stamp)
         data = str(data_dir)
-    summary: dict[str, dict[str, list[float]]] = {}
-    seconds: dict[str, list[float]] = {}
-    runs = []
-    for loss in losses:
-        summary[loss] = {k: [] for k in METRIC_KEYS}
-        seconds[loss] = []
-        for seed in seeds:
+    summary: dict[str, dict[str, list[float]]] = {loss: {k: [] for k in METRIC_KEYS} for loss in losses}
+    seconds: dict[str, list[float]] = {loss: [] for loss in losses}
+    runs: list[dict] = []
+    result: dict = {}
+    # Seeds outside, losses inside: an interrupted compare has balanced results, written after every run.
+    for seed in seeds:
+        for loss in losses:
             run_dir = out / f"{loss}-s{seed}"
             cfg = dataclasses.replace(base, data=data, loss=loss, seed=int(seed), out=str(run_dir))
             done = run_dir / "metrics.json"
@@ -105,11 +105,20 @@ def compare(
             runs.append(
                 {"loss": loss, "seed": int(seed), "seconds": dt, **{k: metrics[k] for k in METRIC_KEYS}}
             )
-    wall = time.perf_counter() - t_start
-    table = format_table(summary, seconds)
+            result = _write_summary(
+                out, base, losses, seeds, summary, seconds, runs, time.perf_counter() - t_start
+            )
+    return result
+
+
+def _write_summary(out, base, losses, seeds, summary, seconds, runs, wall) -> dict:
+    """Write compare.md / .json / .png for the runs finished so far; return the JSON content."""
+    done = {k: v for k, v in summary.items() if v["AP"]}
+    table = format_table(done, {k: seconds[k] for k in done})
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    finished = f"{len(runs)} of {len(losses) * len(seeds)} runs"
     header = (
-        f"COCO val metrics in percent, mean ± sample std over seeds {list(seeds)}; data {base.data}; "
+        f"COCO val metrics in percent, mean ± sample std over seeds {list(seeds)} ({finished}); data {base.data}; "
         f"{base.epochs} epochs, imgsz {base.imgsz}, batch {base.batch}, model {base.model_size}; "
         f"{machine}; wall {wall:.0f} s."
     )
@@ -125,5 +134,5 @@ def compare(
     (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
     from .plots import plot_compare
 
-    plot_compare(summary, out / "compare.png", title=header[:120])
+    plot_compare(done, out / "compare.png", title=header[:120])
     return result
