@@ -465,3 +465,63 @@ def test_docs_examples_run_offline(tmp_path, monkeypatch, network_guard, qfl_cal
     assert (tmp_path / "runs" / "yolov5" / "patched" / "weights" / "last.pt").is_file()
     assert yolov5_train.ComputeLoss is YOLOv5ComputeLoss
     assert qfl_calls and network_guard == []
+
+
+_REPO_SCRIPT = """
+import socket, sys
+attempts = []
+def refuse(*args, **kwargs):
+    attempts.append(args)
+    raise OSError("network access in a test")
+socket.socket.connect = refuse
+socket.getaddrinfo = refuse
+sys.path.insert(0, ".")
+import yaml
+import qfocal.functional as QF
+from qfocal.integrations import offline_import
+from qfocal.integrations.yolov5 import patch_train
+calls = []
+original = QF.quality_focal_loss
+QF.quality_focal_loss = lambda *a, **k: calls.append(1) or original(*a, **k)
+with offline_import():
+    import train  # the repository layout: top-level train, utils, models
+assert not [m for m in sys.modules if m.startswith("yolov5")], "the pip package was imported"
+stock = yaml.safe_load(open("data/hyps/hyp.scratch-low.yaml"))
+open("hyp.qfl.yaml", "w").write(yaml.safe_dump({**stock, "obj_loss": "qfocal"}))
+sys.argv = sys.argv[:1]
+with patch_train(train) as t:
+    import utils.general
+    assert utils.general.check_font.__module__ == "qfocal.integrations._offline"
+    t.run(data=DATA, cfg="yolov5n.yaml", weights="", hyp="hyp.qfl.yaml", imgsz=64, epochs=1,
+          batch_size=4, workers=0, device="cpu", project=PROJECT, name="repo", noplots=True)
+assert train.ComputeLoss.__module__ == "utils.loss"
+assert utils.general.check_font.__module__ == "utils.general"
+print("calls", len(calls), "attempts", len(attempts))
+"""
+
+
+@pytest.mark.slow
+def test_repository_layout(tmp_path):
+    """A checkout of ultralytics/yolov5 (top-level train, utils, models), rebuilt from the pip package by undoing
+    its `yolov5.` import prefix, trains through patch_train(train) in a fresh process, offline, with QFL."""
+    import re
+    import shutil
+
+    repo = tmp_path / "yolov5-repo"
+    shutil.copytree(YOLOV5_ROOT, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in repo.rglob("*.py"):
+        text = path.read_text()
+        text = re.sub(r"^(\s*)from yolov5 import __version__ as (\w+)", r'\1\2 = "repo"', text, flags=re.M)
+        text = re.sub(r"^(\s*)from yolov5 import __version__", r'\1__version__ = "repo"', text, flags=re.M)
+        text = re.sub(r"^(\s*)from yolov5\.", r"\1from ", text, flags=re.M)
+        text = re.sub(r"^(\s*)import yolov5\.([\w.]+) as", r"\1import \2 as", text, flags=re.M)
+        path.write_text(text)
+    data = write_toy_dataset(tmp_path / "toy", n_train=8, n_val=4, imgsz=64)
+    script = f"DATA = {str(data)!r}\nPROJECT = {str(tmp_path / 'runs')!r}\n" + _REPO_SCRIPT
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    calls, attempts = re.search(r"calls (\d+) attempts (\d+)", result.stdout).groups()
+    assert int(calls) > 0 and int(attempts) == 0, result.stdout[-2000:]
+    assert (tmp_path / "runs" / "repo" / "weights" / "last.pt").is_file()

@@ -7,10 +7,11 @@
 * :mod:`qfocal.integrations.torchvision`: torchvision's detection heads.
 
 Importing this package imports none of those frameworks. :func:`offline` keeps YOLOv5 and Ultralytics from
-downloading or installing anything; :func:`write_toy_dataset` writes a tiny YOLO-format dataset to try them on.
+downloading or installing anything; :func:`offline_import` is for importing them without Ultralytics' import-time
+network probe; :func:`write_toy_dataset` writes a tiny YOLO-format dataset to try them on.
 """
 
-from ._offline import OfflineError, offline
+from ._offline import OfflineError, offline, offline_import
 from ._toydata import write_toy_dataset
 
-__all__ = ["OfflineError", "offline", "write_toy_dataset"]
+__all__ = ["OfflineError", "offline", "offline_import", "write_toy_dataset"]
