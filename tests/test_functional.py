@@ -421,6 +421,8 @@ def _x():
             "target",
         ),
         (lambda: qfocal.QualityFocalLoss(reduction="mena"), ValueError, "reduction"),
+        (lambda: qfocal.VarifocalLoss(alpha=None), ValueError, "alpha"),
+        (lambda: qfocal.SigmoidFocalLoss(gamma=-1), ValueError, "gamma"),
         (lambda: qfocal.set_backend("cuda-magic"), ValueError, "backend: expected one of"),
         (lambda: qfocal.set_value_checks(0), TypeError, "bool"),
     ],

@@ -153,9 +153,13 @@ class VarifocalLoss(_Loss):
         loss_weight: float = 1.0,
     ) -> None:
         super().__init__(reduction)
+        if alpha is None:
+            raise ValueError("alpha: expected a value in [0, 1] for VarifocalLoss, got None")
         self.alpha = _check_alpha(alpha)
         self.gamma = _check_exponent("gamma", gamma)
-        self.iou_weighted = bool(iou_weighted)
+        if not isinstance(iou_weighted, bool):
+            raise TypeError(f"iou_weighted: expected a bool, got {type(iou_weighted).__name__}")
+        self.iou_weighted = iou_weighted
         self.loss_weight = float(loss_weight)
 
     def forward(
