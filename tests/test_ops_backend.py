@@ -137,16 +137,16 @@ def test_torch_compile_fullgraph_keeps_the_op_in_one_graph():
         return gm.forward
 
     grads = {}
-    # value checks read the target on the host (a data-dependent branch): the documented hot-loop opt-out
-    with qfocal.value_checks(False):
-        for name in ("eager", "reference"):
-            with qfocal.backend(name):
-                torch._dynamo.reset()
-                compiled = torch.compile(model, backend=recording_backend, fullgraph=True)
-                loss = compiled(features, target, weight)
-                loss.backward()
-            grads[name] = (loss.detach(), model.linear.weight.grad.clone())
-            model.zero_grad()
+    # value checks stay on: they skip themselves while dynamo traces (no data-dependent graph break)
+    assert qfocal.value_checks_enabled()
+    for name in ("eager", "reference"):
+        with qfocal.backend(name):
+            torch._dynamo.reset()
+            compiled = torch.compile(model, backend=recording_backend, fullgraph=True)
+            loss = compiled(features, target, weight)
+            loss.backward()
+        grads[name] = (loss.detach(), model.linear.weight.grad.clone())
+        model.zero_grad()
     torch._dynamo.reset()
     assert len(graphs) == 2, f"expected one graph per backend, got {len(graphs)}"
     assert any("qfocal.fused_loss" in target for target in graphs[0]), graphs[0]
@@ -162,7 +162,7 @@ def test_torch_compile_with_inductor_end_to_end():
         torch.rand(16),
     )
     model = _Head()
-    with qfocal.value_checks(False), qfocal.backend("inductor"):
+    with qfocal.backend("inductor"):
         torch._dynamo.reset()
         loss = torch.compile(model, fullgraph=True)(features, target, weight)
         loss.backward()

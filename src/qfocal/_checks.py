@@ -35,8 +35,11 @@ def set_value_checks(enabled: bool) -> bool:
 
 
 def value_checks_enabled() -> bool:
-    """Whether the value-range checks (targets in [0, 1], labels in range) run."""
-    return _value_checks
+    """Whether the value-range checks (targets in [0, 1], labels in range) run.
+
+    Never while ``torch.compile`` traces: a check reads tensor values on the host, a graph break.
+    """
+    return _value_checks and not torch.compiler.is_compiling()
 
 
 @contextlib.contextmanager
@@ -138,7 +141,7 @@ def _check_avg_factor(avg_factor: object, reduction: str) -> float | Tensor | No
 
 
 def _check_in_unit_interval(name: str, x: Tensor) -> None:
-    if not _value_checks or x.numel() == 0:
+    if not value_checks_enabled() or x.numel() == 0:
         return
     bad = ~((x >= 0) & (x <= 1))  # NaN fails both comparisons
     if bool(bad.any()):
@@ -210,7 +213,7 @@ def _check_sparse_target(target: tuple, logits: Tensor) -> tuple[Tensor, Tensor]
         raise ValueError(f"scores: expected shape ({n},) like labels, got {tuple(scores.shape)}")
     _check_same_device("labels", labels, "logits", logits)
     _check_same_device("scores", scores, "logits", logits)
-    if _value_checks and n:
+    if value_checks_enabled() and n:
         bad = (labels < 0) | (labels > c)
         if bool(bad.any()):
             raise ValueError(
