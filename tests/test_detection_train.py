@@ -25,7 +25,7 @@ def tiny_data(tmp_path_factory):
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
-    base = {"epochs": 1, "imgsz": 64, "batch": 4, "amp": "off", "progress": False, "warmup_iters": 1}
+    base = {"epochs": 1, "imgsz": 64, "batch": 4, "amp": "off", "progress": False, "warmup_iters": 1, "threads": 1}
     base.update(kw)
     return TrainConfig(data=str(data), out=str(out), **base)
 

@@ -44,6 +44,12 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
         help="autocast: auto = bf16 on GPUs (fp16 without bf16) and on CPUs with AMX/AVX512-BF16, else off",
     )
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help="CPU threads (0 = auto: torch's default, 1 when other processes already load every core)",
+    )
     p.add_argument("--model-size", default=d.model_size, choices=("tiny", "small"))
     p.add_argument(
         "--eval-every", type=int, default=d.eval_every, help="COCO-evaluate every N epochs (and the last)"
@@ -75,6 +81,7 @@ def _config(args: argparse.Namespace, **overrides):
         amp=args.amp,
         device=args.device,
         model_size=args.model_size,
+        threads=args.threads,
         eval_every=args.eval_every,
         synth_images=args.synth_images,
         skip_bad=args.skip_bad,

@@ -53,9 +53,10 @@ def plot_predictions(
     imgsz: int,
     count: int = 8,
     score_thresh: float = 0.3,
+    max_per_image: int = 10,
 ) -> Path:
-    """A grid of the first ``count`` validation images: true boxes dashed green, predictions (score >=
-    ``score_thresh``) solid red with class and score."""
+    """A grid of the first ``count`` validation images: true boxes dashed green, the ``max_per_image`` best
+    predictions with score >= ``score_thresh`` solid red with class and score."""
     from PIL import Image
 
     plt = _plt()
@@ -74,6 +75,8 @@ def plot_predictions(
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="lime", lw=1, ls="--"))
         if predictions is not None:
             p = predictions[k]
+            best = np.argsort(-p["scores"], kind="stable")[:max_per_image]
+            p = {key: v[best] for key, v in p.items()}
             for (x1, y1, x2, y2), s, lab in zip(
                 p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist(), strict=True
             ):
