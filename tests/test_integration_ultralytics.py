@@ -327,10 +327,10 @@ def test_command_and_yolo_api_end_to_end(tmp_path, network_guard, qfl_calls):
 
 
 def _doc_blocks(section: str) -> list[str]:
-    """The python examples of one section of docs/integrations.md (the README's "Use with ..." sections)."""
+    """The python examples of one section of README.md (the README's "Use with ..." sections)."""
     import re
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "integrations.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", body, flags=re.S)
 
@@ -340,7 +340,7 @@ def test_docs_examples_run_offline(tmp_path, monkeypatch, network_guard, qfl_cal
     assert len(blocks) == 2
     monkeypatch.chdir(tmp_path)
     for i, block in enumerate(blocks):
-        exec(compile(block, f"docs/integrations.md Ultralytics example {i}", "exec"), {})
+        exec(compile(block, f"README.md Ultralytics example {i}", "exec"), {})
     assert (tmp_path / "runs" / "ultralytics" / "qfl" / "weights" / "best.pt").is_file()
     assert (tmp_path / "runs" / "ultralytics" / "api" / "weights" / "last.pt").is_file()
     assert qfl_calls and network_guard == []

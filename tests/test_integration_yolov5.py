@@ -440,10 +440,10 @@ def test_command_end_to_end(tmp_path, network_guard, qfl_calls):
 
 
 def _doc_blocks(section: str) -> list[str]:
-    """The python examples of one section of docs/integrations.md (the README's "Use with ..." sections)."""
+    """The python examples of one section of README.md (the README's "Use with ..." sections)."""
     import re
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "integrations.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", body, flags=re.S)
 
@@ -455,7 +455,7 @@ def test_docs_examples_run_offline(tmp_path, monkeypatch, network_guard, qfl_cal
     monkeypatch.setattr(sys, "argv", ["docs-example"])  # train.run parses sys.argv, not pytest's arguments
     for i, block in enumerate(blocks):
         namespace: dict = {}
-        exec(compile(block, f"docs/integrations.md YOLOv5 example {i}", "exec"), namespace)
+        exec(compile(block, f"README.md YOLOv5 example {i}", "exec"), namespace)
         if "loss" in namespace:
             assert (
                 torch.isfinite(namespace["loss"]).all()
