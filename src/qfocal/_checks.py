@@ -152,41 +152,43 @@ def _check_in_unit_interval(name: str, x: Tensor) -> None:
         )
 
 
+def _broadcasts_to(shape: torch.Size, target_shape: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target_shape`` without growing it."""
+    try:
+        return torch.broadcast_shapes(shape, target_shape) == target_shape
+    except RuntimeError:
+        return False
+
+
+def _check_broadcast_tensor(name: str, x: object, shape: torch.Size, ref: Tensor, hint: str = "") -> Tensor:
+    x = _check_float_tensor(name, x)
+    _check_same_device(name, x, "logits", ref)
+    if not _broadcasts_to(x.shape, shape):
+        raise ValueError(
+            f"{name}: expected a shape broadcastable to {tuple(shape)}{hint}, got {tuple(x.shape)}"
+        )
+    return x
+
+
 def _check_weight(weight: object, loss_shape: torch.Size, ref: Tensor) -> Tensor | None:
     """A weight broadcastable to the elementwise loss, or shaped like ``loss_shape[:-1]`` (per anchor)."""
     if weight is None:
         return None
-    weight = _check_float_tensor("weight", weight)
-    _check_same_device("weight", weight, "logits", ref)
-    if len(loss_shape) >= 2 and weight.shape == loss_shape[:-1]:
+    if isinstance(weight, Tensor) and len(loss_shape) >= 2 and weight.shape == loss_shape[:-1]:
+        weight = _check_broadcast_tensor("weight", weight, loss_shape[:-1], ref)
         return weight.unsqueeze(-1)  # mmdetection's per-anchor weight
-    try:
-        shape = torch.broadcast_shapes(weight.shape, loss_shape)
-    except RuntimeError:
-        shape = None
-    if shape != loss_shape:
-        raise ValueError(
-            f"weight: expected a shape broadcastable to the elementwise loss {tuple(loss_shape)} "
-            f"or the per-anchor shape {tuple(loss_shape[:-1])}, got {tuple(weight.shape)}"
-        )
-    return weight
+    hint = (
+        f" (the elementwise loss) or the per-anchor shape {tuple(loss_shape[:-1])}"
+        if len(loss_shape) >= 2
+        else ""
+    )
+    return _check_broadcast_tensor("weight", weight, loss_shape, ref, hint)
 
 
 def _check_pos_weight(pos_weight: object, loss_shape: torch.Size, ref: Tensor) -> Tensor | None:
     if pos_weight is None:
         return None
-    pos_weight = _check_float_tensor("pos_weight", pos_weight)
-    _check_same_device("pos_weight", pos_weight, "logits", ref)
-    try:
-        shape = torch.broadcast_shapes(pos_weight.shape, loss_shape)
-    except RuntimeError:
-        shape = None
-    if shape != loss_shape:
-        raise ValueError(
-            f"pos_weight: expected a shape broadcastable to {tuple(loss_shape)} (e.g. one weight per class), "
-            f"got {tuple(pos_weight.shape)}"
-        )
-    return pos_weight
+    return _check_broadcast_tensor("pos_weight", pos_weight, loss_shape, ref, " (e.g. one weight per class)")
 
 
 def _check_sparse_target(target: tuple, logits: Tensor) -> tuple[Tensor, Tensor]:

@@ -27,6 +27,7 @@ from . import _backend
 from ._checks import (
     _check_alpha,
     _check_avg_factor,
+    _check_broadcast_tensor,
     _check_dense_target,
     _check_exponent,
     _check_float_tensor,
@@ -410,16 +411,7 @@ def distribution_focal_loss(
                 f"(first: {target[bad][0].item()}); clamp to {n} - 0.01 as Ultralytics does"
             )
     if weight is not None:
-        weight = _check_float_tensor("weight", weight)
-        _check_same_device("weight", weight, "logits", logits)
-        try:
-            ok = torch.broadcast_shapes(weight.shape, target.shape) == target.shape
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(
-                f"weight: expected a shape broadcastable to {tuple(target.shape)}, got {tuple(weight.shape)}"
-            )
+        weight = _check_broadcast_tensor("weight", weight, target.shape, logits)
     cdtype = _compute_dtype(logits.dtype)
     logp = F.log_softmax(logits.to(cdtype), dim=-1)
     y = target.to(cdtype)

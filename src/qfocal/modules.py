@@ -7,7 +7,7 @@ names (``utils/loss.py``): same constructor, same call, same numbers, but they n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
@@ -25,9 +25,37 @@ __all__ = [
 
 
 class _Loss(nn.Module):
-    def __init__(self, reduction: str) -> None:
+    """Shared forward: call ``_fn`` with the stored hyper-parameters, then scale by ``loss_weight``."""
+
+    _fn: Callable[..., Tensor]
+
+    def __init__(self, reduction: str, loss_weight: float) -> None:
         super().__init__()
         self.reduction = _check_reduction(reduction)
+        self.loss_weight = float(loss_weight)
+
+    def _hparams(self) -> dict:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        logits: Tensor,
+        target: Tensor | Sequence[Tensor],
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+    ) -> Tensor:
+        loss = type(self)._fn(
+            logits, target, weight=weight, reduction=self.reduction, avg_factor=avg_factor, **self._hparams()
+        )
+        return loss * self.loss_weight if self.loss_weight != 1.0 else loss
+
+    def extra_repr(self) -> str:
+        hp = {k: v for k, v in self._hparams().items() if k != "pos_weight"}
+        items = [f"{k}={v}" for k, v in hp.items()] + [
+            f"reduction={self.reduction!r}",
+            f"loss_weight={self.loss_weight}",
+        ]
+        return ", ".join(items)
 
 
 class QualityFocalLoss(_Loss):
@@ -56,33 +84,15 @@ class QualityFocalLoss(_Loss):
         reduction: str = "mean",
         loss_weight: float = 1.0,
     ) -> None:
-        super().__init__(reduction)
+        super().__init__(reduction, loss_weight)
         self.beta = _check_exponent("beta", beta)
         self.alpha = _check_alpha(alpha)
-        self.loss_weight = float(loss_weight)
         self.register_buffer("pos_weight", pos_weight)
 
-    def forward(
-        self,
-        logits: Tensor,
-        target: Tensor | Sequence[Tensor],
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
-    ) -> Tensor:
-        loss = QF.quality_focal_loss(
-            logits,
-            target,
-            beta=self.beta,
-            alpha=self.alpha,
-            pos_weight=self.pos_weight,
-            weight=weight,
-            reduction=self.reduction,
-            avg_factor=avg_factor,
-        )
-        return loss * self.loss_weight if self.loss_weight != 1.0 else loss
+    _fn = QF.quality_focal_loss
 
-    def extra_repr(self) -> str:
-        return f"beta={self.beta}, alpha={self.alpha}, reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+    def _hparams(self) -> dict:
+        return {"beta": self.beta, "alpha": self.alpha, "pos_weight": self.pos_weight}
 
 
 class SigmoidFocalLoss(_Loss):
@@ -104,33 +114,15 @@ class SigmoidFocalLoss(_Loss):
         reduction: str = "mean",
         loss_weight: float = 1.0,
     ) -> None:
-        super().__init__(reduction)
+        super().__init__(reduction, loss_weight)
         self.alpha = _check_alpha(alpha, negative_disables=True)
         self.gamma = _check_exponent("gamma", gamma)
-        self.loss_weight = float(loss_weight)
         self.register_buffer("pos_weight", pos_weight)
 
-    def forward(
-        self,
-        logits: Tensor,
-        target: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
-    ) -> Tensor:
-        loss = QF.sigmoid_focal_loss(
-            logits,
-            target,
-            alpha=self.alpha,
-            gamma=self.gamma,
-            pos_weight=self.pos_weight,
-            weight=weight,
-            reduction=self.reduction,
-            avg_factor=avg_factor,
-        )
-        return loss * self.loss_weight if self.loss_weight != 1.0 else loss
+    _fn = QF.sigmoid_focal_loss
 
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+    def _hparams(self) -> dict:
+        return {"alpha": self.alpha, "gamma": self.gamma, "pos_weight": self.pos_weight}
 
 
 class VarifocalLoss(_Loss):
@@ -152,7 +144,7 @@ class VarifocalLoss(_Loss):
         reduction: str = "mean",
         loss_weight: float = 1.0,
     ) -> None:
-        super().__init__(reduction)
+        super().__init__(reduction, loss_weight)
         if alpha is None:
             raise ValueError("alpha: expected a value in [0, 1] for VarifocalLoss, got None")
         self.alpha = _check_alpha(alpha)
@@ -160,32 +152,11 @@ class VarifocalLoss(_Loss):
         if not isinstance(iou_weighted, bool):
             raise TypeError(f"iou_weighted: expected a bool, got {type(iou_weighted).__name__}")
         self.iou_weighted = iou_weighted
-        self.loss_weight = float(loss_weight)
 
-    def forward(
-        self,
-        logits: Tensor,
-        target: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
-    ) -> Tensor:
-        loss = QF.varifocal_loss(
-            logits,
-            target,
-            alpha=self.alpha,
-            gamma=self.gamma,
-            iou_weighted=self.iou_weighted,
-            weight=weight,
-            reduction=self.reduction,
-            avg_factor=avg_factor,
-        )
-        return loss * self.loss_weight if self.loss_weight != 1.0 else loss
+    _fn = QF.varifocal_loss
 
-    def extra_repr(self) -> str:
-        return (
-            f"alpha={self.alpha}, gamma={self.gamma}, iou_weighted={self.iou_weighted}, "
-            f"reduction={self.reduction!r}, loss_weight={self.loss_weight}"
-        )
+    def _hparams(self) -> dict:
+        return {"alpha": self.alpha, "gamma": self.gamma, "iou_weighted": self.iou_weighted}
 
 
 class DistributionFocalLoss(_Loss):
@@ -199,23 +170,12 @@ class DistributionFocalLoss(_Loss):
     """
 
     def __init__(self, *, reduction: str = "mean", loss_weight: float = 1.0) -> None:
-        super().__init__(reduction)
-        self.loss_weight = float(loss_weight)
+        super().__init__(reduction, loss_weight)
 
-    def forward(
-        self,
-        logits: Tensor,
-        target: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
-    ) -> Tensor:
-        loss = QF.distribution_focal_loss(
-            logits, target, weight=weight, reduction=self.reduction, avg_factor=avg_factor
-        )
-        return loss * self.loss_weight if self.loss_weight != 1.0 else loss
+    _fn = QF.distribution_focal_loss
 
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+    def _hparams(self) -> dict:
+        return {}
 
 
 class _YOLOv5Wrapper(nn.Module):
