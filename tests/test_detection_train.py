@@ -25,7 +25,15 @@ def tiny_data(tmp_path_factory):
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
-    base = {"epochs": 1, "imgsz": 64, "batch": 4, "amp": "off", "progress": False, "warmup_iters": 1, "threads": 1}
+    base = {
+        "epochs": 1,
+        "imgsz": 64,
+        "batch": 4,
+        "amp": "off",
+        "progress": False,
+        "warmup_iters": 1,
+        "threads": 1,
+    }
     base.update(kw)
     return TrainConfig(data=str(data), out=str(out), **base)
 
@@ -240,16 +248,19 @@ def test_compare_writes_table_and_plot(tiny_data, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", ["focal", "qfl", "vfl"])
 def test_longer_training_learns(tmp_path, loss):
-    """A few minutes per loss: AP50 on the synthetic val split must clearly rise above chance."""
+    """About a minute per loss: AP50 on the synthetic val split rises well above its first-epoch value."""
     cfg = TrainConfig(
         data="synthetic",
         loss=loss,
-        epochs=8,
+        epochs=10,
         imgsz=128,
         batch=16,
-        synth_images=200,
+        synth_images=300,
         out=str(tmp_path),
         progress=False,
+        plots=False,
     )
     metrics = train(cfg, log=lambda m: None)
-    assert metrics["AP50"] > 0.05, metrics
+    history = load_checkpoint(tmp_path / "last.pt")["history"]
+    assert metrics["AP50"] > 0.03, metrics
+    assert metrics["AP50"] > history[0]["AP50"] + 0.02, [round(r["AP50"], 4) for r in history]
