@@ -273,9 +273,11 @@ def train(
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         own_group = True
+    threads_before = torch.get_num_threads()
     try:
         return _train(cfg, resume, on_epoch_end, log, device, world, rank, is_main)
     finally:
+        torch.set_num_threads(threads_before)
         if own_group:
             dist.destroy_process_group()
 
