@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from qfocal.detection.train import training_step
 from qfocal.integrations.torchvision import fcos_tiny
 
-LOSSES = ("focal", "qfl", "vfl")
+LOSSES = ("focal", "qfl", "vfl", "gfl")
 WORLD = 2
 
 

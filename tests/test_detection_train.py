@@ -198,7 +198,7 @@ def test_amp_choice():
     assert amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     with pytest.raises(ValueError, match="fp16 autocast is for CUDA"):
         amp_dtype("fp16", torch.device("cpu"))
-    with pytest.raises(ValueError, match="loss: expected one of focal, qfl, vfl, got 'qf'"):
+    with pytest.raises(ValueError, match="loss: expected one of focal, qfl, vfl, gfl, got 'qf'"):
         TrainConfig(loss="qf").validate()
     with pytest.raises(ValueError, match="imgsz: expected a multiple of 32"):
         TrainConfig(imgsz=100).validate()
@@ -264,3 +264,49 @@ def test_longer_training_learns(tmp_path, loss):
     history = load_checkpoint(tmp_path / "last.pt")["history"]
     assert metrics["AP50"] > 0.03, metrics
     assert metrics["AP50"] > history[0]["AP50"] + 0.02, [round(r["AP50"], 4) for r in history]
+
+
+def test_gfl_head_trains_a_box_distribution_with_dfl(tiny_data, tmp_path):
+    from qfocal import distribution_focal_loss
+    from qfocal.integrations.torchvision import GFL_REG_MAX
+
+    images, targets = _head_inputs()
+    torch.manual_seed(3)
+    model = fcos_tiny(3, loss="gfl", imgsz=64)
+    assert model.head.reg_max == GFL_REG_MAX and model.head.loss == "qfl"
+    seen = {}
+    original = model.head.compute_loss
+
+    def spy(tgts, head_outputs, anchors, matched_idxs):
+        seen.update(head_outputs=head_outputs, anchors=anchors, matched=matched_idxs, targets=tgts)
+        return original(tgts, head_outputs, anchors, matched_idxs)
+
+    model.head.compute_loss = spy
+    losses = model(images, targets)
+    assert set(losses) == {"classification", "bbox_regression", "bbox_dfl"}
+    out = seen["head_outputs"]
+    bins = GFL_REG_MAX + 1
+    logits = out["bbox_dist"].unflatten(-1, (4, bins))
+    # The regressed side is the expectation of the distribution over the bins.
+    expected_sides = (logits.softmax(-1) * torch.arange(bins, dtype=torch.float32)).sum(-1)
+    torch.testing.assert_close(out["bbox_regression"], expected_sides, rtol=1e-5, atol=1e-5)
+    dfl_logits, dfl_targets = [], []
+    for i, (m, t) in enumerate(zip(seen["matched"], seen["targets"], strict=True)):
+        for a in torch.nonzero(m >= 0).flatten().tolist():
+            gt, anchor = t["boxes"][m[a]], seen["anchors"][i][a]
+            size = anchor[2] - anchor[0]
+            cx, cy = (anchor[0] + anchor[2]) / 2, (anchor[1] + anchor[3]) / 2
+            sides = torch.stack([cx - gt[0], cy - gt[1], gt[2] - cx, gt[3] - cy]) / size
+            dfl_targets.append(sides.clamp(0, GFL_REG_MAX - 0.01))
+            dfl_logits.append(logits[i, a])
+    n_pos = len(dfl_targets)
+    expected = 0.25 * distribution_focal_loss(
+        torch.stack(dfl_logits).reshape(-1, bins),
+        torch.stack(dfl_targets).reshape(-1),
+        avg_factor=4.0 * n_pos,
+    )
+    torch.testing.assert_close(losses["bbox_dfl"], expected, rtol=1e-5, atol=1e-6)
+    sum(losses.values()).backward()
+    assert model.head.regression_head.bbox_reg.weight.grad.abs().sum() > 0
+    metrics = train(_cfg(tiny_data, tmp_path, loss="gfl"), log=lambda m: None)
+    assert list(metrics) == list(METRIC_KEYS)

@@ -30,7 +30,12 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
         "(annotations/instances_{train,val}.json) or YOLO (data.yaml) layout",
     )
     if with_loss:
-        p.add_argument("--loss", default=d.loss, choices=("focal", "qfl", "vfl"), help="classification loss")
+        p.add_argument(
+            "--loss",
+            default=d.loss,
+            choices=("focal", "qfl", "vfl", "gfl"),
+            help="classification loss (gfl = QFL plus GFL's box distribution trained with DFL)",
+        )
         p.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation and data order")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--imgsz", type=int, default=d.imgsz, help="square training size, a multiple of 32")
@@ -149,9 +154,9 @@ def _parse_seeds(text: str) -> list[int]:
 
 def _parse_losses(text: str) -> list[str]:
     losses = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in losses if s not in ("focal", "qfl", "vfl")]
+    bad = [s for s in losses if s not in ("focal", "qfl", "vfl", "gfl")]
     if bad or not losses:
-        raise argparse.ArgumentTypeError(f"expected names from focal, qfl, vfl, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected names from focal, qfl, vfl, gfl, got {text!r}")
     return losses
 
 

@@ -47,7 +47,7 @@ def format_table(
 def compare(
     base: TrainConfig,
     *,
-    losses: Sequence[str] = LOSSES,
+    losses: Sequence[str] = ("focal", "qfl", "vfl"),
     seeds: Sequence[int] = (0, 1, 2),
     out: str | Path = "runs/compare",
     resume: bool = False,

@@ -26,11 +26,13 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops import generalized_box_iou_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from ..functional import quality_focal_loss, varifocal_loss
+from ..functional import distribution_focal_loss, quality_focal_loss, varifocal_loss
 
 __all__ = ["LOSSES", "FocalFCOSHead", "QualityFCOS", "QualityFCOSHead", "TinyBackbone", "fcos_tiny"]
 
-LOSSES = ("focal", "qfl", "vfl")
+LOSSES = ("focal", "qfl", "vfl", "gfl")
+# GFL's box distribution: distances in anchor-size (stride) units over the bins 0..GFL_REG_MAX.
+GFL_REG_MAX = 16
 
 
 def _check_loss(loss: str) -> str:
@@ -104,6 +106,29 @@ class _BoxRegressionHead(FCOSRegressionHead):
         return torch.cat(out, dim=1)
 
 
+class _DistributionRegressionHead(_BoxRegressionHead):
+    """GFL's general distribution: per side, logits over the bins ``0..reg_max``; the box side is the expectation."""
+
+    def __init__(self, in_channels: int, num_anchors: int, num_convs: int, reg_max: int) -> None:
+        super().__init__(in_channels, num_anchors, num_convs)
+        self.reg_max = int(reg_max)
+        self.bbox_reg = nn.Conv2d(in_channels, num_anchors * 4 * (self.reg_max + 1), 3, 1, 1)
+        nn.init.normal_(self.bbox_reg.weight, std=0.01)
+        nn.init.zeros_(self.bbox_reg.bias)
+        self.register_buffer("bins", torch.arange(self.reg_max + 1, dtype=torch.float32), persistent=False)
+
+    def forward(self, x: list[Tensor]) -> tuple[Tensor, Tensor]:
+        bins = self.reg_max + 1
+        out = []
+        for features in x:
+            t = self.bbox_reg(self.conv(features))
+            n, _, h, w = t.shape
+            out.append(t.view(n, -1, 4 * bins, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4 * bins))
+        logits = torch.cat(out, dim=1)  # (N, A, 4 * bins)
+        dist = logits.float().unflatten(-1, (4, bins)).softmax(-1) @ self.bins  # (N, A, 4)
+        return dist, logits
+
+
 class QualityFCOSHead(FCOSHead):
     """FCOS head trained with the GFL joint classification-IoU target and QFL or VFL.
 
@@ -116,9 +141,12 @@ class QualityFCOSHead(FCOSHead):
             (:func:`qfocal.varifocal_loss`).
         beta: QFL's exponent (GFL paper: 2).
         alpha, gamma: VFL's negative weight and exponent (VarifocalNet: 0.75, 2).
+        reg_max: 0 for FCOS's direct box regression; ``n > 0`` for GFL's distribution over the bins ``0..n``
+            (in anchor-size units) trained with :func:`qfocal.distribution_focal_loss` (weight 0.25, as GFL).
 
-    ``compute_loss`` returns ``{"classification", "bbox_regression"}``, each the sum over anchors divided by the
-    number of positives averaged over processes (at least 1).
+    ``compute_loss`` returns ``{"classification", "bbox_regression"}`` (plus ``"bbox_dfl"`` with ``reg_max``),
+    each the sum over anchors divided by the number of positives averaged over processes (at least 1; DFL by
+    four times that, one term per box side).
     """
 
     def __init__(
@@ -132,16 +160,30 @@ class QualityFCOSHead(FCOSHead):
         beta: float = 2.0,
         alpha: float = 0.75,
         gamma: float = 2.0,
+        reg_max: int = 0,
     ) -> None:
         super().__init__(in_channels, num_anchors, num_classes, num_convs)
-        if _check_loss(loss) == "focal":
-            raise ValueError("loss: QualityFCOSHead takes 'qfl' or 'vfl'; use FocalFCOSHead for 'focal'")
+        if loss not in ("qfl", "vfl"):
+            raise ValueError(f"loss: expected 'qfl' or 'vfl' (FocalFCOSHead does 'focal'), got {loss!r}")
+        if int(reg_max) != reg_max or reg_max < 0:
+            raise ValueError(f"reg_max: expected an integer >= 0, got {reg_max!r}")
         self.loss = loss
         self.beta, self.alpha, self.gamma = float(beta), float(alpha), float(gamma)
-        self.regression_head = _BoxRegressionHead(in_channels, num_anchors, num_convs)
+        self.reg_max = int(reg_max)
+        if self.reg_max:
+            self.regression_head = _DistributionRegressionHead(
+                in_channels, num_anchors, num_convs, self.reg_max
+            )
+        else:
+            self.regression_head = _BoxRegressionHead(in_channels, num_anchors, num_convs)
 
     def forward(self, x: list[Tensor]) -> dict[str, Tensor]:
-        return {"cls_logits": self.classification_head(x), "bbox_regression": self.regression_head(x)}
+        out = {"cls_logits": self.classification_head(x)}
+        if self.reg_max:
+            out["bbox_regression"], out["bbox_dist"] = self.regression_head(x)
+        else:
+            out["bbox_regression"] = self.regression_head(x)
+        return out
 
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, Tensor]:
         cls_logits = head_outputs["cls_logits"]  # (N, A, C)
@@ -161,7 +203,14 @@ class QualityFCOSHead(FCOSHead):
                 cls_logits, target, alpha=self.alpha, gamma=self.gamma, iou_weighted=True, avg_factor=num_pos
             )
         loss_box = generalized_box_iou_loss(pos_pred, pos_gt, reduction="sum") / num_pos
-        return {"classification": loss_cls, "bbox_regression": loss_box}
+        losses = {"classification": loss_cls, "bbox_regression": loss_box}
+        if self.reg_max:
+            bins = self.reg_max + 1
+            dist_logits = head_outputs["bbox_dist"][fg].reshape(-1, bins)  # (M * 4, bins)
+            sides = self.box_coder.encode(torch.stack(anchors)[fg], pos_gt).reshape(-1)
+            sides = sides.clamp(0.0, self.reg_max - 0.01)
+            losses["bbox_dfl"] = 0.25 * distribution_focal_loss(dist_logits, sides, avg_factor=4.0 * num_pos)
+        return losses
 
 
 class QualityFCOS(FCOS):
@@ -266,7 +315,7 @@ def fcos_tiny(
     Args:
         num_classes: number of object classes ``C`` (labels in ``[0, C)``).
         loss: ``"focal"`` (torchvision's FCOS head and scoring), ``"qfl"`` or ``"vfl"`` (:class:`QualityFCOSHead`
-            in a :class:`QualityFCOS`).
+            in a :class:`QualityFCOS`), or ``"gfl"`` (QFL with GFL's box distribution and DFL, ``reg_max`` 16).
         imgsz: the square input size; torchvision's transform resizes to it (a no-op for images of that size).
         widths: channels of the five backbone stages.
         fpn_channels: channels of the pyramid and head; a multiple of 32 (the head's GroupNorm has 32 groups).
@@ -313,6 +362,14 @@ def fcos_tiny(
         head = FocalFCOSHead(fpn_channels, 1, num_classes, head_convs)
         return FCOS(backbone, num_classes, head=head, **common)
     head = QualityFCOSHead(
-        fpn_channels, 1, num_classes, head_convs, loss=loss, beta=beta, alpha=alpha, gamma=gamma
+        fpn_channels,
+        1,
+        num_classes,
+        head_convs,
+        loss="qfl" if loss == "gfl" else loss,
+        beta=beta,
+        alpha=alpha,
+        gamma=gamma,
+        reg_max=GFL_REG_MAX if loss == "gfl" else 0,
     )
     return QualityFCOS(backbone, num_classes, head=head, **common)
