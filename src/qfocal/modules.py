@@ -7,7 +7,7 @@ names (``utils/loss.py``): same constructor, same call, same numbers, but they n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -27,7 +27,7 @@ __all__ = [
 class _Loss(nn.Module):
     """Shared forward: call ``_fn`` with the stored hyper-parameters, then scale by ``loss_weight``."""
 
-    _fn: Callable[..., Tensor]
+    _fn: str  # name in qfocal.functional, looked up per call (so a patched function is the one used)
 
     def __init__(self, reduction: str, loss_weight: float) -> None:
         super().__init__()
@@ -44,7 +44,7 @@ class _Loss(nn.Module):
         weight: Tensor | None = None,
         avg_factor: float | Tensor | None = None,
     ) -> Tensor:
-        loss = type(self)._fn(
+        loss = getattr(QF, self._fn)(
             logits, target, weight=weight, reduction=self.reduction, avg_factor=avg_factor, **self._hparams()
         )
         return loss * self.loss_weight if self.loss_weight != 1.0 else loss
@@ -89,7 +89,7 @@ class QualityFocalLoss(_Loss):
         self.alpha = _check_alpha(alpha)
         self.register_buffer("pos_weight", pos_weight)
 
-    _fn = QF.quality_focal_loss
+    _fn = "quality_focal_loss"
 
     def _hparams(self) -> dict:
         return {"beta": self.beta, "alpha": self.alpha, "pos_weight": self.pos_weight}
@@ -119,7 +119,7 @@ class SigmoidFocalLoss(_Loss):
         self.gamma = _check_exponent("gamma", gamma)
         self.register_buffer("pos_weight", pos_weight)
 
-    _fn = QF.sigmoid_focal_loss
+    _fn = "sigmoid_focal_loss"
 
     def _hparams(self) -> dict:
         return {"alpha": self.alpha, "gamma": self.gamma, "pos_weight": self.pos_weight}
@@ -153,7 +153,7 @@ class VarifocalLoss(_Loss):
             raise TypeError(f"iou_weighted: expected a bool, got {type(iou_weighted).__name__}")
         self.iou_weighted = iou_weighted
 
-    _fn = QF.varifocal_loss
+    _fn = "varifocal_loss"
 
     def _hparams(self) -> dict:
         return {"alpha": self.alpha, "gamma": self.gamma, "iou_weighted": self.iou_weighted}
@@ -172,7 +172,7 @@ class DistributionFocalLoss(_Loss):
     def __init__(self, *, reduction: str = "mean", loss_weight: float = 1.0) -> None:
         super().__init__(reduction, loss_weight)
 
-    _fn = QF.distribution_focal_loss
+    _fn = "distribution_focal_loss"
 
     def _hparams(self) -> dict:
         return {}
