@@ -5,8 +5,6 @@ builds it, and an offline end-to-end run of Ultralytics' trainer uses qfocal's Q
 from __future__ import annotations
 
 import functools
-import socket
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -71,49 +69,6 @@ def _run(criterion, model, batch):
     loss, items = criterion(model(batch["img"]), batch)
     grads = torch.autograd.grad(loss.sum(), _params(model), allow_unused=True)
     return loss.detach(), items, grads
-
-
-@pytest.fixture
-def network_guard(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Every socket connection, DNS look-up, download or pip/git/curl subprocess is recorded and refused."""
-    attempts: list = []
-
-    def refuse(what):
-        def _refuse(*args, **kwargs):
-            attempts.append((what, args[1:] if what == "connect" else args))
-            raise OSError(f"network access in a test: {what}")
-
-        return _refuse
-
-    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse("connect_ex"))
-    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
-    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse("download_url_to_file"))
-    popen_init = subprocess.Popen.__init__
-
-    def popen(self, args, *rest, **kwargs):
-        text = " ".join(map(str, args)) if isinstance(args, (list, tuple)) else str(args)
-        if any(word in text for word in ("pip", "git", "curl", "wget", "uv ")):
-            attempts.append(("subprocess", text))
-            raise OSError(f"subprocess in a test: {text}")
-        popen_init(self, args, *rest, **kwargs)
-
-    monkeypatch.setattr(subprocess.Popen, "__init__", popen)
-    return attempts
-
-
-@pytest.fixture
-def qfl_calls(monkeypatch: pytest.MonkeyPatch) -> list:
-    calls: list = []
-    original = QF.quality_focal_loss
-
-    def spy(*args, **kwargs):
-        calls.append(tuple(args[0].shape))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(QF, "quality_focal_loss", spy)
-    return calls
 
 
 # ----------------------------------------------------------------------------------------------------------
