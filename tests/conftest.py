@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,3 +100,14 @@ def qfl_calls(monkeypatch: pytest.MonkeyPatch) -> list:
 
     monkeypatch.setattr(QF, "quality_focal_loss", spy)
     return calls
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_python_blocks(section: str | None = None) -> list[str]:
+    """The ```python examples of README.md, or of its ``## section`` only."""
+    text = README.read_text()
+    if section is not None:
+        text = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)

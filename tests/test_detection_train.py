@@ -17,6 +17,19 @@ from qfocal.detection.train import amp_dtype
 from qfocal.integrations.torchvision import FocalFCOSHead, QualityFCOS, QualityFCOSHead, fcos_tiny
 
 
+def _spy_compute_loss(model) -> dict:
+    """Record what the head's compute_loss receives (head outputs, anchors, matches, targets)."""
+    seen: dict = {}
+    original = model.head.compute_loss
+
+    def spy(tgts, head_outputs, anchors, matched_idxs):
+        seen.update(head_outputs=head_outputs, anchors=anchors, matched=matched_idxs, targets=tgts)
+        return original(tgts, head_outputs, anchors, matched_idxs)
+
+    model.head.compute_loss = spy
+    return seen
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
@@ -159,14 +172,7 @@ def test_quality_head_target_is_iou_of_decoded_box(loss):
     torch.manual_seed(2)
     model = fcos_tiny(3, loss=loss, imgsz=64)
     assert isinstance(model, QualityFCOS) and isinstance(model.head, QualityFCOSHead)
-    seen = {}
-    original = model.head.compute_loss
-
-    def spy(tgts, head_outputs, anchors, matched_idxs):
-        seen.update(head_outputs=head_outputs, anchors=anchors, matched=matched_idxs, targets=tgts)
-        return original(tgts, head_outputs, anchors, matched_idxs)
-
-    model.head.compute_loss = spy
+    seen = _spy_compute_loss(model)
     losses = model(images, targets)
     logits = seen["head_outputs"]["cls_logits"]
     target = torch.zeros_like(logits)
@@ -274,14 +280,7 @@ def test_gfl_head_trains_a_box_distribution_with_dfl(tiny_data, tmp_path):
     torch.manual_seed(3)
     model = fcos_tiny(3, loss="gfl", imgsz=64)
     assert model.head.reg_max == GFL_REG_MAX and model.head.loss == "qfl"
-    seen = {}
-    original = model.head.compute_loss
-
-    def spy(tgts, head_outputs, anchors, matched_idxs):
-        seen.update(head_outputs=head_outputs, anchors=anchors, matched=matched_idxs, targets=tgts)
-        return original(tgts, head_outputs, anchors, matched_idxs)
-
-    model.head.compute_loss = spy
+    seen = _spy_compute_loss(model)
     losses = model(images, targets)
     assert set(losses) == {"classification", "bbox_regression", "bbox_dfl"}
     out = seen["head_outputs"]

@@ -20,7 +20,7 @@ import qfocal.functional as QF
 from qfocal.integrations import OfflineError, offline, write_toy_dataset
 from qfocal.integrations import ultralytics as qu
 
-from .conftest import assert_close
+from .conftest import assert_close, readme_python_blocks
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -281,17 +281,8 @@ def test_command_and_yolo_api_end_to_end(tmp_path, network_guard, qfl_calls):
     assert Path(tmp_path / "runs" / "api" / "weights" / "last.pt").is_file()
 
 
-def _doc_blocks(section: str) -> list[str]:
-    """The python examples of one section of README.md (the README's "Use with ..." sections)."""
-    import re
-
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
-
-
 def test_docs_examples_run_offline(tmp_path, monkeypatch, network_guard, qfl_calls):
-    blocks = _doc_blocks("Use with Ultralytics")
+    blocks = readme_python_blocks("Use with Ultralytics")
     assert len(blocks) == 2
     monkeypatch.chdir(tmp_path)
     for i, block in enumerate(blocks):

@@ -21,7 +21,7 @@ import qfocal.functional as QF
 from qfocal.integrations import OfflineError, offline, write_toy_dataset
 from qfocal.integrations import yolov5 as qy
 
-from .conftest import assert_close
+from .conftest import assert_close, readme_python_blocks
 
 with qy.offline_import():
     import yolov5.train as yolov5_train
@@ -394,17 +394,8 @@ def test_command_end_to_end(tmp_path, network_guard, qfl_calls):
     assert qfl_calls and network_guard == []
 
 
-def _doc_blocks(section: str) -> list[str]:
-    """The python examples of one section of README.md (the README's "Use with ..." sections)."""
-    import re
-
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
-
-
 def test_docs_examples_run_offline(tmp_path, monkeypatch, network_guard, qfl_calls):
-    blocks = _doc_blocks("Use with YOLOv5")
+    blocks = readme_python_blocks("Use with YOLOv5")
     assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["docs-example"])  # train.run parses sys.argv, not pytest's arguments

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+from .conftest import README
+from .conftest import readme_python_blocks as _python_blocks
 
 
 def test_readme_quick_start_runs_and_trains():
