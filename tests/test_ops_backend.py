@@ -76,7 +76,7 @@ def test_unknown_names_and_unavailable_triton_are_errors(monkeypatch):
     with pytest.raises(ValueError, match="expected one of"):
         select("fastest", x)
     with pytest.raises(ValueError, match="expected one of"):
-        qfocal.set_backend("Fused")
+        qfocal.set_backend("fastest")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="backend 'triton': expected CUDA"):
         select("triton", x)

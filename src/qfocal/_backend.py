@@ -3,9 +3,11 @@
 ``qfocal.set_backend(name)`` or the environment variable ``QFOCAL_BACKEND`` choose:
 
 - ``"auto"`` (default): the fused kernel wherever one is available for the input's device, else the reference;
-- ``"reference"``: always the plain PyTorch math of :mod:`qfocal.functional`;
+- ``"reference"``: always the plain PyTorch math of :mod:`qfocal._reference`;
 - ``"fused"``: the fused kernel, an error where none is available;
 - ``"triton"`` / ``"inductor"`` / ``"eager"``: one fused implementation by exact name (see :mod:`qfocal.ops`).
+
+Names are case-insensitive (:mod:`qfocal._names` holds them).
 """
 
 from __future__ import annotations
@@ -16,15 +18,13 @@ from collections.abc import Callable, Iterator
 
 from torch import Tensor
 
-BACKENDS = ("auto", "reference", "fused", "triton", "inductor", "eager")
+from ._names import BACKENDS, backend_name
+from ._reference import LossSpec, reference_loss
+
+__all__ = ["BACKENDS", "backend", "fused_impl", "get_backend", "run_loss", "set_backend"]
 
 _backend = "auto"
-
-
-def _validate(name: object) -> str:
-    if not isinstance(name, str) or name not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
-    return name
+_validate = backend_name
 
 
 def set_backend(name: str) -> str:
@@ -44,7 +44,7 @@ def get_backend() -> str:
     """The backend chosen by :func:`set_backend` or ``QFOCAL_BACKEND`` (default ``"auto"``)."""
     env = os.environ.get("QFOCAL_BACKEND")
     if env and _backend == "auto":
-        return _validate(env.strip().lower())
+        return _validate(env, what="QFOCAL_BACKEND")
     return _backend
 
 
@@ -70,3 +70,12 @@ def fused_impl(logits: Tensor) -> Callable | None:
             return None
         raise
     return select(name, logits)
+
+
+def run_loss(spec: LossSpec, logits: Tensor, **tensors) -> Tensor:
+    """Compute ``spec`` on validated inputs with the selected backend (``tensors``: those of
+    :func:`qfocal._reference.reference_loss`: target or labels/scores, pos_weight, weight, avg_factor)."""
+    fused = fused_impl(logits)
+    if fused is not None:
+        return fused(spec, logits, **tensors)
+    return reference_loss(spec, logits, **tensors)

@@ -11,19 +11,18 @@ loss                          modulating factor ``m(p, t)``
 ============================  =====================================================================
 
 with ``a_t = alpha t + (1 - alpha)(1 - t)``. The public functions validate their input and then run either the
-plain PyTorch math below (the *reference* backend, the truth tests compare against) or a fused single-pass
-kernel from :mod:`qfocal.ops` (see :func:`qfocal.set_backend`); both give the same values and gradients.
+plain PyTorch math of :mod:`qfocal._reference` (the *reference* backend, the truth tests compare against) or a
+fused single-pass kernel from :mod:`qfocal.ops` (see :func:`qfocal.set_backend`); both give the same values and
+gradients.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from . import _backend
+from ._backend import run_loss
 from ._checks import (
     _check_alpha,
     _check_avg_factor,
@@ -39,6 +38,7 @@ from ._checks import (
     _check_weight,
     value_checks_enabled,
 )
+from ._reference import LossSpec, distribution_focal_elementwise, weight_reduce
 
 __all__ = [
     "distribution_focal_loss",
@@ -46,135 +46,6 @@ __all__ = [
     "sigmoid_focal_loss",
     "varifocal_loss",
 ]
-
-# mmdetection's weight_reduce_loss divides by (avg_factor + eps) so that avg_factor = 0 stays finite.
-_AVG_EPS = torch.finfo(torch.float32).eps
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Reference math (elementwise, in the compute dtype). Private: the public functions below are the API.
-# ----------------------------------------------------------------------------------------------------------
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp16/bf16 are computed in fp32; fp32 and fp64 stay as they are."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _safe_pow(base: Tensor, exponent: float) -> Tensor:
-    """``base ** exponent`` for ``base >= 0`` with a finite gradient everywhere.
-
-    For ``0 < exponent < 1`` the slope is infinite at ``base = 0``; there (and for sub-normal bases, whose
-    ``base ** (exponent - 1)`` overflows) the gradient is defined as 0, the symmetric sub-gradient of
-    ``|d| ** exponent`` at ``d = 0``. The value is always the exact power.
-    """
-    if exponent == 0.0:
-        return torch.ones_like(base)
-    if exponent >= 1.0:
-        return base.pow(exponent)
-    ok = base > torch.finfo(base.dtype).tiny
-    safe = torch.where(ok, base, torch.ones_like(base))
-    return torch.where(ok, safe.pow(exponent), base.detach().pow(exponent))
-
-
-def _alpha_factor(t: Tensor, alpha: float | None) -> Tensor | float:
-    if alpha is None:
-        return 1.0
-    return t * alpha + (1.0 - t) * (1.0 - alpha)
-
-
-def _bce(x: Tensor, t: Tensor, pos_weight: Tensor | None) -> Tensor:
-    if pos_weight is not None:
-        pos_weight = pos_weight.to(x.dtype)
-    return F.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight, reduction="none")
-
-
-def _qfl_elementwise(
-    x: Tensor, t: Tensor, beta: float, alpha: float | None, pos_weight: Tensor | None
-) -> Tensor:
-    p = torch.sigmoid(x)
-    return _bce(x, t, pos_weight) * _safe_pow((t - p).abs(), beta) * _alpha_factor(t, alpha)
-
-
-def _focal_elementwise(
-    x: Tensor, t: Tensor, gamma: float, alpha: float | None, pos_weight: Tensor | None
-) -> Tensor:
-    p = torch.sigmoid(x)
-    p_t = t * p + (1.0 - t) * (1.0 - p)
-    return _bce(x, t, pos_weight) * _safe_pow(1.0 - p_t, gamma) * _alpha_factor(t, alpha)
-
-
-def _vfl_elementwise(x: Tensor, t: Tensor, alpha: float, gamma: float, iou_weighted: bool) -> Tensor:
-    p = torch.sigmoid(x)
-    pos = t > 0
-    pos_factor = t if iou_weighted else torch.ones_like(t)
-    neg_factor = alpha * _safe_pow((p - t).abs(), gamma)
-    return _bce(x, t, None) * torch.where(pos, pos_factor, neg_factor)
-
-
-def _densify(labels: Tensor, scores: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
-    """The dense (N, C) target equivalent to mmdetection's (labels, scores); label C is background."""
-    c = shape[1]
-    target = torch.zeros(shape, dtype=dtype, device=scores.device)
-    pos = (labels >= 0) & (labels < c)
-    rows = pos.nonzero().squeeze(1)
-    return target.index_put((rows, labels[rows].long()), scores[rows].to(dtype))
-
-
-def _weight_reduce(
-    loss: Tensor, weight: Tensor | None, reduction: str, avg_factor: float | Tensor | None
-) -> Tensor:
-    """mmdetection's ``weight_reduce_loss``: weight, then none / sum / mean, mean = sum / avg_factor if given."""
-    if weight is not None:
-        loss = loss * weight.to(loss.dtype)
-    if reduction == "none":
-        return loss
-    if loss.numel() == 0:
-        return loss.sum() * 0.0  # zero, but still connected to the graph
-    if reduction == "sum":
-        return loss.sum()
-    if avg_factor is None:
-        return loss.mean()
-    return loss.sum() / (avg_factor + _AVG_EPS)
-
-
-def _finish(loss: Tensor, like: Tensor) -> Tensor:
-    return loss.to(like.dtype)
-
-
-def _reference(
-    kind: str, logits: Tensor, target: Tensor, params: dict, pos_weight, weight, reduction, avg_factor
-):
-    cdtype = _compute_dtype(logits.dtype)
-    x = logits.to(cdtype)
-    t = target.to(cdtype)
-    if kind == "qfl":
-        elem = _qfl_elementwise(x, t, params["gamma"], params["alpha"], pos_weight)
-    elif kind == "focal":
-        elem = _focal_elementwise(x, t, params["gamma"], params["alpha"], pos_weight)
-    elif kind == "vfl":
-        elem = _vfl_elementwise(x, t, params["alpha"], params["gamma"], params["iou_weighted"])
-    else:  # pragma: no cover - internal
-        raise ValueError(f"kind: expected 'qfl', 'focal' or 'vfl', got {kind!r}")
-    return _finish(_weight_reduce(elem, weight, reduction, avg_factor), logits)
-
-
-def _run(kind, logits, target, labels_scores, params, pos_weight, weight, reduction, avg_factor):
-    """Run the fused kernel when the backend allows it, else the reference math."""
-    fused = _backend.fused_impl(logits)
-    if fused is not None:
-        return fused(
-            kind,
-            logits,
-            target,
-            labels_scores,
-            params,
-            pos_weight=pos_weight,
-            weight=weight,
-            reduction=reduction,
-            avg_factor=avg_factor,
-        )
-    if labels_scores is not None:
-        target = _densify(*labels_scores, logits.shape, _compute_dtype(logits.dtype))
-    return _reference(kind, logits, target, params, pos_weight, weight, reduction, avg_factor)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -231,20 +102,19 @@ def quality_focal_loss(
         >>> loss.backward()
     """
     logits = _check_float_tensor("logits", logits)
-    gamma = _check_exponent("beta", beta)
+    exponent = _check_exponent("beta", beta)
     alpha = _check_alpha(alpha)
     reduction = _check_reduction(reduction)
     avg_factor = _check_avg_factor(avg_factor, reduction)
-    labels_scores = None
     if isinstance(target, (tuple, list)):
-        labels_scores = _check_sparse_target(tuple(target), logits)
-        target = None
+        labels, scores = _check_sparse_target(tuple(target), logits)
+        targets = {"labels": labels, "scores": scores}
     else:
-        target = _check_dense_target(target, logits)
+        targets = {"target": _check_dense_target(target, logits)}
     pos_weight = _check_pos_weight(pos_weight, logits.shape, logits)
     weight = _check_weight(weight, logits.shape, logits)
-    params = {"gamma": gamma, "alpha": alpha}
-    return _run("qfl", logits, target, labels_scores, params, pos_weight, weight, reduction, avg_factor)
+    spec = LossSpec("qfl", exponent, alpha, reduction=reduction)
+    return run_loss(spec, logits, **targets, pos_weight=pos_weight, weight=weight, avg_factor=avg_factor)
 
 
 def sigmoid_focal_loss(
@@ -296,8 +166,8 @@ def sigmoid_focal_loss(
     target = _check_dense_target(target, logits)
     pos_weight = _check_pos_weight(pos_weight, logits.shape, logits)
     weight = _check_weight(weight, logits.shape, logits)
-    params = {"gamma": gamma, "alpha": alpha}
-    return _run("focal", logits, target, None, params, pos_weight, weight, reduction, avg_factor)
+    spec = LossSpec("focal", gamma, alpha, reduction=reduction)
+    return run_loss(spec, logits, target=target, pos_weight=pos_weight, weight=weight, avg_factor=avg_factor)
 
 
 def varifocal_loss(
@@ -352,8 +222,8 @@ def varifocal_loss(
     avg_factor = _check_avg_factor(avg_factor, reduction)
     target = _check_dense_target(target, logits)
     weight = _check_weight(weight, logits.shape, logits)
-    params = {"gamma": gamma, "alpha": alpha, "iou_weighted": iou_weighted}
-    return _run("vfl", logits, target, None, params, None, weight, reduction, avg_factor)
+    spec = LossSpec("vfl", gamma, alpha, iou_weighted, reduction)
+    return run_loss(spec, logits, target=target, weight=weight, avg_factor=avg_factor)
 
 
 def distribution_focal_loss(
@@ -412,12 +282,5 @@ def distribution_focal_loss(
             )
     if weight is not None:
         weight = _check_broadcast_tensor("weight", weight, target.shape, logits)
-    cdtype = _compute_dtype(logits.dtype)
-    logp = F.log_softmax(logits.to(cdtype), dim=-1)
-    y = target.to(cdtype)
-    left = y.long().clamp_(0, n - 1)
-    w_left = (left + 1).to(cdtype) - y
-    lp_left = logp.gather(-1, left.unsqueeze(-1)).squeeze(-1)
-    lp_right = logp.gather(-1, (left + 1).unsqueeze(-1)).squeeze(-1)
-    loss = -(lp_left * w_left + lp_right * (1.0 - w_left))
-    return _finish(_weight_reduce(loss, weight, reduction, avg_factor), logits)
+    loss = distribution_focal_elementwise(logits, target)
+    return weight_reduce(loss, weight, reduction, avg_factor).to(logits.dtype)

@@ -1,7 +1,8 @@
 """Fused single-pass kernels for the focal-family losses: loss and ``d loss / d logits`` from one read.
 
 :func:`select` is what :func:`qfocal.set_backend` reaches: it returns the fused callable to run for given
-logits, or None for the reference math of :mod:`qfocal.functional`. Implementations, by exact name:
+logits, or None for the reference math of :mod:`qfocal._reference`. This package builds on
+:mod:`qfocal._reference` and never imports :mod:`qfocal.functional`. Implementations, by exact name:
 
 - ``"triton"``: a Triton kernel (CUDA tensors; CPU tensors too under ``TRITON_INTERPRET=1``);
 - ``"inductor"``: the fused math compiled by ``torch.compile`` (CPU or CUDA), eager if compilation fails;
@@ -26,6 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._names import BACKENDS, backend_name
 from ._inductor import inductor_failed
 from ._op import fused_loss, fused_loss_op
 
@@ -38,7 +40,7 @@ __all__ = [
     "select",
 ]
 
-_NAMES = ("auto", "fused", "triton", "inductor", "eager")
+_NAMES = tuple(n for n in BACKENDS if n != "reference")
 _DEFAULT_MIN_NUMEL = 1 << 18
 _DEFAULT_WARMUP = 16
 _large_calls = 0  # CPU calls of "auto" at or above the size threshold so far
@@ -112,8 +114,7 @@ def select(name: str, logits: Tensor) -> Callable | None:
 
     Raises ValueError for an unknown name, and for ``"triton"`` where Triton cannot run on ``logits``.
     """
-    if name not in _NAMES:
-        raise ValueError(f"backend: expected one of {_NAMES} (or 'reference'), got {name!r}")
+    name = backend_name(name, _NAMES)
     device = logits.device.type
     if name == "auto":
         if device == "cuda" and _triton_usable(logits):

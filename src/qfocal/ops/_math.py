@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-KINDS = ("qfl", "focal", "vfl")
+from .._reference import KINDS
 
 
 def _safe_pow_and_slope(base: Tensor, gamma: Tensor, tiny: float) -> tuple[Tensor, Tensor]:
-    """``base ** gamma`` and its derivative, with the slope of :func:`qfocal.functional._safe_pow`.
+    """``base ** gamma`` and its derivative, with the slope of :func:`qfocal._reference.safe_pow`.
 
     Where ``base <= tiny`` (0 or sub-normal) the reference's slope is 0 for ``gamma < 1`` and
     ``gamma * base ** (gamma - 1)`` otherwise; the latter is taken as ``1`` for ``gamma == 1`` and ``0`` for
@@ -38,7 +38,7 @@ def fused_loss_and_grad(
     scores: Tensor | None,
     pos_weight: Tensor | None,
     weight: Tensor | None,
-    gamma: Tensor,
+    exponent: Tensor,
     alpha: Tensor,
     alpha_offset: Tensor,
     alpha_slope: Tensor,
@@ -81,19 +81,19 @@ def fused_loss_and_grad(
 
     if kind == "qfl":
         diff = t - p
-        power, slope = _safe_pow_and_slope(diff.abs(), gamma, tiny)
+        power, slope = _safe_pow_and_slope(diff.abs(), exponent, tiny)
         a_t = alpha_offset + alpha_slope * t
         m = a_t * power
         dm = -a_t * slope * torch.sign(diff) * dp
     elif kind == "focal":
-        p_t = t * p + (1.0 - t) * (1.0 - p)
-        power, slope = _safe_pow_and_slope(1.0 - p_t, gamma, tiny)
+        # 1 - p_t in mmdetection's form, as the reference
+        power, slope = _safe_pow_and_slope(p * (1.0 - t) + (1.0 - p) * t, exponent, tiny)
         a_t = alpha_offset + alpha_slope * t
         m = a_t * power
         dm = a_t * slope * (1.0 - 2.0 * t) * dp
     elif kind == "vfl":
         diff = p - t
-        power, slope = _safe_pow_and_slope(diff.abs(), gamma, tiny)
+        power, slope = _safe_pow_and_slope(diff.abs(), exponent, tiny)
         pos = t > 0
         m = torch.where(pos, torch.where(iou_weighted, t, 1.0), alpha * power)
         dm = torch.where(pos, 0.0, alpha * slope * torch.sign(diff) * dp)

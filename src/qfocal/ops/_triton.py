@@ -14,7 +14,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-_KIND_IDS = {"qfl": 0, "focal": 1, "vfl": 2}
+from .._reference import KINDS
+
+_KIND_IDS = {kind: i for i, kind in enumerate(KINDS)}  # KIND == 0: qfl, 1: focal, 2: vfl
 _BLOCK = 1024
 _FP32_TINY = 1.1754943508222875e-38
 
@@ -94,8 +96,7 @@ def _fused_loss_kernel(
         sign = tl.where(diff > 0.0, 1.0, tl.where(diff < 0.0, -1.0, 0.0))
         dm = -a_t * slope * sign * dp
     elif KIND == 1:  # sigmoid focal loss
-        p_t = t * p + (1.0 - t) * (1.0 - p)
-        power, slope = _pow_and_slope(1.0 - p_t, gamma)
+        power, slope = _pow_and_slope(p * (1.0 - t) + (1.0 - p) * t, gamma)  # 1 - p_t, as the reference
         a_t = alpha_offset + alpha_slope * t
         m = a_t * power
         dm = a_t * slope * (1.0 - 2.0 * t) * dp
@@ -149,7 +150,7 @@ def triton_loss_and_grad(
     scale: Tensor,
     *,
     kind: str,
-    gamma: float,
+    exponent: float,
     alpha: float,
     alpha_offset: float,
     alpha_slope: float,
@@ -181,7 +182,7 @@ def triton_loss_and_grad(
         scale,
         loss, grad,
         n, n_cols,
-        float(gamma), float(alpha), float(alpha_offset), float(alpha_slope),
+        float(exponent), float(alpha), float(alpha_offset), float(alpha_slope),
         KIND=_KIND_IDS[kind], SPARSE=labels is not None, HAS_PW=pos_weight is not None, HAS_W=weight is not None,
         REDUCE=reduce, NEED_GRAD=need_grad, IOU_WEIGHTED=bool(iou_weighted), FLAT=flat,
         BLOCK=_BLOCK, num_warps=4,
