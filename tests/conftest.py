@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import qfocal.functional as QF
+import qfocal.modules
 
 # No test may touch the network: frameworks are told so before they are imported.
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -90,7 +91,8 @@ def network_guard(monkeypatch: pytest.MonkeyPatch) -> list:
 
 @pytest.fixture
 def qfl_calls(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Counts calls of qfocal.functional.quality_focal_loss (the modules look it up on each call)."""
+    """Counts the calls of qfocal.functional.quality_focal_loss made by qfocal's QFL modules (their ``loss_fn``
+    seam), which every integration builds."""
     calls: list = []
     original = QF.quality_focal_loss
 
@@ -98,7 +100,8 @@ def qfl_calls(monkeypatch: pytest.MonkeyPatch) -> list:
         calls.append(tuple(args[0].shape))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(QF, "quality_focal_loss", spy)
+    for cls in (qfocal.modules.QualityFocalLoss, qfocal.modules.QFocalLoss):
+        monkeypatch.setattr(cls, "loss_fn", staticmethod(spy))
     return calls
 
 

@@ -204,7 +204,9 @@ def test_amp_choice():
     assert amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     with pytest.raises(ValueError, match="fp16 autocast is for CUDA"):
         amp_dtype("fp16", torch.device("cpu"))
-    with pytest.raises(ValueError, match="loss: expected one of focal, qfl, vfl, gfl, got 'qf'"):
+    with pytest.raises(
+        ValueError, match=r"loss: expected one of focal, qfl \(= qfocal\), vfl \(= varifocal\), gfl, got 'qf'"
+    ):
         TrainConfig(loss="qf").validate()
     with pytest.raises(ValueError, match="imgsz: expected a multiple of 32"):
         TrainConfig(imgsz=100).validate()

@@ -141,13 +141,13 @@ def test_qfocal_is_qfocal_quality_focal_loss(model, preds, batch, qfl_calls):
     criterion(preds, batch)
     assert qfl_calls[before:] == [tuple(preds["scores"].permute(0, 2, 1).shape)]
     assert criterion.bce.loss.beta == 1.5 and criterion.bce.loss.alpha is None
-    assert "qfocal" in repr(criterion) and "beta=1.5" in repr(criterion)
+    assert "'qfl'" in repr(criterion) and "beta=1.5" in repr(criterion)
 
 
 @pytest.mark.parametrize(
     "cls_loss, kwargs, error, match",
     [
-        ("qfl", {}, ValueError, r"\('bce', 'qfocal', 'varifocal', 'focal'\)"),
+        ("qf", {}, ValueError, r"bce, qfl \(= qfocal\), vfl \(= varifocal\), focal, got 'qf'"),
         (None, {}, ValueError, "cls_loss"),
         ("qfocal", {"gamma": 2.0}, TypeError, r"\['alpha', 'beta'\]"),
         ("bce", {"beta": 2.0}, TypeError, "none"),
@@ -169,7 +169,7 @@ def test_model_init_criterion_builds_detection_loss():
     )
     m.args = get_cfg()
     criterion = m.init_criterion()
-    assert isinstance(criterion, qu.DetectionLoss) and criterion.cls_loss == "varifocal"
+    assert isinstance(criterion, qu.DetectionLoss) and criterion.cls_loss == "vfl"
     assert criterion.cls_options == {"alpha": 0.75, "gamma": 1, "iou_weighted": True}
     with pytest.raises(ValueError, match="cls_loss"):
         qu.QFocalDetectionModel("yolov8n.yaml", nc=2, verbose=False, cls_loss="quality")
@@ -184,7 +184,7 @@ def test_end_to_end_head_gets_e2e_loss_of_detection_losses():
     assert isinstance(criterion.one2many, qu.DetectionLoss) and isinstance(
         criterion.one2one, qu.DetectionLoss
     )
-    assert criterion.one2one.cls_loss == "qfocal" and criterion.one2one.assigner.topk == 7
+    assert criterion.one2one.cls_loss == "qfl" and criterion.one2one.assigner.topk == 7
 
 
 def test_offline_is_reversible_and_refuses_downloads(network_guard, tmp_path):
@@ -220,9 +220,7 @@ def test_train_end_to_end_offline_with_qfl(tmp_path, network_guard, qfl_calls):
         verbose=False,
     )
     assert isinstance(trainer.model, qu.QFocalDetectionModel)
-    assert (
-        isinstance(trainer.model.criterion, qu.DetectionLoss) and trainer.model.criterion.cls_loss == "qfocal"
-    )
+    assert isinstance(trainer.model.criterion, qu.DetectionLoss) and trainer.model.criterion.cls_loss == "qfl"
     assert len(qfl_calls) >= 2, qfl_calls  # two training batches (and the validation loss)
     ckpt = torch.load(trainer.best, map_location="cpu", weights_only=False)
     assert type(ckpt["model"]) is DetectionModel, "checkpoints must load without qfocal"

@@ -256,7 +256,11 @@ def test_key_semantics():
 @pytest.mark.parametrize(
     "extra, error, match",
     [
-        ({"obj_loss": "qfl"}, ValueError, r"obj_loss.*\('bce', 'focal', 'qfocal', 'varifocal'\)"),
+        (
+            {"obj_loss": "qf"},
+            ValueError,
+            r"obj_loss.*bce, focal, qfl \(= qfocal\), vfl \(= varifocal\), got 'qf'",
+        ),
         ({"cls_loss": "Focal Loss"}, ValueError, "cls_loss"),
         ({"cls_loss": 1}, ValueError, "cls_loss"),
         ({"obj_loss": "qfocal", "fl_alpha": "0.25"}, TypeError, "fl_alpha"),
@@ -350,25 +354,23 @@ def _fake_train_module(tmp_path: Path) -> types.ModuleType:
 
 
 def test_command_passes_yolov5_arguments_through(tmp_path):
-    from qfocal.integrations.cli import _PassThroughParser, register
+    from qfocal.cli import parse_args
 
     fake = _fake_train_module(tmp_path)
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(
+    args = parse_args(
         ["yolov5-train", "--obj-loss", "qfocal", "--data", "d.yaml", "--fl-alpha", "none", "--img", "64"]
     )
-    assert isinstance(parser._subparsers._group_actions[0].choices["yolov5-train"], _PassThroughParser)
+    assert args.pass_through
     assert args.framework_args == ["--data", "d.yaml", "--img", "64"]
     assert qy.run_command(args, args.framework_args, train_module=fake) == 0
     opt, hyp = fake.seen["opt"], fake.seen["hyp"]
     assert opt.weights == "" and opt.img == 64 and opt.data == "d.yaml"
-    assert hyp["obj_loss"] == "qfocal" and hyp["fl_alpha"] is None and "cls_loss" not in hyp
+    assert hyp["obj_loss"] == "qfl" and hyp["fl_alpha"] is None and "cls_loss" not in hyp
     assert hyp["lr0"] == STOCK_HYP["lr0"]
     assert fake.seen["ComputeLoss"] is qy.ComputeLoss and fake.ComputeLoss is YOLOv5ComputeLoss
     assert sys.argv[0] != "fake_yolov5.train.py"
     with pytest.raises(SystemExit):
-        parser.parse_args(["yolov5-train", "--obj-loss", "qfl"])
+        parse_args(["yolov5-train", "--obj-loss", "qf"])
 
 
 @pytest.mark.slow
@@ -423,12 +425,12 @@ socket.socket.connect = refuse
 socket.getaddrinfo = refuse
 sys.path.insert(0, ".")
 import yaml
-import qfocal.functional as QF
+import qfocal.modules
 from qfocal.integrations import offline_import
 from qfocal.integrations.yolov5 import patch_train
 calls = []
-original = QF.quality_focal_loss
-QF.quality_focal_loss = lambda *a, **k: calls.append(1) or original(*a, **k)
+original = qfocal.modules.QFocalLoss.loss_fn
+qfocal.modules.QFocalLoss.loss_fn = staticmethod(lambda *a, **k: calls.append(1) or original(*a, **k))
 with offline_import():
     import train  # the repository layout: top-level train, utils, models
 assert not [m for m in sys.modules if m.startswith("yolov5")], "the pip package was imported"

@@ -1,27 +1,50 @@
 """The ``qfocal`` command: one entry point, subcommands registered by the modules that implement them.
 
-Each module in ``_COMMAND_MODULES`` exposes ``register(subparsers)`` which adds its subcommands and sets
-``func`` (called with the parsed ``argparse.Namespace``, returning an exit code). Heavy imports (torchvision,
-YOLOv5, Ultralytics) happen inside the subcommand, so ``qfocal table`` starts fast.
+Each module in ``_COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its subcommands with ``func``
+(called with the parsed ``argparse.Namespace``, returning an exit code). Registration imports only the standard
+library and torch, so ``qfocal --help`` works on a core install; heavy imports (torchvision, YOLOv5, Ultralytics,
+matplotlib) happen inside the subcommand, which names the extra to install when one is missing.
+
+Errors follow one convention (:mod:`qfocal._cli`): ``qfocal <cmd>: error: <message>`` on one line, exit 2 for a
+bad argument and 1 for a run that failed. Other exceptions are bugs and keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
-_COMMAND_MODULES = (
-    "qfocal.cli_losses",  # table, plot
-    "qfocal.ops.cli",  # bench
-    "qfocal.detection.cli",  # data, train, evaluate, compare, demo
-    "qfocal.integrations.cli",  # yolov5-train, ultralytics-train
-)
+from ._cli import ArgumentParser, CommandError, add_command, report
+
+# module: (the modules it needs beyond torch, its extra, the commands it registers)
+_COMMAND_MODULES = {
+    "qfocal.cli_losses": ((), "", ("table", "plot")),
+    "qfocal.bench.cli": ((), "", ("bench",)),
+    "qfocal.detection.cli": (
+        ("numpy", "PIL", "torchvision", "pycocotools"),
+        "harness",
+        ("data", "train", "evaluate", "compare", "demo"),
+    ),
+    "qfocal.integrations.cli": ((), "", ("yolov5-train", "ultralytics-train")),
+}
+
+
+def _register_missing(sub, commands: tuple[str, ...], missing: list[str], extra: str) -> None:
+    """Commands whose extra is not installed: listed, and each says what to install."""
+    message = f'needs {", ".join(missing)}: pip install "qfocal[{extra}]"'
+
+    def fail(args: argparse.Namespace) -> int:
+        raise CommandError(message)
+
+    for name in commands:
+        add_command(sub, name, fail, pass_through=True, add_help=False, help=f"({message})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="qfocal",
         description="Quality-aware focal losses for dense object detection: tables, plots, benchmarks, training.",
     )
@@ -29,25 +52,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"qfocal {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if not (exc.name and name.startswith(exc.name)):  # it exists but an import inside it is missing
-                raise
-            continue
-        module.register(sub)
+    for name, (needs, extra, commands) in _COMMAND_MODULES.items():
+        missing = [m for m in needs if importlib.util.find_spec(m) is None]
+        if missing:
+            _register_missing(sub, commands, missing, extra)
+        else:
+            importlib.import_module(name).register(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a ``qfocal`` command line. A subcommand registered with ``pass_through=True`` receives the arguments
+    it does not define in ``framework_args`` (YOLOv5's and Ultralytics' own); elsewhere they are errors."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    command_parser = getattr(args, "parser", parser)
+    if extras and not getattr(args, "pass_through", False):
+        command_parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    args.framework_args = [*getattr(args, "framework_args", []), *extras]
     if not getattr(args, "func", None):
-        parser.print_help()
+        args.parser = parser
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not getattr(args, "func", None):
+        args.parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
+    except CommandError as exc:
+        if exc.usage:
+            args.parser.error(str(exc))
+        return report(args.parser.prog, exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._cli import CommandError, add_command, require
 from .functional import quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 
 # The seed's second table (its first differs only in the last row: targets 1, 0, 0 and logits 1.5, 2, -1.4).
@@ -27,11 +28,18 @@ def _matrix(text: str, name: str) -> Tensor:
     """Parse ``"0.6,0,0;0.9,0,0"`` (rows separated by ``;``) into a float32 matrix."""
     try:
         rows = [[float(v) for v in row.split(",")] for row in text.strip().split(";") if row.strip()]
-    except ValueError as exc:
-        raise ValueError(f"--{name}: expected numbers like '0.6,0,0;0.9,0,0', got {text!r}") from exc
+    except ValueError:
+        raise CommandError(
+            f"--{name}: expected numbers like '0.6,0,0;0.9,0,0', got {text!r}", usage=True
+        ) from None
     if not rows or any(len(r) != len(rows[0]) for r in rows):
-        raise ValueError(f"--{name}: expected rows of equal length separated by ';', got {text!r}")
-    return torch.tensor(rows, dtype=torch.float32)
+        raise CommandError(
+            f"--{name}: expected rows of equal length separated by ';', got {text!r}", usage=True
+        )
+    values = torch.tensor(rows, dtype=torch.float32)
+    if not bool(torch.isfinite(values).all()):
+        raise CommandError(f"--{name}: expected finite numbers, got {text!r}", usage=True)
+    return values
 
 
 def seed_losses(
@@ -70,22 +78,28 @@ def _cmd_table(args: argparse.Namespace) -> int:
         targets, logits = torch.tensor(SEED_TARGETS), torch.tensor(SEED_LOGITS)
     else:
         if args.targets is None:
-            raise SystemExit("qfocal table: --targets is required with --logits or --probs")
+            raise CommandError("--targets is required with --logits or --probs", usage=True)
         if (args.logits is None) == (args.probs is None):
-            raise SystemExit("qfocal table: give exactly one of --logits and --probs")
+            raise CommandError("give exactly one of --logits and --probs", usage=True)
         targets = _matrix(args.targets, "targets")
+        if not bool(((targets >= 0) & (targets <= 1)).all()):
+            raise CommandError(f"--targets: expected values in [0, 1], got {args.targets!r}", usage=True)
         if args.probs is not None:
             probs = _matrix(args.probs, "probs")
             if not bool(((probs > 0) & (probs < 1)).all()):
-                raise SystemExit("qfocal table: --probs must be in (0, 1) exclusive")
+                raise CommandError(
+                    f"--probs: expected values in (0, 1) exclusive, got {args.probs!r}", usage=True
+                )
             logits = torch.logit(probs.double()).float()
         else:
             logits = _matrix(args.logits, "logits")
         if logits.shape != targets.shape:
-            raise SystemExit(
-                f"qfocal table: expected --targets and the predictions to have one shape, "
-                f"got {tuple(targets.shape)} and {tuple(logits.shape)}"
+            raise CommandError(
+                f"expected --targets and the predictions to have one shape, "
+                f"got {tuple(targets.shape)} and {tuple(logits.shape)}",
+                usage=True,
             )
+    _check_gamma_alpha(args)
     print(render_table(logits, targets, gamma=args.gamma, alpha=args.alpha))
     return 0
 
@@ -128,22 +142,39 @@ def plot_losses(
     return out
 
 
+def _check_gamma_alpha(args: argparse.Namespace) -> None:
+    if not 0.0 <= args.gamma < float("inf"):
+        raise CommandError(f"--gamma: expected a finite value >= 0, got {args.gamma}", usage=True)
+    alpha = getattr(args, "alpha", 0.0)
+    if not 0.0 <= alpha <= 1.0:
+        raise CommandError(f"--alpha: expected a value in [0, 1], got {alpha}", usage=True)
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     try:
         targets = tuple(float(v) for v in args.targets.split(","))
-    except ValueError as exc:
-        raise SystemExit(
-            f"qfocal plot: --targets expects numbers like 0,0.5,0.9,1, got {args.targets!r}"
-        ) from exc
-    if not all(0.0 <= t <= 1.0 for t in targets):
-        raise SystemExit(f"qfocal plot: --targets must lie in [0, 1], got {args.targets!r}")
-    print(plot_losses(args.out, targets=targets, gamma=args.gamma))
+    except ValueError:
+        raise CommandError(
+            f"--targets: expected numbers like 0,0.5,0.9,1, got {args.targets!r}", usage=True
+        ) from None
+    if not targets or not all(0.0 <= t <= 1.0 for t in targets):
+        raise CommandError(f"--targets: expected values in [0, 1], got {args.targets!r}", usage=True)
+    _check_gamma_alpha(args)
+    if not args.out.lower().endswith(".png"):
+        raise CommandError(f"--out: expected a .png file name, got {args.out!r}", usage=True)
+    require("matplotlib", what="qfocal plot")
+    try:
+        print(plot_losses(args.out, targets=targets, gamma=args.gamma))
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "table",
+        _cmd_table,
         help="print BCE / focal / QFL / VFL for given targets and predictions (default: the seed thread's table)",
         description="Elementwise BCE, focal (YOLOv5 FocalLoss), QFL (YOLOv5 QFocalLoss) and varifocal losses. "
         "Matrices are rows separated by ';', values by ','.",
@@ -153,10 +184,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probs", help="predicted probabilities in (0, 1), converted to logits")
     p.add_argument("--gamma", type=float, default=1.5, help="focal gamma / QFL beta (YOLOv5 default 1.5)")
     p.add_argument("--alpha", type=float, default=0.25, help="alpha of focal and QFL (YOLOv5 default 0.25)")
-    p.set_defaults(func=_cmd_table)
 
-    p = sub.add_parser("plot", help="draw loss against predicted probability for soft targets")
+    p = add_command(sub, "plot", _cmd_plot, help="draw loss against predicted probability for soft targets")
     p.add_argument("--out", default="qfocal_losses.png", help="PNG file to write")
     p.add_argument("--targets", default="0,0.5,0.9,1", help="comma-separated soft targets, one panel each")
     p.add_argument("--gamma", type=float, default=2.0, help="focal gamma and QFL beta")
-    p.set_defaults(func=_cmd_plot)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from . import functional as QF
 from ._checks import _check_alpha, _check_exponent, _check_reduction
+from .functional import distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 
 __all__ = [
     "DistributionFocalLoss",
@@ -25,9 +25,13 @@ __all__ = [
 
 
 class _Loss(nn.Module):
-    """Shared forward: call ``_fn`` with the stored hyper-parameters, then scale by ``loss_weight``."""
+    """Shared forward: call ``loss_fn`` with the stored hyper-parameters, then scale by ``loss_weight``.
 
-    _fn: str  # name in qfocal.functional, looked up per call (so a patched function is the one used)
+    ``loss_fn`` is a class attribute (a staticmethod of :mod:`qfocal.functional`): the one place to swap or wrap
+    the function a module runs, e.g. to count calls.
+    """
+
+    loss_fn: staticmethod
 
     def __init__(self, reduction: str, loss_weight: float) -> None:
         super().__init__()
@@ -43,9 +47,13 @@ class _Loss(nn.Module):
         target: Tensor | Sequence[Tensor],
         weight: Tensor | None = None,
         avg_factor: float | Tensor | None = None,
+        reduction_override: str | None = None,
     ) -> Tensor:
-        loss = getattr(QF, self._fn)(
-            logits, target, weight=weight, reduction=self.reduction, avg_factor=avg_factor, **self._hparams()
+        """The loss of ``logits`` against ``target`` times ``loss_weight``; ``reduction_override`` (mmdetection's
+        name) replaces the stored reduction for this call."""
+        reduction = self.reduction if reduction_override is None else _check_reduction(reduction_override)
+        loss = self.loss_fn(
+            logits, target, weight=weight, reduction=reduction, avg_factor=avg_factor, **self._hparams()
         )
         return loss * self.loss_weight if self.loss_weight != 1.0 else loss
 
@@ -89,7 +97,7 @@ class QualityFocalLoss(_Loss):
         self.alpha = _check_alpha(alpha)
         self.register_buffer("pos_weight", pos_weight)
 
-    _fn = "quality_focal_loss"
+    loss_fn = staticmethod(quality_focal_loss)
 
     def _hparams(self) -> dict:
         return {"beta": self.beta, "alpha": self.alpha, "pos_weight": self.pos_weight}
@@ -119,7 +127,7 @@ class SigmoidFocalLoss(_Loss):
         self.gamma = _check_exponent("gamma", gamma)
         self.register_buffer("pos_weight", pos_weight)
 
-    _fn = "sigmoid_focal_loss"
+    loss_fn = staticmethod(sigmoid_focal_loss)
 
     def _hparams(self) -> dict:
         return {"alpha": self.alpha, "gamma": self.gamma, "pos_weight": self.pos_weight}
@@ -153,7 +161,7 @@ class VarifocalLoss(_Loss):
             raise TypeError(f"iou_weighted: expected a bool, got {type(iou_weighted).__name__}")
         self.iou_weighted = iou_weighted
 
-    _fn = "varifocal_loss"
+    loss_fn = staticmethod(varifocal_loss)
 
     def _hparams(self) -> dict:
         return {"alpha": self.alpha, "gamma": self.gamma, "iou_weighted": self.iou_weighted}
@@ -172,7 +180,7 @@ class DistributionFocalLoss(_Loss):
     def __init__(self, *, reduction: str = "mean", loss_weight: float = 1.0) -> None:
         super().__init__(reduction, loss_weight)
 
-    _fn = "distribution_focal_loss"
+    loss_fn = staticmethod(distribution_focal_loss)
 
     def _hparams(self) -> dict:
         return {}
@@ -224,8 +232,10 @@ class QFocalLoss(_YOLOv5Wrapper):
     ):
         super().__init__(loss_fcn, gamma, alpha)
 
+    loss_fn = staticmethod(quality_focal_loss)
+
     def forward(self, pred: Tensor, true: Tensor) -> Tensor:
-        return QF.quality_focal_loss(pred, true, beta=self.gamma, **self._kwargs())
+        return self.loss_fn(pred, true, beta=self.gamma, **self._kwargs())
 
 
 class FocalLoss(_YOLOv5Wrapper):
@@ -244,5 +254,7 @@ class FocalLoss(_YOLOv5Wrapper):
     ):
         super().__init__(loss_fcn, gamma, alpha)
 
+    loss_fn = staticmethod(sigmoid_focal_loss)
+
     def forward(self, pred: Tensor, true: Tensor) -> Tensor:
-        return QF.sigmoid_focal_loss(pred, true, gamma=self.gamma, **self._kwargs())
+        return self.loss_fn(pred, true, gamma=self.gamma, **self._kwargs())

@@ -20,7 +20,7 @@ CLASS_NAMES = ("disc", "square", "triangle", "ring", "cross", "star")
 # Long tail: the rarest class appears about 7x less often than the commonest.
 CLASS_FREQUENCIES = (0.30, 0.22, 0.17, 0.13, 0.10, 0.08)
 
-__all__ = ["CLASS_FREQUENCIES", "CLASS_NAMES", "generate_dataset"]
+__all__ = ["CLASS_FREQUENCIES", "CLASS_NAMES", "generate_dataset", "prepare_synthetic", "write_toy_dataset"]
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -149,7 +149,19 @@ def _overlap_fraction(a: list[float], b: list[float]) -> float:
     return w * h / max((b[2] - b[0]) * (b[3] - b[1]), 1e-9)
 
 
-def _make_image(rng: np.random.Generator, size: int, min_size: float, mean_objects: float):
+def _frequencies(num_classes: int) -> np.ndarray:
+    """The long-tailed class frequencies of the first ``num_classes`` classes, summing to 1."""
+    f = np.asarray(CLASS_FREQUENCIES[:num_classes], dtype=np.float64)
+    return f / f.sum()
+
+
+def _make_image(
+    rng: np.random.Generator,
+    size: int,
+    min_size: float,
+    mean_objects: float,
+    num_classes: int = len(CLASS_NAMES),
+):
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
     min_r, max_r = min_size / 2, size / 4  # diameters from min_size to half the image
@@ -161,7 +173,7 @@ def _make_image(rng: np.random.Generator, size: int, min_size: float, mean_objec
     n_obj = max(1, int(rng.poisson(mean_objects)))
     for _ in range(n_obj):
         for _attempt in range(10):
-            cls = int(rng.choice(len(CLASS_NAMES), p=CLASS_FREQUENCIES))
+            cls = int(rng.choice(num_classes, p=_frequencies(num_classes)))
             r = math.exp(rng.uniform(math.log(min_r), math.log(max_r)))
             cx, cy = rng.uniform(r, size - r, 2)
             probe = [cx - r, cy - r, cx + r, cy + r]
@@ -191,6 +203,8 @@ def generate_dataset(
     val_fraction: float = 0.25,
     min_size: float = 6.0,
     mean_objects: float = 6.0,
+    n_val: int | None = None,
+    num_classes: int = len(CLASS_NAMES),
 ) -> dict[str, Path]:
     """Write a synthetic detection dataset to ``out`` and return the paths of its parts.
 
@@ -209,6 +223,8 @@ def generate_dataset(
         val_fraction: share of images in the validation split, in (0, 1).
         min_size: smallest object diameter in pixels; the largest is ``imgsz / 2``.
         mean_objects: mean number of labeled objects per image (Poisson, at least 1).
+        n_val: images in val, overriding ``val_fraction`` (``1 <= n_val < images``).
+        num_classes: use the first ``num_classes`` of :data:`CLASS_NAMES` (1 to 6).
     """
     if int(images) != images or images < 2:
         raise ValueError(f"images: expected an integer >= 2, got {images!r}")
@@ -218,10 +234,16 @@ def generate_dataset(
         raise ValueError(f"val_fraction: expected a value in (0, 1), got {val_fraction!r}")
     if not 1 <= min_size < imgsz / 2:
         raise ValueError(f"min_size: expected a value in [1, imgsz / 2), got {min_size!r}")
+    if n_val is not None and (int(n_val) != n_val or not 1 <= n_val < images):
+        raise ValueError(f"n_val: expected an integer in [1, images), got {n_val!r}")
+    if int(num_classes) != num_classes or not 1 <= num_classes <= len(CLASS_NAMES):
+        raise ValueError(f"num_classes: expected an integer in [1, {len(CLASS_NAMES)}], got {num_classes!r}")
     root = Path(out)
-    n_val = max(1, round(images * val_fraction))
+    names = CLASS_NAMES[:num_classes]
+    if n_val is None:
+        n_val = max(1, round(images * val_fraction))
     splits = {"train": images - n_val, "val": n_val}
-    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASS_NAMES)]
+    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(names)]
     paths: dict[str, Path] = {}
     for split_id, (split, count) in enumerate(splits.items()):
         img_dir = root / "images" / split
@@ -231,7 +253,7 @@ def generate_dataset(
         coco_images, coco_anns = [], []
         for i in range(count):
             rng = np.random.default_rng([seed, split_id, i])
-            img, objects = _make_image(rng, imgsz, min_size, mean_objects)
+            img, objects = _make_image(rng, imgsz, min_size, mean_objects, num_classes)
             name = f"{i:06d}.png"
             img.save(img_dir / name, optimize=False)
             coco_images.append({"id": i + 1, "file_name": name, "width": imgsz, "height": imgsz})
@@ -260,13 +282,68 @@ def generate_dataset(
         ann_path.write_text(json.dumps(coco))
         paths[f"{split}_json"] = ann_path
         paths[f"{split}_images"] = img_dir
-    names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASS_NAMES))
+    names_yaml = "".join(f"  {i}: {n}\n" for i, n in enumerate(names))
     yaml_path = root / "data.yaml"
+    # No 'path' key, so a copied or moved dataset reads its own files: qfocal and Ultralytics then use this file's
+    # folder; qfocal's YOLOv5 integration adds the absolute path YOLOv5 needs when it starts a run.
     yaml_path.write_text(
-        f"# qfocal synthetic dataset, seed {seed}. No 'path' key: readers (qfocal, Ultralytics) use this file's folder.\n"
-        "train: images/train\nval: images/val\n"
-        f"nc: {len(CLASS_NAMES)}\nnames:\n{names}"
+        f"# qfocal synthetic dataset, seed {seed}\ntrain: images/train\nval: images/val\n"
+        f"nc: {len(names)}\nnames:\n{names_yaml}"
     )
     paths["yaml"] = yaml_path
     paths["root"] = root
     return paths
+
+
+def prepare_synthetic(root: str | os.PathLike, *, images: int, seed: int = 0, log=print, **options) -> Path:
+    """Generate the synthetic dataset in ``root`` unless a complete one with the same settings is there.
+
+    The one preparation used by ``qfocal train`` and ``qfocal compare``: a marker file written last records the
+    settings, so an interrupted generation or a different size is generated again. Returns ``root``.
+    """
+    root = Path(root)
+    marker = root / ".complete"
+    stamp = (
+        " ".join(f"{k}={v}" for k, v in sorted({"images": images, "seed": seed, **options}.items())) + "\n"
+    )
+    if not marker.is_file() or marker.read_text() != stamp:
+        log(f"generating the synthetic dataset ({images} images, seed {seed}) in {root}")
+        generate_dataset(root, images=images, seed=seed, **options)
+        marker.write_text(stamp)
+    return root
+
+
+def write_toy_dataset(
+    root: str | os.PathLike,
+    *,
+    n_train: int = 16,
+    n_val: int = 8,
+    imgsz: int = 64,
+    num_classes: int = 2,
+    seed: int = 0,
+) -> Path:
+    """A small synthetic dataset to try the YOLOv5 and Ultralytics integrations on; returns its ``data.yaml``.
+
+    The embedded generator (:func:`generate_dataset`) at a small size: ``n_train`` + ``n_val`` images of
+    ``imgsz`` pixels with the first ``num_classes`` shape classes, about three objects each. ``data.yaml`` is read
+    as is by Ultralytics, qfocal and qfocal's YOLOv5 integration.
+
+    Example:
+        >>> import tempfile
+        >>> write_toy_dataset(tempfile.mkdtemp(), n_train=2, n_val=1).name
+        'data.yaml'
+    """
+    for name, value, low in (("n_train", n_train, 1), ("n_val", n_val, 1), ("imgsz", imgsz, 16)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+    paths = generate_dataset(
+        root,
+        images=n_train + n_val,
+        n_val=n_val,
+        seed=seed,
+        imgsz=imgsz,
+        num_classes=num_classes,
+        min_size=max(2.0, imgsz / 10),
+        mean_objects=3.0,
+    )
+    return paths["yaml"]

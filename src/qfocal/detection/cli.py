@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
+
+from .._cli import CommandError, add_command, loss_arg, loss_list_arg, require
+from .config import AMP_CHOICES, HARNESS_LOSSES, MODEL_SIZES, ConfigError, TrainConfig
+
+_NEEDS = ("numpy", "PIL", "torchvision", "pycocotools", "yaml", "tqdm", "matplotlib")
 
 # The demo: sized to finish (data generation included) within 15 minutes on 2 CPU cores.
 DEMO = {
@@ -19,9 +23,17 @@ DEMO = {
 }
 
 
-def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
-    from .train import AMP_CHOICES, TrainConfig
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
+
+def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
     d = TrainConfig()
     p.add_argument(
         "--data",
@@ -33,13 +45,16 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
         p.add_argument(
             "--loss",
             default=d.loss,
-            choices=("focal", "qfl", "vfl", "gfl"),
-            help="classification loss (gfl = QFL plus GFL's box distribution trained with DFL)",
+            type=loss_arg(HARNESS_LOSSES),
+            help="classification loss: focal, qfl (= qfocal), vfl (= varifocal), or gfl (QFL plus GFL's box "
+            "distribution trained with DFL)",
         )
         p.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation and data order")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--imgsz", type=int, default=d.imgsz, help="square training size, a multiple of 32")
-    p.add_argument("--batch", type=int, default=d.batch, help="images per process per step")
+    p.add_argument("--epochs", type=_positive_int, default=d.epochs)
+    p.add_argument(
+        "--imgsz", type=_positive_int, default=d.imgsz, help="square training size, a multiple of 32"
+    )
+    p.add_argument("--batch", type=_positive_int, default=d.batch, help="images per process per step")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument(
@@ -55,11 +70,16 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
         default=d.threads,
         help="CPU threads (0 = auto: torch's default, 1 when other processes already load every core)",
     )
-    p.add_argument("--model-size", default=d.model_size, choices=("tiny", "small"))
+    p.add_argument("--model-size", default=d.model_size, choices=tuple(MODEL_SIZES))
     p.add_argument(
-        "--eval-every", type=int, default=d.eval_every, help="COCO-evaluate every N epochs (and the last)"
+        "--eval-every",
+        type=_positive_int,
+        default=d.eval_every,
+        help="COCO-evaluate every N epochs (and the last)",
     )
-    p.add_argument("--synth-images", type=int, default=d.synth_images, help="images of the synthetic set")
+    p.add_argument(
+        "--synth-images", type=_positive_int, default=d.synth_images, help="images of the synthetic set"
+    )
     p.add_argument(
         "--skip-bad", action="store_true", help="skip and count bad annotations instead of stopping"
     )
@@ -70,10 +90,13 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
     )
 
 
-def _config(args: argparse.Namespace, **overrides):
-    from .train import TrainConfig
-
-    return TrainConfig(
+def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
+    """The run's config from the command line, validated before any expensive work (usage errors: exit 2)."""
+    _check_device(args.device)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out: expected a folder, got the existing file {out}", usage=True)
+    cfg = TrainConfig(
         data=args.data,
         loss=getattr(args, "loss", "focal"),
         epochs=args.epochs,
@@ -94,22 +117,60 @@ def _config(args: argparse.Namespace, **overrides):
         plots=not args.no_plots,
         **overrides,
     )
+    try:
+        return cfg.validate()
+    except ConfigError as exc:
+        raise CommandError(str(exc), usage=True) from None
 
 
-def _errors():
+def _check_device(spec: str) -> None:
+    import torch
+
+    if spec == "auto":
+        return
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise CommandError(
+            f"--device: expected auto, cpu, cuda or cuda:N, got {spec!r}", usage=True
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError(f"--device: {spec!r} asked for, but this machine has no CUDA GPU", usage=True)
+    if device.type not in ("cpu", "cuda"):
+        raise CommandError(f"--device: expected auto, cpu, cuda or cuda:N, got {spec!r}", usage=True)
+
+
+def _running(what: str, fn, *args, **kwargs):
+    """Run the harness; the failures a user can fix become one-line errors (exit 1)."""
+    require(*_NEEDS, what=what)
     from ..data.records import AnnotationError
-    from .train import NonFiniteLossError
+    from .train import CheckpointError, NonFiniteLossError
 
-    return (AnnotationError, NonFiniteLossError, ValueError)
+    try:
+        return fn(*args, **kwargs)
+    except (AnnotationError, NonFiniteLossError, ConfigError, CheckpointError) as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    if args.images < 2:
+        raise CommandError(f"--images: expected an integer >= 2, got {args.images}", usage=True)
+    if args.imgsz < 32:
+        raise CommandError(f"--imgsz: expected an integer >= 32, got {args.imgsz}", usage=True)
+    if not 0.0 < args.val_fraction < 1.0:
+        raise CommandError(f"--val-fraction: expected a value in (0, 1), got {args.val_fraction}", usage=True)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CommandError(f"--out: expected a folder, got the existing file {args.out}", usage=True)
+    require("numpy", "PIL", what="qfocal data synth")
     from ..data.synth import generate_dataset
 
     t = time.perf_counter()
-    paths = generate_dataset(
-        args.out, images=args.images, seed=args.seed, imgsz=args.imgsz, val_fraction=args.val_fraction
-    )
+    try:
+        paths = generate_dataset(
+            args.out, images=args.images, seed=args.seed, imgsz=args.imgsz, val_fraction=args.val_fraction
+        )
+    except OSError as exc:
+        raise CommandError(f"cannot write the dataset to {args.out}: {exc.strerror or exc}") from None
     print(f"wrote {args.images} images to {paths['root']} in {time.perf_counter() - t:.1f} s")
     for key in ("train_json", "val_json", "yaml"):
         print(f"  {key}: {paths[key]}")
@@ -117,25 +178,26 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     from .train import train
 
-    try:
-        metrics = train(_config(args), resume=args.resume)
-    except _errors() as exc:
-        print(f"qfocal train: error: {exc}", file=sys.stderr)
-        return 1
+    metrics = _running("qfocal train", train, cfg, resume=args.resume)
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    _check_device(args.device)
     from .train import evaluate_checkpoint
 
-    try:
-        metrics = evaluate_checkpoint(args.weights, args.data, skip_bad=args.skip_bad, device=args.device)
-    except _errors() as exc:
-        print(f"qfocal evaluate: error: {exc}", file=sys.stderr)
-        return 1
+    metrics = _running(
+        "qfocal evaluate",
+        evaluate_checkpoint,
+        args.weights,
+        args.data,
+        skip_bad=args.skip_bad,
+        device=args.device,
+    )
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -143,43 +205,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _parse_seeds(text: str) -> list[int]:
     try:
         if "," in text:
-            return [int(s) for s in text.split(",") if s.strip()]
-        n = int(text)
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        else:
+            n = int(text)
+            if n < 1:
+                raise argparse.ArgumentTypeError(f"expected at least one seed, got {text!r}")
+            seeds = list(range(n))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a count (3) or a list (0,4,7), got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected at least one seed, got {text!r}")
-    return list(range(n))
-
-
-def _parse_losses(text: str) -> list[str]:
-    losses = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in losses if s not in ("focal", "qfl", "vfl", "gfl")]
-    if bad or not losses:
-        raise argparse.ArgumentTypeError(f"expected names from focal, qfl, vfl, gfl, got {text!r}")
-    return losses
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct seeds (repeats are not independent runs), got {text!r}"
+        )
+    return seeds
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     from .compare import compare
 
-    try:
-        result = compare(
-            _config(args), losses=args.losses, seeds=args.seeds, out=args.out, resume=args.resume
-        )
-    except _errors() as exc:
-        print(f"qfocal compare: error: {exc}", file=sys.stderr)
-        return 1
+    result = _running(
+        "qfocal compare", compare, cfg, losses=args.losses, seeds=args.seeds, out=args.out, resume=args.resume
+    )
     print(result["table"])
     print(f"\n{args.out}/compare.md, compare.json, compare.png; wall {result['wall_s']:.0f} s")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CommandError(f"--out: expected a folder, got the existing file {args.out}", usage=True)
     from .compare import compare
-    from .train import TrainConfig
 
     t = time.perf_counter()
+    require(*_NEEDS, what="qfocal demo")
     cfg = TrainConfig(
         data="synthetic",
         epochs=DEMO["epochs"],
@@ -193,11 +252,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"{len(DEMO['seeds'])} seeds x {DEMO['epochs']} epochs each, imgsz {DEMO['imgsz']}; output in {args.out}",
         flush=True,
     )
-    try:
-        compare(cfg, losses=DEMO["losses"], seeds=DEMO["seeds"], out=args.out, resume=args.resume)
-    except _errors() as exc:
-        print(f"qfocal demo: error: {exc}", file=sys.stderr)
-        return 1
+    _running(
+        "qfocal demo",
+        compare,
+        cfg,
+        losses=DEMO["losses"],
+        seeds=DEMO["seeds"],
+        out=args.out,
+        resume=args.resume,
+    )
     print()
     print((Path(args.out) / "compare.md").read_text())
     print(f"demo finished in {time.perf_counter() - t:.0f} s; plots and per-run results under {args.out}")
@@ -206,48 +269,65 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``data``, ``train``, ``evaluate``, ``compare`` and ``demo`` to the ``qfocal`` command."""
-    p = subparsers.add_parser("data", help="dataset tools (synth: write the embedded synthetic dataset)")
+    p = add_command(
+        subparsers,
+        "data",
+        lambda a: (p.print_help(), 2)[1],
+        help="dataset tools (synth: write the embedded synthetic dataset)",
+    )
     dsub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
-    s = dsub.add_parser("synth", help="write the synthetic dataset: PNG images, COCO JSON and YOLO labels")
+    s = add_command(
+        dsub, "synth", _cmd_synth, help="write the synthetic dataset: PNG images, COCO JSON and YOLO labels"
+    )
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--images", type=int, default=400, help="total images (a quarter go to val)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--imgsz", type=int, default=256, help="image side in pixels")
     s.add_argument("--val-fraction", type=float, default=0.25)
-    s.set_defaults(func=_cmd_synth)
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
-    t = subparsers.add_parser(
-        "train", help="train an FCOS detector with focal, QFL or VFL and COCO-evaluate it"
+    t = add_command(
+        subparsers,
+        "train",
+        _cmd_train,
+        help="train an FCOS detector with focal, QFL or VFL and COCO-evaluate it",
     )
     _add_train_args(t, with_loss=True)
     t.add_argument(
         "--out", default="runs/train", help="run folder (checkpoint, history.csv, metrics.json, plots)"
     )
-    t.set_defaults(func=_cmd_train)
 
-    e = subparsers.add_parser("evaluate", help="COCO-evaluate a checkpoint written by qfocal train")
+    e = add_command(
+        subparsers, "evaluate", _cmd_evaluate, help="COCO-evaluate a checkpoint written by qfocal train"
+    )
     e.add_argument("--weights", required=True, help="a last.pt written by qfocal train")
     e.add_argument("--data", default=None, help="dataset (default: the one it was trained on)")
     e.add_argument("--skip-bad", action="store_true")
     e.add_argument("--device", default="auto")
-    e.set_defaults(func=_cmd_evaluate)
 
-    c = subparsers.add_parser(
-        "compare", help="train each loss with several seeds; table of mean ± std and a plot"
+    c = add_command(
+        subparsers,
+        "compare",
+        _cmd_compare,
+        help="train each loss with several seeds; table of mean ± std and a plot",
     )
     _add_train_args(c, with_loss=False)
-    c.add_argument("--losses", type=_parse_losses, default=["focal", "qfl", "vfl"], help="comma list")
+    c.add_argument(
+        "--losses",
+        type=loss_list_arg(HARNESS_LOSSES),
+        default=["focal", "qfl", "vfl"],
+        help="comma list of focal, qfl (= qfocal), vfl (= varifocal), gfl; the first is the baseline",
+    )
     c.add_argument(
         "--seeds", type=_parse_seeds, default=[0, 1, 2], help="a count (3 = seeds 0,1,2) or a list"
     )
     c.add_argument("--out", default="runs/compare")
-    c.set_defaults(func=_cmd_compare)
 
-    d = subparsers.add_parser(
-        "demo", help="focal vs QFL vs VFL on the embedded dataset (about 15 min on 2 cores)"
+    d = add_command(
+        subparsers,
+        "demo",
+        _cmd_demo,
+        help="focal vs QFL vs VFL on the embedded dataset (about 10 min on 2 cores)",
     )
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--resume", action="store_true", help="reuse finished runs of an interrupted demo")
     d.add_argument("--no-progress", action="store_true")
-    d.set_defaults(func=_cmd_demo)

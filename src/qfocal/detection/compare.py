@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.synth import generate_dataset
-from ..integrations.torchvision import LOSSES
+from .._names import loss_name
+from ..data.synth import prepare_synthetic
+from .config import HARNESS_LOSSES, ConfigError, TrainConfig
 from .evaluate import METRIC_KEYS
-from .train import TrainConfig, train
+from .train import train
 
 __all__ = ["compare", "format_table"]
 
@@ -59,11 +60,17 @@ def compare(
     reuses finished runs (their ``metrics.json``) and resumes unfinished ones. Writes ``out/compare.md`` (the
     table), ``out/compare.json`` (every run's metrics) and ``out/compare.png``; returns the JSON content.
     """
-    for loss in losses:
-        if loss not in LOSSES:
-            raise ValueError(f"losses: expected names from {', '.join(LOSSES)}, got {loss!r}")
+    try:
+        losses = [loss_name(loss, HARNESS_LOSSES, what="losses") for loss in losses]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
     if not seeds:
-        raise ValueError("seeds: expected at least one seed")
+        raise ConfigError("seeds: expected at least one seed")
+    for what, items in (("losses", losses), ("seeds", [int(s) for s in seeds])):
+        if len(set(items)) != len(items):
+            raise ConfigError(
+                f"{what}: expected each once (repeats are not independent runs), got {list(items)}"
+            )
     if log is None:
         log = lambda msg: print(msg, flush=True)  # noqa: E731
     out = Path(out)
@@ -71,16 +78,7 @@ def compare(
     t_start = time.perf_counter()
     data = base.data
     if data == "synthetic":
-        data_dir = out / "data"
-        marker = data_dir / ".complete"
-        stamp = f"{base.synth_images} {base.synth_seed}\n"
-        if not marker.is_file() or marker.read_text() != stamp:
-            log(
-                f"generating the synthetic dataset ({base.synth_images} images, seed {base.synth_seed}) in {data_dir}"
-            )
-            generate_dataset(data_dir, images=base.synth_images, seed=base.synth_seed)
-            marker.write_text(stamp)
-        data = str(data_dir)
+        data = str(prepare_synthetic(out / "data", images=base.synth_images, seed=base.synth_seed, log=log))
     summary: dict[str, dict[str, list[float]]] = {loss: {k: [] for k in METRIC_KEYS} for loss in losses}
     seconds: dict[str, list[float]] = {loss: [] for loss in losses}
     runs: list[dict] = []

@@ -22,91 +22,41 @@ import torch
 import torch.distributed as dist
 
 from ..data.dataset import DetectionDataset, load_split
-from ..data.synth import generate_dataset
-from ..integrations.torchvision import LOSSES, fcos_tiny
-from .evaluate import METRIC_KEYS, coco_metrics, predict, to_coco_results
+from ..data.synth import prepare_synthetic
+from ..integrations.torchvision import fcos_tiny
+from .config import AMP_CHOICES, MODEL_SIZES, RESUME_KEYS, ConfigError, TrainConfig
+from .evaluate import METRIC_KEYS, evaluate
 
-__all__ = ["NonFiniteLossError", "TrainConfig", "build_model", "load_checkpoint", "train", "training_step"]
-
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-# Keys of the config that must match for --resume to continue the same run.
-_RESUME_KEYS = (
-    "data",
-    "loss",
-    "imgsz",
-    "batch",
-    "seed",
-    "lr",
-    "weight_decay",
-    "epochs",
-    "world_size",
-    "model_size",
-)
+__all__ = [
+    "AMP_CHOICES",
+    "CheckpointError",
+    "ConfigError",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "build_model",
+    "load_checkpoint",
+    "resume_checkpoint",
+    "save_checkpoint",
+    "train",
+    "train_one_epoch",
+    "training_step",
+]
 
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; the last checkpoint on disk is the last good one."""
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything that defines a training run (all primitives, so it goes into the checkpoint as is)."""
-
-    data: str = "synthetic"
-    loss: str = "focal"
-    epochs: int = 12
-    imgsz: int = 128
-    batch: int = 16
-    seed: int = 0
-    out: str = "runs/train"
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_iters: int = 50
-    clip_grad: float = 10.0
-    amp: str = "auto"
-    device: str = "auto"
-    skip_bad: bool = False
-    eval_every: int = 1
-    synth_images: int = 400
-    synth_seed: int = 0
-    model_size: str = "tiny"
-    progress: bool = True
-    plots: bool = True
-    world_size: int = 1
-    threads: int = 0
-
-    def validate(self) -> TrainConfig:
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.amp not in AMP_CHOICES:
-            raise ValueError(f"amp: expected one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
-        if self.model_size not in _MODEL_SIZES:
-            raise ValueError(
-                f"model_size: expected one of {', '.join(_MODEL_SIZES)}, got {self.model_size!r}"
-            )
-        if self.threads < 0:
-            raise ValueError(f"threads: expected >= 0 (0 = auto), got {self.threads!r}")
-        for name in ("epochs", "imgsz", "batch", "eval_every", "synth_images"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
-        if self.imgsz % 32:
-            raise ValueError(
-                f"imgsz: expected a multiple of 32 (the stride of the coarsest level), got {self.imgsz}"
-            )
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected > 0, got {self.lr!r}")
-        return self
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, damaged, or not one that :func:`train` wrote."""
 
 
-_MODEL_SIZES = {
-    "tiny": {"widths": (16, 32, 64, 96, 128), "fpn_channels": 64, "head_convs": 2},
-    "small": {"widths": (24, 48, 96, 160, 256), "fpn_channels": 96, "head_convs": 3},
-}
+_CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "history", "rng", "config", "class_names")
 
 
 def build_model(num_classes: int, cfg: TrainConfig) -> torch.nn.Module:
     """The detector of a run: :func:`qfocal.integrations.torchvision.fcos_tiny` with the run's loss and size."""
-    return fcos_tiny(num_classes, loss=cfg.loss, imgsz=cfg.imgsz, **_MODEL_SIZES[cfg.model_size])
+    return fcos_tiny(num_classes, loss=cfg.loss, imgsz=cfg.imgsz, **MODEL_SIZES[cfg.model_size])
 
 
 _DEFAULT_THREADS = torch.get_num_threads()
@@ -141,7 +91,7 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return None
     if amp == "fp16":
         if device.type != "cuda":
-            raise ValueError("amp: fp16 autocast is for CUDA; use bf16 or off on the CPU")
+            raise ConfigError("amp: fp16 autocast is for CUDA; use bf16 or off on the CPU")
         return torch.float16
     if amp == "bf16":
         return torch.bfloat16
@@ -178,15 +128,26 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by :func:`train` without executing code (``weights_only=True``)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint written by :func:`train` without executing code (``weights_only=True``).
+
+    Raises:
+        CheckpointError: the file is missing, truncated, not a torch file, holds objects other than tensors and
+            primitives (never unpickled), or lacks a key of qfocal's checkpoints.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint file there")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, garbage, or a pickle that weights_only refuses to run
+        raise CheckpointError(
+            f"{path}: damaged, or not a checkpoint written by qfocal train ({type(exc).__name__})"
+        ) from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a checkpoint written by qfocal train (no {', '.join(missing)})")
+    return ckpt
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -213,25 +174,20 @@ def prepare_data(cfg: TrainConfig, *, is_main: bool = True, log: Callable[[str],
     path = Path(cfg.data)
     if cfg.data == "synthetic":
         path = Path(cfg.out) / "data"
-        marker = path / ".complete"
-        if is_main and not marker.is_file():
-            log(
-                f"generating the synthetic dataset ({cfg.synth_images} images, seed {cfg.synth_seed}) in {path}"
-            )
-            generate_dataset(path, images=cfg.synth_images, seed=cfg.synth_seed)
-            marker.write_text(f"{cfg.synth_images} {cfg.synth_seed}\n")
+        if is_main:
+            prepare_synthetic(path, images=cfg.synth_images, seed=cfg.synth_seed, log=log)
         _barrier()
     train_data = load_split(path, "train", skip_bad=cfg.skip_bad)
     val_data = load_split(path, "val", skip_bad=cfg.skip_bad)
     if val_data.class_names != train_data.class_names:
-        raise ValueError(f"{path}: train and val splits have different classes")
+        raise ConfigError(f"{path}: train and val splits have different classes")
     for name, d in (("train", train_data), ("val", val_data)):
         if d.skipped.total and is_main:
             log(f"{name} ({d.source}): {d.skipped.summary()}")
             for msg in d.skipped.messages:
                 log(f"  skipped: {msg}")
         if not d.records:
-            raise ValueError(f"{d.source}: the {name} split has no usable images")
+            raise ConfigError(f"{d.source}: the {name} split has no usable images")
     return train_data, val_data
 
 
@@ -245,6 +201,159 @@ def _write_history(history: list[dict], path: Path) -> None:
         w.writeheader()
         w.writerows(history)
     os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class RunState:
+    """What a run carries from epoch to epoch, and what its checkpoint holds."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    epoch: int = 0  # last finished epoch
+    history: list[dict] = dataclasses.field(default_factory=list)
+
+
+def save_checkpoint(path: Path, state: RunState, cfg: TrainConfig, data, steps_per_epoch: int) -> None:
+    """Write ``state`` to ``path`` atomically (a crash mid-write leaves the previous checkpoint intact)."""
+    obj = {
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict() if state.scaler is not None else {},
+        "epoch": state.epoch,
+        "step": state.epoch * steps_per_epoch,
+        "history": state.history,
+        "rng": torch.get_rng_state(),
+        "config": dataclasses.asdict(cfg),
+        "class_names": list(data.class_names),
+        "category_ids": list(data.category_ids),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def resume_checkpoint(path: Path, state: RunState, cfg: TrainConfig) -> bool:
+    """Load ``path`` into ``state`` if it exists; False if there is none. Refuses a checkpoint written with other
+    settings (:data:`RESUME_KEYS`)."""
+    if not path.is_file():
+        return False
+    ckpt = load_checkpoint(path)
+    saved, now = ckpt["config"], dataclasses.asdict(cfg)
+    diff = [k for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+    if diff:
+        raise ConfigError(
+            f"--resume: {path} was written with different settings: "
+            + ", ".join(f"{k}={saved.get(k)!r} (now {now.get(k)!r})" for k in diff)
+        )
+    state.model.load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    if state.scaler is not None and ckpt.get("scaler"):
+        state.scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"])
+    state.epoch, state.history = int(ckpt["epoch"]), list(ckpt["history"])
+    return True
+
+
+def _last_good(ckpt_path: Path, epoch: int) -> str:
+    return f"{ckpt_path} (epoch {epoch - 1})" if epoch > 1 else "none (failed in the first epoch)"
+
+
+def train_one_epoch(
+    ddp: torch.nn.Module,
+    state: RunState,
+    dataset: DetectionDataset,
+    cfg: TrainConfig,
+    *,
+    epoch: int,
+    steps_per_epoch: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    world: int,
+    rank: int,
+    ckpt_path: Path,
+    show_progress: bool,
+) -> dict:
+    """One epoch of optimizer steps; returns the history row (epoch, lr, mean loss parts, train seconds).
+
+    A NaN or infinite loss or gradient raises :class:`NonFiniteLossError` before the optimizer step, naming the
+    last good checkpoint.
+    """
+    t0 = time.perf_counter()
+    model, optimizer, scaler = state.model, state.optimizer, state.scaler
+    model.train()
+    dataset.set_epoch(epoch)
+    global_batch = cfg.batch * world
+    total_steps = steps_per_epoch * cfg.epochs
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+    sums: dict[str, float] = {}
+    bar = range(steps_per_epoch)
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            bar, desc=f"{cfg.loss} seed {cfg.seed} epoch {epoch}/{cfg.epochs}", leave=False, mininterval=1
+        )
+    lr = cfg.lr
+    for it in bar:
+        step = (epoch - 1) * steps_per_epoch + it
+        lr = _lr_at(step, total_steps, cfg)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        idx = order[it * global_batch + rank * cfg.batch : it * global_batch + (rank + 1) * cfg.batch]
+        items = [dataset[int(i)] for i in idx]
+        images = [x[0].to(device) for x in items]
+        targets = [{k: v.to(device) for k, v in x[1].items()} for x in items]
+        total, parts = training_step(ddp, images, targets, dtype)
+        finite = torch.isfinite(total.detach()).to(torch.float32).reshape(1)
+        if world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        where = f"at epoch {epoch}, step {it + 1}/{steps_per_epoch}"
+        if finite.item() < 1:
+            values = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
+            raise NonFiniteLossError(
+                f"non-finite loss {where} ({values}) on some process; stopped before the optimizer step. "
+                f"Last good checkpoint: {_last_good(ckpt_path, epoch)}. Try a lower --lr, --amp off, or check the data."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
+        else:
+            total.backward()
+        max_norm = cfg.clip_grad if cfg.clip_grad > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        # Gradients are all-reduced, so every process sees the same norm; fp16 leaves inf steps to the scaler.
+        if scaler is None and not torch.isfinite(grad_norm):
+            raise NonFiniteLossError(
+                f"non-finite gradient {where} (loss {float(total):.4g}, gradient norm {float(grad_norm)}); stopped "
+                f"before the optimizer step. Last good checkpoint: {_last_good(ckpt_path, epoch)}. "
+                "Try a lower --lr or --amp off."
+            )
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+        if show_progress:
+            bar.set_postfix(loss=f"{float(total.detach()):.3f}", lr=f"{lr:.2e}")
+    if show_progress:
+        bar.close()
+    keys = sorted(sums)
+    avg = torch.tensor([sums[k] / steps_per_epoch for k in keys], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(avg)
+        avg /= world
+    row: dict = {
+        "epoch": epoch,
+        "lr": lr,
+        **{f"loss_{k}" if k != "loss" else k: float(v) for k, v in zip(keys, avg, strict=True)},
+    }
+    row["train_s"] = round(time.perf_counter() - t0, 3)
+    return row
 
 
 def train(
@@ -275,14 +384,14 @@ def train(
         own_group = True
     threads_before = torch.get_num_threads()
     try:
-        return _train(cfg, resume, on_epoch_end, log, device, world, rank, is_main)
+        return _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main)
     finally:
         torch.set_num_threads(threads_before)
         if own_group:
             dist.destroy_process_group()
 
 
-def _train(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[str, float]:
+def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[str, float]:
     out = Path(cfg.out)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -297,8 +406,11 @@ def _train(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict
 
     torch.manual_seed(cfg.seed)
     model = build_model(train_data.num_classes, cfg).to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    state = RunState(
+        model=model,
+        optimizer=torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr),
+        scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None,
+    )
     ddp = model
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(
@@ -308,32 +420,16 @@ def _train(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict
     global_batch = cfg.batch * world
     steps_per_epoch = len(train_data.records) // global_batch
     if steps_per_epoch < 1:
-        raise ValueError(
+        raise ConfigError(
             f"batch: {len(train_data.records)} training images are fewer than one global batch "
             f"({cfg.batch} x {world} processes)"
         )
-    total_steps = steps_per_epoch * cfg.epochs
-    config_dict = dataclasses.asdict(cfg)
-    start_epoch, history = 1, []
     ckpt_path = out / "last.pt"
-    if resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
-        saved = ckpt["config"]
-        diff = [k for k in _RESUME_KEYS if saved.get(k) != config_dict.get(k)]
-        if diff:
-            raise ValueError(
-                f"--resume: {ckpt_path} was written with different settings: "
-                + ", ".join(f"{k}={saved.get(k)!r} (now {config_dict.get(k)!r})" for k in diff)
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"])
-        start_epoch, history = int(ckpt["epoch"]) + 1, list(ckpt["history"])
-        log(f"resuming {ckpt_path} after epoch {ckpt['epoch']}")
-    elif resume:
-        log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
+    if resume:
+        if resume_checkpoint(ckpt_path, state, cfg):
+            log(f"resuming {ckpt_path} after epoch {state.epoch}")
+        else:
+            log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
 
     dataset = DetectionDataset(train_data, cfg.imgsz, train=True, seed=cfg.seed)
     log(
@@ -344,102 +440,23 @@ def _train(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict
     )
     metrics: dict[str, float] = {}
     last_preds = None
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        dataset.set_epoch(epoch)
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
-        sums: dict[str, float] = {}
-        bar = range(steps_per_epoch)
-        if is_main and cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                bar, desc=f"{cfg.loss} seed {cfg.seed} epoch {epoch}/{cfg.epochs}", leave=False, mininterval=1
-            )
-        for it in bar:
-            step = (epoch - 1) * steps_per_epoch + it
-            lr = _lr_at(step, total_steps, cfg)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            idx = order[it * global_batch + rank * cfg.batch : it * global_batch + (rank + 1) * cfg.batch]
-            items = [dataset[int(i)] for i in idx]
-            images = [x[0].to(device) for x in items]
-            targets = [{k: v.to(device) for k, v in x[1].items()} for x in items]
-            total, parts = training_step(ddp, images, targets, dtype)
-            finite = torch.isfinite(total.detach()).to(torch.float32).reshape(1)
-            if world > 1:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if finite.item() < 1:
-                values = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
-                good = f"{ckpt_path} (epoch {epoch - 1})" if epoch > 1 else "none (failed in the first epoch)"
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch}, step {it + 1}/{steps_per_epoch} ({values}) on some process; "
-                    f"stopped before the optimizer step. Last good checkpoint: {good}. "
-                    "Try a lower --lr, --amp off, or check the data."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(total).backward()
-                scaler.unscale_(optimizer)
-            else:
-                total.backward()
-            max_norm = cfg.clip_grad if cfg.clip_grad > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            # Gradients are all-reduced, so every process sees the same norm; fp16 leaves inf steps to the scaler.
-            if scaler is None and not torch.isfinite(grad_norm):
-                good = f"{ckpt_path} (epoch {epoch - 1})" if epoch > 1 else "none (failed in the first epoch)"
-                raise NonFiniteLossError(
-                    f"non-finite gradient at epoch {epoch}, step {it + 1}/{steps_per_epoch} (loss {float(total):.4g}, "
-                    f"gradient norm {float(grad_norm)}); stopped before the optimizer step. Last good checkpoint: "
-                    f"{good}. Try a lower --lr or --amp off."
-                )
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
-            if is_main and cfg.progress and hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{float(total.detach()):.3f}", lr=f"{lr:.2e}")
-        if is_main and cfg.progress and hasattr(bar, "close"):
-            bar.close()
-        keys = sorted(sums)
-        avg = torch.tensor([sums[k] / steps_per_epoch for k in keys], dtype=torch.float64)
-        if world > 1:
-            dist.all_reduce(avg)
-            avg /= world
-        row: dict = {
-            "epoch": epoch,
-            "lr": lr,
-            **{f"loss_{k}" if k != "loss" else k: float(v) for k, v in zip(keys, avg, strict=True)},
-        }
-        row["train_s"] = round(time.perf_counter() - t0, 3)
+    eval_batch = max(cfg.batch, 16)
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        row = train_one_epoch(
+            ddp, state, dataset, cfg, epoch=epoch, steps_per_epoch=steps_per_epoch, device=device, dtype=dtype,
+            world=world, rank=rank, ckpt_path=ckpt_path, show_progress=is_main and cfg.progress,
+        )  # fmt: skip
         if is_main:
+            metrics = {}
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                preds = predict(model, val_data, imgsz=cfg.imgsz, batch=max(cfg.batch, 16), device=device)
-                metrics = coco_metrics(val_data.to_coco(), to_coco_results(val_data, preds))
-                last_preds = preds
-            else:
-                metrics = {}
+                metrics, last_preds = evaluate(
+                    model, val_data, imgsz=cfg.imgsz, batch=eval_batch, device=device
+                )
             row.update({k: metrics.get(k, float("nan")) for k in METRIC_KEYS})
-            history.append(row)
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "epoch": epoch,
-                "step": epoch * steps_per_epoch,
-                "history": history,
-                "rng": torch.get_rng_state(),
-                "config": config_dict,
-                "class_names": list(train_data.class_names),
-                "category_ids": list(train_data.category_ids),
-            }
-            _save_atomic(state, ckpt_path)
-            _write_history(history, out / "history.csv")
+            state.history.append(row)
+            state.epoch = epoch
+            save_checkpoint(ckpt_path, state, cfg, train_data, steps_per_epoch)
+            _write_history(state.history, out / "history.csv")
             ap = f", AP {metrics['AP']:.4f}, AP50 {metrics['AP50']:.4f}" if metrics else ""
             log(f"epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}{ap} ({row['train_s']:.1f} s)")
         _barrier()
@@ -448,13 +465,12 @@ def _train(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict
 
     if is_main:
         if not metrics:  # resumed after the final epoch: evaluate the saved weights
-            last_preds = predict(model, val_data, imgsz=cfg.imgsz, batch=max(cfg.batch, 16), device=device)
-            metrics = coco_metrics(val_data.to_coco(), to_coco_results(val_data, last_preds))
+            metrics, last_preds = evaluate(model, val_data, imgsz=cfg.imgsz, batch=eval_batch, device=device)
         (out / "metrics.json").write_text(json.dumps({k: metrics[k] for k in METRIC_KEYS}, indent=2) + "\n")
         if cfg.plots:
             from .plots import plot_history, plot_predictions
 
-            plot_history(history, out / "curves.png", title=f"{cfg.loss}, seed {cfg.seed}")
+            plot_history(state.history, out / "curves.png", title=f"{cfg.loss}, seed {cfg.seed}")
             plot_predictions(val_data, last_preds, out / "predictions.png", imgsz=cfg.imgsz)
     _barrier()
     return {k: metrics.get(k, float("nan")) for k in METRIC_KEYS}
@@ -471,11 +487,10 @@ def evaluate_checkpoint(
     cfg = dataclasses.replace(cfg, skip_bad=skip_bad)
     _, val_data = prepare_data(cfg)
     if val_data.class_names != list(ckpt["class_names"]):
-        raise ValueError(
+        raise ConfigError(
             f"{weights}: trained on classes {ckpt['class_names']}, the data has {val_data.class_names}"
         )
     dev = _resolve_device(device, 0)
     model = build_model(len(ckpt["class_names"]), cfg).to(dev)
     model.load_state_dict(ckpt["model"])
-    preds = predict(model, val_data, imgsz=cfg.imgsz, device=dev)
-    return coco_metrics(val_data.to_coco(), to_coco_results(val_data, preds))
+    return evaluate(model, val_data, imgsz=cfg.imgsz, device=dev)[0]

@@ -8,10 +8,18 @@
 
 Importing this package imports none of those frameworks. :func:`offline` keeps YOLOv5 and Ultralytics from
 downloading or installing anything; :func:`offline_import` is for importing them without Ultralytics' import-time
-network probe; :func:`write_toy_dataset` writes a tiny YOLO-format dataset to try them on.
+network probe; :func:`write_toy_dataset` (the embedded dataset generator at a small size,
+:func:`qfocal.data.synth.write_toy_dataset`) writes a small YOLO-format dataset to try them on.
 """
 
 from ._offline import OfflineError, offline, offline_import
-from ._toydata import write_toy_dataset
 
 __all__ = ["OfflineError", "offline", "offline_import", "write_toy_dataset"]
+
+
+def __getattr__(name: str):
+    if name == "write_toy_dataset":  # needs numpy and Pillow (the harness extra): imported on first use
+        from ..data.synth import write_toy_dataset
+
+        return write_toy_dataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

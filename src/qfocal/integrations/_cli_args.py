@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_ultralytics_arguments", "add_yolov5_arguments"]
+from .._cli import loss_arg
+from .._names import describe_losses
 
-YOLOV5_LOSSES = ("bce", "focal", "qfocal", "varifocal")
-ULTRALYTICS_LOSSES = ("bce", "qfocal", "varifocal", "focal")
+__all__ = ["ULTRALYTICS_LOSSES", "YOLOV5_LOSSES", "add_ultralytics_arguments", "add_yolov5_arguments"]
+
+YOLOV5_LOSSES = ("bce", "focal", "qfl", "vfl")
+ULTRALYTICS_LOSSES = ("bce", "qfl", "vfl", "focal")
 
 
 def _alpha(text: str) -> float | None:
@@ -20,10 +23,16 @@ def add_yolov5_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("qfocal (merged into the --hyp file)")
     s = argparse.SUPPRESS
     group.add_argument(
-        "--obj-loss", choices=YOLOV5_LOSSES, default=s, help="objectness criterion (hyp obj_loss)"
+        "--obj-loss",
+        type=loss_arg(YOLOV5_LOSSES),
+        default=s,
+        help=f"objectness criterion (hyp obj_loss): {describe_losses(YOLOV5_LOSSES)}",
     )
     group.add_argument(
-        "--cls-loss", choices=YOLOV5_LOSSES, default=s, help="classification criterion (hyp cls_loss)"
+        "--cls-loss",
+        type=loss_arg(YOLOV5_LOSSES),
+        default=s,
+        help=f"classification criterion (hyp cls_loss): {describe_losses(YOLOV5_LOSSES)}",
     )
     group.add_argument(
         "--fl-gamma", type=float, default=s, help="exponent of focal/qfocal/varifocal (hyp fl_gamma)"
@@ -51,7 +60,10 @@ def add_ultralytics_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group = parser.add_argument_group("qfocal")
     group.add_argument(
-        "--cls-loss", choices=ULTRALYTICS_LOSSES, default="bce", help="classification criterion"
+        "--cls-loss",
+        type=loss_arg(ULTRALYTICS_LOSSES),
+        default="bce",
+        help=f"classification criterion: {describe_losses(ULTRALYTICS_LOSSES)}",
     )
     group.add_argument("--beta", type=float, help="qfocal: exponent of |t - p| (2.0)")
     group.add_argument(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from .._cli import CommandError, add_command
+
 __all__ = ["register"]
 
 _YOLOV5_EPILOG = """\
@@ -20,15 +22,6 @@ Example:
 """
 
 
-class _PassThroughParser(argparse.ArgumentParser):
-    """Keeps the arguments it does not know in ``framework_args`` instead of failing on them."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        namespace, extras = super().parse_known_args(args, namespace)
-        namespace.framework_args = [*getattr(namespace, "framework_args", []), *extras]
-        return namespace, []
-
-
 def _yolov5_train(args: argparse.Namespace) -> int:
     from . import yolov5
 
@@ -36,8 +29,14 @@ def _yolov5_train(args: argparse.Namespace) -> int:
 
 
 def _ultralytics_train(args: argparse.Namespace) -> int:
-    if args.framework_args:
-        raise SystemExit(f"ultralytics-train: unrecognized arguments {args.framework_args}; use key=value")
+    # key=value arguments may come before or after qfocal's --flags; anything else is not Ultralytics' form
+    wrong = [a for a in args.framework_args if a.startswith("-") or "=" not in a]
+    if wrong:
+        raise CommandError(
+            f"unrecognized arguments: {' '.join(wrong)} (Ultralytics' training arguments go as key=value)",
+            usage=True,
+        )
+    args.overrides = [*args.overrides, *args.framework_args]
     from . import ultralytics
 
     return ultralytics.run_command(args)
@@ -48,26 +47,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # Argument definitions live beside the code they drive; importing them must not import the frameworks.
     from ._cli_args import add_ultralytics_arguments, add_yolov5_arguments
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "yolov5-train",
+        _yolov5_train,
+        pass_through=True,
         help="train YOLOv5 (its own train.py) with qfocal's objectness/classification losses",
         description="Train with YOLOv5's train.py and qfocal's ComputeLoss, offline, from scratch unless --weights.",
         epilog=_YOLOV5_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    p.__class__ = _PassThroughParser
     add_yolov5_arguments(p)
-    p.set_defaults(func=_yolov5_train)
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "ultralytics-train",
+        _ultralytics_train,
+        pass_through=True,
         help="train an Ultralytics YOLO detector with qfocal's classification loss",
         description="Train with Ultralytics' DetectionTrainer and qfocal's DetectionLoss, offline.",
         epilog=_ULTRALYTICS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    p.__class__ = _PassThroughParser
     add_ultralytics_arguments(p)
-    p.set_defaults(func=_ultralytics_train)

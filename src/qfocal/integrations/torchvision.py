@@ -26,19 +26,18 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops import generalized_box_iou_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from .._names import loss_name
 from ..functional import distribution_focal_loss, quality_focal_loss, varifocal_loss
 
 __all__ = ["LOSSES", "FocalFCOSHead", "QualityFCOS", "QualityFCOSHead", "TinyBackbone", "fcos_tiny"]
 
-LOSSES = ("focal", "qfl", "vfl", "gfl")
+LOSSES = ("focal", "qfl", "vfl", "gfl")  # canonical names of qfocal._names; aliases are accepted
 # GFL's box distribution: distances in anchor-size (stride) units over the bins 0..GFL_REG_MAX.
 GFL_REG_MAX = 16
 
 
 def _check_loss(loss: str) -> str:
-    if loss not in LOSSES:
-        raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
-    return loss
+    return loss_name(loss, LOSSES)
 
 
 def _mean_over_processes(value: float, device: torch.device) -> float:
@@ -163,8 +162,7 @@ class QualityFCOSHead(FCOSHead):
         reg_max: int = 0,
     ) -> None:
         super().__init__(in_channels, num_anchors, num_classes, num_convs)
-        if loss not in ("qfl", "vfl"):
-            raise ValueError(f"loss: expected 'qfl' or 'vfl' (FocalFCOSHead does 'focal'), got {loss!r}")
+        loss = loss_name(loss, ("qfl", "vfl"), what="loss (FocalFCOSHead does 'focal')")
         if int(reg_max) != reg_max or reg_max < 0:
             raise ValueError(f"reg_max: expected an integer >= 0, got {reg_max!r}")
         self.loss = loss
@@ -334,7 +332,7 @@ def fcos_tiny(
         >>> targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 30.0]]), "labels": torch.tensor([1])}]
         >>> sum(model(images, targets).values()).backward()
     """
-    _check_loss(loss)
+    loss = _check_loss(loss)
     if num_classes < 1:
         raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
     if fpn_channels % 32:

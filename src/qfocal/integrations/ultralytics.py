@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._cli import CommandError, report
+from .._names import loss_name
 from ..modules import QualityFocalLoss, SigmoidFocalLoss, VarifocalLoss
 from ._cli_args import ULTRALYTICS_LOSSES, add_ultralytics_arguments
 from ._offline import offline, offline_import, preserved_torch_state
@@ -51,17 +53,15 @@ __all__ = ["CLS_LOSSES", "DetectionLoss", "QFocalDetectionModel", "QFocalDetecti
 CLS_LOSSES = ULTRALYTICS_LOSSES
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "bce": {},
-    "qfocal": {"beta": 2.0, "alpha": None},
-    "varifocal": {"alpha": 0.75, "gamma": 2.0, "iou_weighted": True},
+    "qfl": {"beta": 2.0, "alpha": None},
+    "vfl": {"alpha": 0.75, "gamma": 2.0, "iou_weighted": True},
     "focal": {"alpha": 0.25, "gamma": 1.5},
 }
-_MODULES = {"qfocal": QualityFocalLoss, "varifocal": VarifocalLoss, "focal": SigmoidFocalLoss}
+_MODULES = {"qfl": QualityFocalLoss, "vfl": VarifocalLoss, "focal": SigmoidFocalLoss}
 
 
 def _check_cls_loss(cls_loss: object, loss_kwargs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    if not isinstance(cls_loss, str) or cls_loss.lower() not in CLS_LOSSES:
-        raise ValueError(f"cls_loss: expected one of {CLS_LOSSES}, got {cls_loss!r}")
-    cls_loss = cls_loss.lower()
+    cls_loss = loss_name(cls_loss, CLS_LOSSES, what="cls_loss")
     unknown = sorted(set(loss_kwargs) - set(_DEFAULTS[cls_loss]))
     if unknown:
         allowed = sorted(_DEFAULTS[cls_loss]) or "none"
@@ -277,20 +277,29 @@ def _value(text: str) -> Any:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """``qfocal ultralytics-train``: every argument is checked before Ultralytics scans the dataset."""
     overrides = {}
     for item in args.overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"ultralytics-train: expected key=value, got {item!r}")
+            raise CommandError(f"expected key=value, got {item!r}", usage=True)
         overrides[key.lstrip("-").replace("-", "_")] = _value(value)
     if "data" not in overrides:
-        raise SystemExit("ultralytics-train: expected data=<dataset.yaml>")
+        raise CommandError("expected data=<dataset.yaml>", usage=True)
     loss_kwargs = {
         k: getattr(args, k) for k in ("beta", "gamma", "iou_weighted") if getattr(args, k) is not None
     }
     if hasattr(args, "alpha"):
         loss_kwargs["alpha"] = args.alpha
+    try:
+        cls_loss, options = _check_cls_loss(args.cls_loss, loss_kwargs)
+        if cls_loss != "bce":
+            _ElementwiseCls(cls_loss, options)  # the values, not only the names
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"--cls-loss {args.cls_loss}: {exc}", usage=True) from None
     data = overrides.pop("data")
+    if not Path(str(data)).is_file():
+        raise CommandError(f"data: expected a dataset yaml file, got {data!r}", usage=True)
     trainer = train(
         args.model,
         data=data,
@@ -310,7 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Train an Ultralytics YOLO detector with qfocal's classification loss, offline.",
     )
     add_ultralytics_arguments(parser)
-    return run_command(parser.parse_args(argv))
+    try:
+        return run_command(parser.parse_args(argv))
+    except CommandError as exc:
+        return report(parser.prog, exc)
 
 
 if __name__ == "__main__":

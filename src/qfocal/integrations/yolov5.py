@@ -49,6 +49,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._cli import CommandError, report
+from .._names import loss_name
 from ..modules import FocalLoss, QFocalLoss, VarifocalLoss
 from ._cli_args import YOLOV5_LOSSES, add_yolov5_arguments
 from ._offline import _Patches, offline, offline_import, preserved_torch_state
@@ -58,16 +60,14 @@ __all__ = ["LOSSES", "ComputeLoss", "build_criterion", "main", "patch_train", "t
 LOSSES = YOLOV5_LOSSES
 _LOSS_KEYS = ("obj_loss", "cls_loss", "fl_gamma", "fl_alpha", "qfl_beta", "vfl_alpha")
 # Exponent used when fl_gamma is 0 (the stock hyps): YOLOv5's FocalLoss default, the papers' beta / gamma.
-_DEFAULT_EXPONENT = {"focal": 1.5, "qfocal": 2.0, "varifocal": 2.0}
+_DEFAULT_EXPONENT = {"focal": 1.5, "qfl": 2.0, "vfl": 2.0}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Criteria
 # ----------------------------------------------------------------------------------------------------------
 def _check_loss_name(key: str, value: object) -> str:
-    if not isinstance(value, str) or value.lower() not in LOSSES:
-        raise ValueError(f"hyp[{key!r}]: expected one of {LOSSES}, got {value!r}")
-    return value.lower()
+    return loss_name(value, LOSSES, what=f"hyp[{key!r}]")
 
 
 def _number(hyp: Mapping[str, Any], key: str, default: float | None) -> float | None:
@@ -94,7 +94,7 @@ def build_criterion(kind: str, bce: nn.BCEWithLogitsLoss, hyp: Mapping[str, Any]
     """The criterion ``kind`` for one YOLOv5 loss term, reading its hyper-parameters from ``hyp``.
 
     Args:
-        kind: ``"bce"`` | ``"focal"`` | ``"qfocal"`` | ``"varifocal"``.
+        kind: ``"bce"`` | ``"focal"`` | ``"qfl"`` (alias ``"qfocal"``) | ``"vfl"`` (alias ``"varifocal"``).
         bce: the term's ``nn.BCEWithLogitsLoss`` (carrying ``cls_pw`` / ``obj_pw``); returned as is for ``"bce"``,
             wrapped (never modified) otherwise.
         hyp: the hyp dict (``fl_gamma``, ``fl_alpha``, ``qfl_beta``, ``vfl_alpha``; see the module docstring).
@@ -108,7 +108,7 @@ def build_criterion(kind: str, bce: nn.BCEWithLogitsLoss, hyp: Mapping[str, Any]
     gamma = _number(hyp, "fl_gamma", 0.0) or _DEFAULT_EXPONENT[kind]
     if kind == "focal":
         return FocalLoss(bce, gamma=gamma, alpha=_number(hyp, "fl_alpha", 0.25))
-    if kind == "qfocal":
+    if kind == "qfl":
         beta = _number(hyp, "qfl_beta", None)
         return QFocalLoss(bce, gamma=gamma if beta is None else beta, alpha=_number(hyp, "fl_alpha", 0.25))
     pos_weight = bce.pos_weight
@@ -382,12 +382,33 @@ def _pillow_compat(patches: _Patches, package: str) -> None:
     patches.replace_everywhere(check_pil_font, with_getsize)
 
 
+def _dataset_path_compat(patches: _Patches, package: str) -> None:
+    """Read a data yaml without an absolute ``path`` relative to its own folder, as Ultralytics and qfocal do;
+    YOLOv5 7.0 resolves it against its own package folder instead, so no relocatable dataset is found."""
+    general = sys.modules.get(f"{package}.utils.general" if package else "utils.general")
+    check_dataset = getattr(general, "check_dataset", None)
+    if check_dataset is None:
+        return
+
+    def relative_to_yaml(data, *args, **kwargs):
+        path = Path(str(data))
+        if isinstance(data, (str, Path)) and path.suffix in (".yaml", ".yml") and path.is_file():
+            content = _load_yaml(path)
+            root = content.get("path")
+            if root is None or not Path(str(root)).is_absolute():
+                data = {**content, "path": str((path.parent / str(root or ".")).resolve())}
+        return check_dataset(data, *args, **kwargs)
+
+    patches.replace_everywhere(check_dataset, relative_to_yaml)
+
+
 @contextlib.contextmanager
 def patch_train(train_module: ModuleType | None = None, *, offline_mode: bool = True) -> Iterator[ModuleType]:
     """Within the block, YOLOv5's ``train.py`` builds qfocal's :class:`ComputeLoss`; restored on exit.
 
     Only the name ``ComputeLoss`` in the train module is rebound (train.py looks it up there). Also for the
-    block: with ``offline_mode``, YOLOv5's downloaders (:func:`qfocal.integrations.offline`); and three fixes
+    block: with ``offline_mode``, YOLOv5's downloaders (:func:`qfocal.integrations.offline`); a data yaml without
+    an absolute ``path`` is read relative to its own folder (as Ultralytics does); and three fixes
     for YOLOv5 7.0 on current libraries: ``np.trapz`` (gone in numpy 2.4) for its ``utils.metrics`` only,
     ``FreeTypeFont.getsize`` (gone in Pillow 10) for its plots' fonts only, and
     ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` so that torch >= 2.6 loads the checkpoints YOLOv5 writes and reads
@@ -416,6 +437,7 @@ def patch_train(train_module: ModuleType | None = None, *, offline_mode: bool = 
             patches.setattr(module, "ComputeLoss", ComputeLoss)
             _numpy_compat(patches, _package_of(module))
             _pillow_compat(patches, _package_of(module))
+            _dataset_path_compat(patches, _package_of(module))
             if os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() not in ("1", "true", "yes", "y"):
                 # YOLOv5 7.0 calls torch.load(ckpt) on checkpoints it pickled itself (strip_optimizer,
                 # attempt_load): torch >= 2.6 refuses them unless weights_only=False is the default again
@@ -455,12 +477,28 @@ def _resolve_hyp(module: ModuleType, hyp: str | Path | None) -> Path:
     raise FileNotFoundError(f"hyp: expected a hyperparameter YAML file, got {hyp!s} (not found)")
 
 
+def _full_hyp(module: ModuleType, hyp_file: str | Path | None, overrides: Mapping[str, Any]) -> dict:
+    """A hyp file laid over YOLOv5's stock ``hyp.scratch-low.yaml`` (so one holding only qfocal's keys works), then
+    ``overrides``; qfocal's keys are checked before anything else runs."""
+    stock = _load_yaml(_resolve_hyp(module, None))
+    hyp = {**stock, **_load_yaml(_resolve_hyp(module, hyp_file)), **overrides}
+    _validate_loss_keys(hyp)
+    return hyp
+
+
 def _validate_loss_keys(hyp: Mapping[str, Any]) -> None:
-    for key in ("obj_loss", "cls_loss"):
-        if hyp.get(key) is not None:
-            _check_loss_name(key, hyp[key])
+    """Check qfocal's hyp keys, names and values, before YOLOv5 scans the dataset: each criterion is built once on
+    a stand-in BCE, so a bad value is reported under its hyp key."""
     for key in ("fl_gamma", "fl_alpha", "qfl_beta", "vfl_alpha"):
         _number(hyp, key, None)
+    for key in ("obj_loss", "cls_loss"):
+        if hyp.get(key) is not None:
+            kind = _check_loss_name(key, hyp[key])
+            try:
+                build_criterion(kind, nn.BCEWithLogitsLoss(), hyp)
+            except (TypeError, ValueError) as exc:
+                keys = ", ".join(f"{k}={hyp[k]!r}" for k in _LOSS_KEYS[2:] if k in hyp)
+                raise type(exc)(f"hyp[{key!r}]={hyp[key]!r} with {keys or 'the defaults'}: {exc}") from None
 
 
 def train(
@@ -497,12 +535,9 @@ def train(
     module = _train_module(train_module)
     with tempfile.TemporaryDirectory(prefix="qfocal-yolov5-") as tmp:
         if isinstance(hyp, Mapping):
-            merged = {**_load_yaml(_resolve_hyp(module, base_hyp)), **hyp}
-            _validate_loss_keys(merged)
-            hyp_path = _write_hyp(merged, tmp)
+            hyp_path = _write_hyp(_full_hyp(module, base_hyp, hyp), tmp)
         else:
-            hyp_path = str(_resolve_hyp(module, hyp))
-            _validate_loss_keys(_load_yaml(hyp_path))
+            hyp_path = _write_hyp(_full_hyp(module, hyp, {}), tmp)
         patches = _Patches()
         try:
             patches.setattr(sys, "argv", sys.argv[:1])  # train.run parses sys.argv for its defaults
@@ -528,9 +563,15 @@ def run_command(
         opt = module.parse_opt()
     finally:
         patches.undo()
+    if not getattr(opt, "cfg", "x") and not getattr(opt, "weights", ""):
+        opt.cfg = (
+            "yolov5n.yaml"  # YOLOv5 asserts "either --cfg or --weights"; from scratch, the smallest model
+        )
     with tempfile.TemporaryDirectory(prefix="qfocal-yolov5-") as tmp:
-        hyp = {**_load_yaml(_resolve_hyp(module, opt.hyp)), **overrides}
-        _validate_loss_keys(hyp)
+        try:
+            hyp = _full_hyp(module, opt.hyp, overrides)
+        except (TypeError, ValueError, FileNotFoundError) as exc:
+            raise CommandError(str(exc), usage=True) from None
         opt.hyp = _write_hyp(hyp, tmp)
         with patch_train(module, offline_mode=not getattr(args, "online", False)):
             module.main(opt)
@@ -547,7 +588,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_yolov5_arguments(parser)
     args, rest = parser.parse_known_args(argv)
-    return run_command(args, rest)
+    try:
+        return run_command(args, rest)
+    except CommandError as exc:
+        return report(parser.prog, exc)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,15 @@ def _yolov5(name: str) -> Callable:
     return make
 
 
+def _yolov5_compiled(pos_weight: Tensor) -> Callable:
+    """YOLOv5's QFocalLoss under ``torch.compile``: what a savvy user tries before a fused kernel."""
+    from yolov5.utils.loss import QFocalLoss
+
+    criterion = QFocalLoss(torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight), gamma=1.5, alpha=0.25)
+    compiled = torch.compile(criterion, dynamic=False)
+    return lambda x, t, label: compiled(x, t)
+
+
 def _torchvision(pos_weight: Tensor) -> Callable:
     from torchvision.ops import sigmoid_focal_loss
 
@@ -150,6 +159,10 @@ PROVIDERS: dict[str, tuple[str, Callable]] = {
     "yolov5-qfocal": (
         "yolov5.utils.loss.QFocalLoss(BCEWithLogitsLoss(pos_weight), 1.5, 0.25)",
         _yolov5("QFocalLoss"),
+    ),
+    "yolov5-qfocal-compiled": (
+        "torch.compile(yolov5.utils.loss.QFocalLoss(BCEWithLogitsLoss(pos_weight), 1.5, 0.25))",
+        _yolov5_compiled,
     ),
     "yolov5-focal": (
         "yolov5.utils.loss.FocalLoss(BCEWithLogitsLoss(pos_weight), 1.5, 0.25)",
@@ -301,6 +314,32 @@ def _parse_shape(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def _positive(kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _parse_device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"expected a device this machine has, got {text!r} (no CUDA here)")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
 def _parse_list(text: str, valid: Sequence[str], what: str) -> list[str]:
     items = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in items if s not in valid]
@@ -334,14 +373,22 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="comma-separated from float32,bfloat16,float16 (default: float32,bfloat16; --quick: float32)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed calls per case (default 7, --quick 3)"
+        "--repeats", type=_positive(int), default=None, help="timed calls per case (default 7, --quick 3)"
     )
     parser.add_argument(
-        "--budget", type=float, default=None, help="seconds per case before repeats are cut (>= 3 kept)"
+        "--budget",
+        type=_positive(float),
+        default=None,
+        help="seconds per case before repeats are cut (>= 3 kept)",
     )
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch.set_num_threads for the run (default: torch's)"
+        "--device", type=_parse_device, default=None, help="cpu or cuda (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive(int),
+        default=None,
+        help="torch.set_num_threads for the run (default: torch's)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke test: small shape, fp32, 3 repeats")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")

@@ -1,4 +1,4 @@
-"""``qfocal bench``: the side-by-side loss benchmark of :mod:`qfocal.ops.bench` as a subcommand."""
+"""``qfocal bench``: the side-by-side loss benchmark of :mod:`qfocal.bench.losses` as a subcommand."""
 
 from __future__ import annotations
 
@@ -6,27 +6,34 @@ import argparse
 import sys
 import warnings
 
+from .._cli import CommandError, add_command, require
+
 
 def register(subparsers) -> None:
     """Add ``bench`` to the ``qfocal`` command (see :mod:`qfocal.cli`)."""
-    from .bench import build_parser
+    from .losses import build_parser
 
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "bench",
+        _run,
         help="time and measure the fused losses against YOLOv5, torchvision, Ultralytics, kornia and BCE",
         description="Side-by-side loss benchmark: every provider in one process on the same inputs; writes "
         "NAME.md, NAME.csv and NAME.png into --out-dir.",
     )
     build_parser(parser)
-    parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .bench import run
+    require("tqdm", "matplotlib", what="qfocal bench")
+    from .losses import run
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pkg_resources.*")
-        rows = run(args, prog="qfocal bench")
+        try:
+            rows = run(args, prog="qfocal bench")
+        except OSError as exc:  # --out-dir not writable, a file in its way
+            raise CommandError(f"cannot write the results: {exc}") from None
     out = args.out_dir / args.name
     print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.csv')}, {out.with_suffix('.png')}")
     for r in rows:

@@ -1,0 +1,87 @@
+"""The settings of one training run (:class:`TrainConfig`) and their validation; no heavy imports, so the command
+line can describe its options without loading torchvision or the data readers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .._names import loss_name
+
+__all__ = ["AMP_CHOICES", "MODEL_SIZES", "RESUME_KEYS", "ConfigError", "TrainConfig"]
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+HARNESS_LOSSES = ("focal", "qfl", "vfl", "gfl")  # the FCOS heads of qfocal.integrations.torchvision
+MODEL_SIZES = {
+    "tiny": {"widths": (16, 32, 64, 96, 128), "fpn_channels": 64, "head_convs": 2},
+    "small": {"widths": (24, 48, 96, 160, 256), "fpn_channels": 96, "head_convs": 3},
+}
+# Keys of the config that must match for --resume to continue the same run.
+RESUME_KEYS = (
+    "data",
+    "loss",
+    "imgsz",
+    "batch",
+    "seed",
+    "lr",
+    "weight_decay",
+    "epochs",
+    "world_size",
+    "model_size",
+)
+
+
+class ConfigError(ValueError):
+    """A setting of a run that cannot work (a bad value, or one that contradicts the data or a checkpoint)."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run (all primitives, so it goes into the checkpoint as is)."""
+
+    data: str = "synthetic"
+    loss: str = "focal"
+    epochs: int = 12
+    imgsz: int = 128
+    batch: int = 16
+    seed: int = 0
+    out: str = "runs/train"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_iters: int = 50
+    clip_grad: float = 10.0
+    amp: str = "auto"
+    device: str = "auto"
+    skip_bad: bool = False
+    eval_every: int = 1
+    synth_images: int = 400
+    synth_seed: int = 0
+    model_size: str = "tiny"
+    progress: bool = True
+    plots: bool = True
+    world_size: int = 1
+    threads: int = 0
+
+    def validate(self) -> TrainConfig:
+        """Check every setting; return the config with the loss name made canonical (``qfocal`` -> ``qfl``)."""
+        try:
+            self.loss = loss_name(self.loss, HARNESS_LOSSES)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+        if self.amp not in AMP_CHOICES:
+            raise ConfigError(f"amp: expected one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
+        if self.model_size not in MODEL_SIZES:
+            raise ConfigError(
+                f"model_size: expected one of {', '.join(MODEL_SIZES)}, got {self.model_size!r}"
+            )
+        if self.threads < 0:
+            raise ConfigError(f"threads: expected >= 0 (0 = auto), got {self.threads!r}")
+        for name in ("epochs", "imgsz", "batch", "eval_every", "synth_images"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
+        if self.imgsz % 32:
+            raise ConfigError(
+                f"imgsz: expected a multiple of 32 (the stride of the coarsest level), got {self.imgsz}"
+            )
+        if not self.lr > 0:
+            raise ConfigError(f"lr: expected > 0, got {self.lr!r}")
+        return self
