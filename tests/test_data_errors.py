@@ -154,3 +154,74 @@ def test_training_reports_skipped_items(ds, capsys):
     train, _ = prepare_data(TrainConfig(data=str(ds), skip_bad=True), log=logged.append)
     assert train.skipped.total == 1
     assert any("skipped 1 bad item(s): 1 non-positive size" in m for m in logged), logged
+
+
+def test_coco_duplicate_image_id_is_an_error_not_a_dangling_annotation(ds):
+    """Two images sharing an id used to put boxes on the wrong image silently; it cannot be skipped."""
+    path, coco = _coco(ds)
+    coco["images"][1]["id"] = coco["images"][0]["id"]
+    path.write_text(json.dumps(coco))
+    for skip_bad in (False, True):
+        with pytest.raises(AnnotationError, match=r"duplicate image id 1: images\[0\].*images\[1\]") as err:
+            read_coco(path, ds / "images" / "train", skip_bad=skip_bad)
+        assert "unknown image_id" not in str(err.value)
+
+
+def test_coco_skipped_image_reports_its_annotations(ds):
+    path, coco = _coco(ds)
+    (ds / "images" / "train" / coco["images"][2]["file_name"]).unlink()
+    n = sum(a["image_id"] == 3 for a in coco["annotations"])
+    data = read_coco(path, ds / "images" / "train", skip_bad=True)
+    assert data.skipped.dropped == n
+    assert f"{n} annotation(s) dropped along with skipped images" in data.skipped.summary()
+
+
+@pytest.mark.parametrize(("value", "kept"), [("0", True), (False, True), (0.0, True), ("1", False)])
+def test_coco_iscrowd_spellings(ds, value, kept):
+    """iscrowd "0"/"1" (a string) used to drop every annotation; now it is read as the flag it spells."""
+    path, coco = _coco(ds)
+    for a in coco["annotations"]:
+        a["iscrowd"] = value
+    coco["annotations"][0]["iscrowd"] = 0
+    path.write_text(json.dumps(coco))
+    data = read_coco(path, ds / "images" / "train")
+    assert data.num_objects == (len(coco["annotations"]) if kept else 1)
+
+
+def test_coco_iscrowd_other_values_are_errors(ds):
+    path, coco = _coco(ds)
+    coco["annotations"][1]["iscrowd"] = "no"
+    path.write_text(json.dumps(coco))
+    with pytest.raises(AnnotationError, match=f"annotation id {coco['annotations'][1]['id']}: .*iscrowd"):
+        read_coco(path, ds / "images" / "train")
+
+
+def test_folder_missing_val_json_does_not_fall_back_to_yolo(ds):
+    """The folder has data.yaml and labels too: reading them for val only would mix two annotation sources."""
+    (ds / "annotations" / "instances_val.json").unlink()
+    assert load_split(ds, "train").source.endswith("instances_train.json")
+    with pytest.raises(AnnotationError, match=r"instances_val\.json: not found"):
+        load_split(ds, "val")
+    shutil.rmtree(ds / "annotations")  # YOLO throughout: the yaml is used
+    assert load_split(ds, "val").source.endswith("data.yaml [val]")
+
+
+@pytest.mark.parametrize(
+    ("cls", "error"), [("1.0", None), ("1.5", "integer index"), ("inf", "integer index")]
+)
+def test_yolo_class_spellings(ds, cls, error):
+    """Labelling tools write "1.0"; "1.5" and "inf" used to escape as OverflowError / ValueError."""
+    label = _first_label(ds)
+    label.write_text(f"{cls} 0.5 0.5 0.2 0.2\n")
+    if error is None:
+        data = read_yolo(ds / "images" / "train", ["a"] * 6)
+        assert [1] in [r.labels.tolist() for r in data.records]
+    else:
+        with pytest.raises(AnnotationError, match=f"{label}:1: malformed line .*{error}"):
+            read_yolo(ds / "images" / "train", ["a"] * 6)
+
+
+def test_yolo_missing_labels_folder_is_an_error(ds):
+    shutil.rmtree(ds / "labels")
+    with pytest.raises(AnnotationError, match=r"no objects in .*no label files found"):
+        load_split(ds / "data.yaml", "train", skip_bad=True)

@@ -23,35 +23,68 @@ def _coco_images_dir(root: Path, split: str) -> Path | None:
     return None
 
 
-def load_split(path: str | os.PathLike, split: str, *, skip_bad: bool = False) -> DetectionData:
+def _coco_annotation_file(ann_dir: Path, split: str) -> Path | None:
+    """``instances_{split}.json`` or ``instances_{split}2017.json``; both at once is ambiguous and an error."""
+    found = [ann_dir / f"instances_{split}{y}.json" for y in ("", "2017")]
+    found = [f for f in found if f.is_file()]
+    if len(found) > 1:
+        raise AnnotationError(f"{ann_dir}: both {found[0].name} and {found[1].name} exist; keep one")
+    return found[0] if found else None
+
+
+def load_split(
+    path: str | os.PathLike,
+    split: str,
+    *,
+    skip_bad: bool = False,
+    allow_outside_root: bool = False,
+    allow_empty: bool = False,
+) -> DetectionData:
     """Read the ``split`` ("train" or "val") of the dataset at ``path``.
 
     ``path`` is a YOLO data yaml, or a folder holding either ``annotations/instances_{split}.json`` (COCO; images
-    in ``images/{split}``, ``{split}2017`` or ``{split}``) or a ``data.yaml`` (YOLO). COCO wins when both exist.
+    in ``images/{split}``, ``{split}2017``, ``{split}`` or ``images``) or a ``data.yaml`` (YOLO). A folder with
+    any COCO instances file is read as COCO for both splits (its ``data.yaml``, if any, is not used), so a
+    missing ``instances_val.json`` is an error naming it, never a silent switch to the YOLO labels. Only a
+    folder without COCO annotations is read through its ``data.yaml``.
+
+    Args:
+        path: the dataset folder or its YOLO data yaml.
+        split: "train" or "val".
+        skip_bad: skip and count bad items instead of raising (see :func:`read_coco`, :func:`read_yolo`).
+        allow_outside_root: read image paths that leave the dataset root (absolute or through ``..``).
+        allow_empty: accept a split without any object instead of raising.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split: expected 'train' or 'val', got {split!r}")
+    opts = {"skip_bad": skip_bad, "allow_outside_root": allow_outside_root, "allow_empty": allow_empty}
     p = Path(path)
     if p.is_file() and p.suffix in (".yaml", ".yml"):
-        cfg = read_yolo_yaml(p)
-        return read_yolo(cfg[split], cfg["names"], skip_bad=skip_bad, source=f"{p} [{split}]")
+        cfg = read_yolo_yaml(p, allow_outside_root=allow_outside_root)
+        return read_yolo(cfg[split], cfg["names"], source=f"{p} [{split}]", root=cfg["root"], **opts)
     if not p.is_dir():
         raise AnnotationError(f"{p}: dataset not found (expected a folder or a YOLO data yaml)")
-    ann = p / "annotations" / f"instances_{split}.json"
-    if not ann.is_file() and split == "train" and (p / "annotations" / "instances_train2017.json").is_file():
-        ann = p / "annotations" / "instances_train2017.json"
-    if not ann.is_file() and split == "val" and (p / "annotations" / "instances_val2017.json").is_file():
-        ann = p / "annotations" / "instances_val2017.json"
-    if ann.is_file():
+    coco = {s: _coco_annotation_file(p / "annotations", s) for s in ("train", "val")}
+    yamls = [p / name for name in ("data.yaml", "data.yml") if (p / name).is_file()]
+    if any(coco.values()):
+        ann = coco[split]
+        if ann is None:
+            other = next(f for f in coco.values() if f is not None)
+            unused = f"; {yamls[0].name} is not used for a folder with COCO annotations" if yamls else ""
+            raise AnnotationError(
+                f"{p / 'annotations' / f'instances_{split}.json'}: not found, but {other.name} is there: a COCO "
+                f"dataset needs an instances file for every split{unused}"
+            )
         images = _coco_images_dir(p, split)
         if images is None:
             raise AnnotationError(
-                f"{p}: found {ann.name} but no image folder images/{split}, {split}2017 or {split}"
+                f"{p}: found {ann.name} but no image folder images/{split}, {split}2017, {split} or images"
             )
-        return read_coco(ann, images, skip_bad=skip_bad)
-    for name in ("data.yaml", "data.yml"):
-        if (p / name).is_file():
-            return load_split(p / name, split, skip_bad=skip_bad)
+        return read_coco(ann, images, **opts)
+    if len(yamls) > 1:
+        raise AnnotationError(f"{p}: both data.yaml and data.yml exist; keep one")
+    if yamls:
+        return load_split(yamls[0], split, **opts)
     raise AnnotationError(
         f"{p}: neither annotations/instances_{split}.json (COCO) nor data.yaml (YOLO) found"
     )
@@ -86,11 +119,16 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         rec = self.data.records[index]
-        with Image.open(rec.path) as im:
-            im = im.convert("RGB")
-            if im.size != (self.imgsz, self.imgsz):
-                im = im.resize((self.imgsz, self.imgsz), Image.BILINEAR)
-            arr = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        try:
+            with Image.open(rec.path) as im:
+                im = im.convert("RGB")
+                if im.size != (self.imgsz, self.imgsz):
+                    im = im.resize((self.imgsz, self.imgsz), Image.BILINEAR)
+                arr = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        except Exception as exc:  # changed or damaged since the readers checked it
+            raise AnnotationError(
+                f"{rec.path}: cannot decode image ({type(exc).__name__}: {exc})", reason="corrupt image"
+            ) from exc
         if self._cache is not None:
             self._cache[index] = arr
         return arr

@@ -1,30 +1,54 @@
-"""The in-memory form every reader produces: image records, class names, and the report of skipped items."""
+"""The in-memory form every reader produces (image records, class names, the report of skipped items) and the
+checks the COCO and YOLO readers share: typed values, text decoding, paths inside the dataset root, images."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 __all__ = ["AnnotationError", "DetectionData", "ImageRecord", "SkipReport"]
 
 # Boxes may overrun the image by this many pixels (float rounding in exported labels) and are then clipped.
 BOX_TOLERANCE_PX = 1.0
+# Ids are stored as int64 by pycocotools and torch.
+_MAX_ID = 2**63 - 1
+_INT_TEXT = re.compile(r"\s*[+-]?\d{1,19}\s*")
+
+SKIP_HINT = " (pass skip_bad=True / --skip-bad to skip bad items and count them)"
+OUTSIDE_HINT = "pass allow_outside_root=True to read files outside the dataset root"
+EMPTY_HINT = "pass allow_empty=True if the split really has no objects"
 
 
 class AnnotationError(ValueError):
-    """A bad annotation or image in a dataset; the message names the file and the annotation or line."""
+    """A bad annotation or image in a dataset; the message names the file and the annotation, image or line.
+
+    ``reason`` is the :class:`SkipReport` key the item is counted under when it is skipped.
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
 class SkipReport:
-    """What a reader skipped with ``skip_bad=True``: counts per reason and the first messages."""
+    """What a reader skipped with ``skip_bad=True``: counts per reason and the first messages.
+
+    ``dropped`` counts the annotations (or label rows) that went with a skipped image or label file: they are
+    not bad themselves, so they are not in ``counts``, but :meth:`summary` reports them.
+    """
 
     counts: dict[str, int] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
     max_messages: int = 20
+    dropped: int = 0
 
     def add(self, reason: str, message: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
@@ -39,7 +63,10 @@ class SkipReport:
         if not self.total:
             return "skipped nothing"
         parts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
-        return f"skipped {self.total} bad item(s): {parts}"
+        text = f"skipped {self.total} bad item(s): {parts}"
+        if self.dropped:
+            text += f"; {self.dropped} annotation(s) dropped along with skipped images or label files"
+        return text
 
 
 @dataclass
@@ -70,6 +97,10 @@ class DetectionData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def num_objects(self) -> int:
+        return sum(len(r.labels) for r in self.records)
+
     def to_coco(self) -> dict:
         """The ground truth as a COCO instances dict (original pixel coordinates), for pycocotools."""
         images, anns = [], []
@@ -93,23 +124,140 @@ class DetectionData:
         return {"images": images, "annotations": anns, "categories": cats}
 
 
+def fail_or_skip(skip_bad: bool, report: SkipReport, reason: str, message: str) -> None:
+    """Raise :class:`AnnotationError` for a skippable bad item, or count it in ``report`` with ``skip_bad``."""
+    if not skip_bad:
+        raise AnnotationError(message + SKIP_HINT, reason=reason)
+    report.add(reason, message)
+
+
+# Typed values. Labelling tools export ids as 1 or 1.0 (and sometimes "1"), numbers as strings; JSON's 1e400
+# parses as inf and NaN is accepted by Python's json. Each helper raises ValueError "expected X, got Y".
+
+
+def as_int(value: object, what: str, *, low: int = 0) -> int:
+    """An integer in ``[low, 2**63)`` from an int, an integral float (``1.0``) or a decimal string (``"1"``)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what}: expected an integer, got {value!r}")
+    if isinstance(value, int):
+        v = value
+    elif isinstance(value, float):
+        if not math.isfinite(value) or value != math.floor(value):
+            raise ValueError(f"{what}: expected an integer, got {value!r}")
+        v = int(value)
+    elif isinstance(value, str) and _INT_TEXT.fullmatch(value):
+        v = int(value)
+    else:
+        raise ValueError(f"{what}: expected an integer, got {short_repr(value)}")
+    if not low <= v <= _MAX_ID:
+        raise ValueError(f"{what}: expected an integer in [{low}, 2**63), got {short_repr(value)}")
+    return v
+
+
+def as_number(value: object, what: str) -> float:
+    """A float from an int, a float or a numeric string (non-finite values pass: the box check names them)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{what}: expected a number, got {short_repr(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{what}: number too large, got {short_repr(value)}") from None
+    except ValueError:
+        raise ValueError(f"{what}: expected a number, got {short_repr(value)}") from None
+
+
+def as_flag(value: object, what: str) -> bool:
+    """A 0/1 flag: 0, 1, False, True, 0.0, 1.0, "0" or "1"; anything else is an error, never a guess."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip() in ("0", "1"):
+        return value.strip() == "1"
+    raise ValueError(f"{what}: expected 0 or 1, got {short_repr(value)}")
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_text(path: Path, what: str) -> str:
+    """The text of a UTF-8 file (a leading BOM is dropped); AnnotationError naming ``path:line`` otherwise."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: {what} not found", reason="missing file") from None
+    except OSError as exc:
+        raise AnnotationError(f"{path}: cannot read {what} ({exc})", reason="unreadable file") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise AnnotationError(
+            f"{path}:{line}: {what} is not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+            reason="unreadable file",
+        ) from None
+
+
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies under ``root``, lexically (``..`` collapsed) or once symlinks are resolved."""
+    pairs = [(os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(root)))]
+    with contextlib.suppress(OSError, RuntimeError, ValueError):  # a symlink loop or an unrepresentable name
+        pairs.append((str(Path(path).resolve()), str(Path(root).resolve())))
+    return any(p == r or p.startswith(r.rstrip(os.sep) + os.sep) for p, r in pairs)
+
+
+def join_inside(
+    root: Path, name: str | os.PathLike, where: str, *, allow_outside_root: bool, base: Path | None = None
+) -> Path:
+    """``(base or root) / name``; AnnotationError naming the path and the opt-in flag when it leaves ``root``
+    (an absolute path elsewhere or one climbing out through ``..``) and ``allow_outside_root`` is false."""
+    path = (root if base is None else base) / name
+    if not allow_outside_root and not is_inside(path, root):
+        raise AnnotationError(
+            f"{where}: path {str(name)!r} leaves the dataset root {root}; {OUTSIDE_HINT}",
+            reason="path outside root",
+        )
+    return path
+
+
 def check_image(path: Path) -> tuple[int, int]:
-    """The ``(width, height)`` of an image file; AnnotationError naming the file if missing or unreadable."""
+    """The ``(width, height)`` of an image file; AnnotationError naming the file (and with a ``reason``) if it is
+    missing, unreadable, truncated or corrupt, or larger than Pillow's decompression-bomb limit."""
     if not path.is_file():
-        raise AnnotationError(f"{path}: image file not found")
+        raise AnnotationError(f"{path}: image file not found", reason="missing image")
     try:
         with Image.open(path) as im:
             size = im.size
-            im.verify()  # walks the file: truncated or corrupt data raises here
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise AnnotationError(f"{path}: corrupt or unreadable image ({exc})") from None
+            fmt = im.format
+            im.verify()  # walks PNG chunks and checksums: truncated or corrupt data raises here
+        # verify() does not decode JPEG: a file without its end marker is decoded fully to tell a truncated
+        # file from one with trailing bytes.
+        if fmt == "JPEG":
+            with path.open("rb") as f:
+                f.seek(-2, os.SEEK_END)
+                if f.read() != b"\xff\xd9":
+                    with Image.open(path) as im:
+                        im.load()
+    except Image.DecompressionBombError as exc:
+        raise AnnotationError(
+            f"{path}: image too large ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted",
+            reason="image too large",
+        ) from None
+    except Exception as exc:  # any decoder failure (OSError, SyntaxError, struct.error, ...) is a bad file
+        raise AnnotationError(
+            f"{path}: corrupt or unreadable image ({type(exc).__name__}: {exc})", reason="corrupt image"
+        ) from None
+    if size[0] < 1 or size[1] < 1:
+        raise AnnotationError(f"{path}: image has no pixels ({size[0]}x{size[1]})", reason="corrupt image")
     return size
 
 
 def check_box(box: list[float], width: int, height: int, where: str) -> tuple[str, list[float]] | None:
     """``None`` if the xyxy box is valid (clipping overruns within tolerance in place), else ``(reason, message)``."""
     x1, y1, x2, y2 = box
-    if not all(np.isfinite(v) for v in box):
+    if not all(math.isfinite(v) for v in box):
         return "non-finite box", f"{where}: non-finite box coordinates {box}"
     if x2 - x1 <= 0 or y2 - y1 <= 0:
         return "non-positive size", f"{where}: box has non-positive size (w={x2 - x1:g}, h={y2 - y1:g})"
@@ -124,6 +272,18 @@ def check_box(box: list[float], width: int, height: int, where: str) -> tuple[st
     if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
         return "non-positive size", f"{where}: box has non-positive size inside the image after clipping"
     return None
+
+
+def check_not_empty(data: DetectionData, what: str, *, allow_empty: bool) -> DetectionData:
+    """``data`` unless it has no objects at all: a whole split without objects is a missing or unread label
+    source far more often than a real negative-only set, so it is an error unless ``allow_empty``."""
+    if allow_empty or data.num_objects:
+        return data
+    detail = f"; {data.skipped.summary()}" if data.skipped.total else ""
+    raise AnnotationError(
+        f"{data.source}: no objects in {len(data.records)} image(s): {what}{detail}; {EMPTY_HINT}",
+        reason="no objects",
+    )
 
 
 def make_record(path: Path, width: int, height: int, boxes: list, labels: list, image_id: int) -> ImageRecord:
