@@ -114,3 +114,13 @@ def readme_python_blocks(section: str | None = None) -> list[str]:
     if section is not None:
         text = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.fixture(scope="session")
+def mmdet_losses():
+    """mmdetection's loss modules as shipped (see mmdet_oracle); skips where mmdet or mmengine is missing."""
+    pytest.importorskip("mmengine")
+    pytest.importorskip("mmdet")
+    from .mmdet_oracle import load
+
+    return load()

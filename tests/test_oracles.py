@@ -1,5 +1,6 @@
 """qfocal against the real packages: values and gradients equal YOLOv5, torchvision, Ultralytics, kornia, and
-mmdetection's formulas (transcribed in ``mmdet_formulas``), on random soft targets in float64 and float32."""
+mmdetection's loss functions (its shipped files, loaded by ``mmdet_oracle``), on random soft targets in float64
+and float32. The mmdetection module classes are compared in test_integration_mmdet.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from torch import nn
 
 import qfocal
 
-from . import mmdet_formulas as mmdet
 from .conftest import assert_close
 
 with warnings.catch_warnings():
@@ -164,7 +164,7 @@ def test_kornia_binary_focal_on_hard_targets(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("beta", [2.0, 1.0, 0.5])
-def test_mmdet_qfl_sparse_avg_factor_and_per_anchor_weight(beta, dtype):
+def test_mmdet_qfl_sparse_avg_factor_and_per_anchor_weight(beta, dtype, mmdet_losses):
     g = torch.Generator().manual_seed(7)
     n, c = 45, 8
     logits = (torch.randn(n, c, generator=g, dtype=torch.float64) * 2).to(dtype)
@@ -175,8 +175,9 @@ def test_mmdet_qfl_sparse_avg_factor_and_per_anchor_weight(beta, dtype):
     num_pos = float((labels < c).sum())
 
     def theirs(x, lab, sc):
-        per_anchor = mmdet.quality_focal_loss(x, (lab, sc), beta=beta)
-        return mmdet.weight_reduce_loss(per_anchor, weight, "mean", num_pos)
+        return mmdet_losses.gfocal_loss.quality_focal_loss(
+            x, (lab, sc), weight, beta=beta, avg_factor=num_pos
+        )
 
     def ours(x, lab, sc):
         return qfocal.quality_focal_loss(x, (lab, sc), beta=beta, weight=weight, avg_factor=num_pos)
@@ -189,7 +190,9 @@ def test_mmdet_qfl_sparse_avg_factor_and_per_anchor_weight(beta, dtype):
 
     _compare(
         ours_none,
-        lambda x, lab, sc: mmdet.quality_focal_loss(x, (lab, sc), beta=beta),
+        lambda x, lab, sc: mmdet_losses.gfocal_loss.quality_focal_loss(
+            x, (lab, sc), beta=beta, reduction="none"
+        ),
         logits,
         labels,
         scores,
@@ -198,7 +201,7 @@ def test_mmdet_qfl_sparse_avg_factor_and_per_anchor_weight(beta, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("iou_weighted", [True, False])
-def test_mmdet_varifocal(iou_weighted, dtype):
+def test_mmdet_varifocal(iou_weighted, dtype, mmdet_losses):
     x, t = _inputs((33, 6), dtype, seed=8)
     weight = torch.rand(33, 6, dtype=dtype)
     for reduction, avg in (("mean", None), ("mean", 7.0), ("sum", None), ("none", None)):
@@ -206,7 +209,7 @@ def test_mmdet_varifocal(iou_weighted, dtype):
             lambda a, b, r=reduction, af=avg: qfocal.varifocal_loss(
                 a, b, iou_weighted=iou_weighted, weight=weight, reduction=r, avg_factor=af
             ),
-            lambda a, b, r=reduction, af=avg: mmdet.varifocal_loss(
+            lambda a, b, r=reduction, af=avg: mmdet_losses.varifocal_loss.varifocal_loss(
                 a, b, weight=weight, iou_weighted=iou_weighted, reduction=r, avg_factor=af
             ),
             x,
@@ -215,13 +218,13 @@ def test_mmdet_varifocal(iou_weighted, dtype):
         )
 
 
-def test_mmdet_dfl_float32():
+def test_mmdet_dfl_float32(mmdet_losses):
     g = torch.Generator().manual_seed(9)
     logits = torch.randn(50, 9, generator=g)
     target = torch.rand(50, generator=g) * 7.999
     _compare(
         lambda x, y: qfocal.distribution_focal_loss(x, y, reduction="none"),
-        mmdet.distribution_focal_loss,
+        lambda x, y: mmdet_losses.gfocal_loss.distribution_focal_loss(x, y, reduction="none"),
         logits,
         target,
         name="mmdet DFL",

@@ -5,6 +5,8 @@
 * :mod:`qfocal.integrations.ultralytics`: ``DetectionLoss`` (a ``v8DetectionLoss``), ``QFocalDetectionTrainer``
   and ``train``; command ``qfocal ultralytics-train``.
 * :mod:`qfocal.integrations.torchvision`: torchvision's detection heads.
+* :mod:`qfocal.integrations.mmdet`: mmdetection's ``QualityFocalLoss``, ``VarifocalLoss``,
+  ``DistributionFocalLoss`` and ``FocalLoss``, registered as ``qfocal.<name>`` for mmdetection configs.
 
 Importing this package imports none of those frameworks. :func:`offline` keeps YOLOv5 and Ultralytics from
 downloading or installing anything; :func:`offline_import` is for importing them without Ultralytics' import-time
