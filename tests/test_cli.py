@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+from pathlib import Path
+
 import pytest
+import torch
 
 from qfocal.cli import build_parser, main
 
@@ -35,3 +40,108 @@ def test_unknown_subcommand_is_an_error():
     with pytest.raises(SystemExit) as info:
         main(["tabel"])
     assert info.value.code == 2
+
+
+# (argv, expected exit code): 2 for a bad argument, 1 for a missing or damaged file. Each gives one line
+# "qfocal <cmd>: error: ..." and no traceback.
+def _bad_inputs(tmp: Path) -> list[tuple[list[str], int]]:
+    a_file = tmp / "a_file.txt"
+    a_file.write_text("not a folder\n")
+    garbage = tmp / "garbage.pt"
+    garbage.write_bytes(b"\x80\x04not a checkpoint at all")
+    truncated = tmp / "truncated.pt"
+    torch.save({"model": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    malicious = tmp / "malicious.pt"
+    malicious.write_bytes(pickle.dumps(_Evil()))
+    no_data = str(tmp / "nowhere")
+    cases = [
+        (["table", "--targets", "1,x", "--logits", "0,0"], 2),
+        (["table", "--logits", "0,0"], 2),
+        (["table", "--targets", "0.5", "--probs", "1.5"], 2),
+        (["table", "--targets", "0.5,0", "--logits", "0"], 2),
+        (["table", "--targets", "2", "--logits", "0"], 2),
+        (["table", "--targets", "0.5", "--logits", "nan"], 2),
+        (["table", "--gamma", "-1"], 2),
+        (["table", "--alpha", "2"], 2),
+        (["table", "--gamma", "abc"], 2),
+        (["plot", "--targets", "a,b"], 2),
+        (["plot", "--targets", "1.5"], 2),
+        (["plot", "--gamma", "nan"], 2),
+        (["plot", "--out", str(tmp / "x.txt")], 2),
+        (["plot", "--out", str(tmp / "no" / "such" / "dir" / "x.png")], 1),
+        (["bench", "--threads", "0"], 2),
+        (["bench", "--threads", "x"], 2),
+        (["bench", "--providers", "qfocal-fused,yolov6"], 2),
+        (["bench", "--shapes", "10x"], 2),
+        (["bench", "--repeats", "-1"], 2),
+        (["bench", "--budget", "0"], 2),
+        (["bench", "--dtypes", "float8"], 2),
+        (["data", "synth", "--out", str(tmp / "d"), "--images", "1"], 2),
+        (["data", "synth", "--out", str(tmp / "d"), "--imgsz", "8"], 2),
+        (["data", "synth", "--out", str(tmp / "d"), "--val-fraction", "1.5"], 2),
+        (["data", "synth", "--out", str(tmp / "d"), "--images", "x"], 2),
+        (["data", "synth"], 2),
+        (["data", "synth", "--out", str(a_file)], 2),
+        (["train", "--loss", "qf"], 2),
+        (["train", "--epochs", "0"], 2),
+        (["train", "--imgsz", "100"], 2),
+        (["train", "--lr", "0"], 2),
+        (["train", "--lr", "x"], 2),
+        (["train", "--amp", "fp16", "--device", "cpu"], 2),
+        (["train", "--out", str(a_file)], 2),
+        (["train", "--threads", "-1"], 2),
+        (["train", "--bogus"], 2),
+        (["train", "--data", no_data, "--out", str(tmp / "r")], 1),
+        (["evaluate", "--weights", str(tmp / "missing.pt")], 1),
+        (["evaluate", "--weights", str(garbage)], 1),
+        (["evaluate", "--weights", str(truncated)], 1),
+        (["evaluate", "--weights", str(malicious)], 1),
+        (["compare", "--seeds", "0,0"], 2),
+        (["compare", "--seeds", "0"], 2),
+        (["compare", "--losses", "qfl,qfocal"], 2),
+        (["compare", "--losses", "x"], 2),
+        (["compare", "--resume", "--out", str(a_file)], 2),
+        (["demo", "--out", str(a_file)], 2),
+        (["yolov5-train", "--obj-loss", "x"], 2),
+        (["yolov5-train", "--fl-gamma", "x"], 2),
+        (["yolov5-train", "--obj-loss", "qfl", "--qfl-beta", "-1", "--data", no_data], 2),
+        (["ultralytics-train", "--cls-loss", "x"], 2),
+        (["ultralytics-train", "--cls-loss", "qfl", "--beta", "-1", "data=x.yaml"], 2),
+        (["ultralytics-train", "yolov8n.yaml", "epochs"], 2),
+        (["ultralytics-train", "--bogus", "data=x.yaml"], 2),
+        (["ultralytics-train", "yolov8n.yaml", "epochs=1"], 2),
+        (["ultralytics-train", "yolov8n.yaml", f"data={no_data}.yaml"], 2),
+    ]
+    if not torch.cuda.is_available():
+        cases += [
+            (["train", "--device", "cuda"], 2),
+            (["evaluate", "--weights", "x.pt", "--device", "cuda"], 2),
+        ]
+        cases += [(["bench", "--device", "cuda"], 2)]
+    return cases
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_every_subcommand_rejects_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    seen = set()
+    for argv, expected in _bad_inputs(tmp_path):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code == expected, f"{argv}: exit {code}, expected {expected}\n{err}"
+        assert "Traceback" not in err, f"{argv}:\n{err}"
+        errors = [line for line in err.splitlines() if "error:" in line]
+        prog = "qfocal " + " ".join(argv[:2] if argv[0] == "data" else argv[:1])
+        assert len(errors) == 1 and errors[0].startswith(f"{prog}: error: "), f"{argv}:\n{err}"
+        assert "weights_only" not in err, f"{argv}:\n{err}"
+        seen.add(argv[0])
+    registered = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert seen == set(registered), f"subcommands without bad-input cases: {set(registered) - seen}"

@@ -446,7 +446,6 @@ def test_inductor_backend_matches_mmdet_once():
 # ----------------------------------------------------------------------------------------------------------
 # The two precision defects in qfocal's core (the lead's fixes will turn these into passes)
 # ----------------------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="precision fix pending in core")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_focal_loss_relative_precision_at_very_negative_logits(dtype):
     """t = 0, x << 0: mmdetection's factor p (1 - t) + (1 - p) t is p exactly; 1 - p_t rounds it off."""
@@ -463,7 +462,6 @@ def test_focal_loss_relative_precision_at_very_negative_logits(dtype):
     assert_close(g1, g2, "focal d/dx, relative", rtol=rtol, atol=0.0)
 
 
-@pytest.mark.xfail(strict=True, reason="precision fix pending in core")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_distribution_focal_loss_targets_just_above_an_integer(dtype):
     """mmdetection's right-bin weight is target - left; 1 - (left + 1 - target) loses a tiny target - left."""

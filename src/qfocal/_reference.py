@@ -28,6 +28,7 @@ __all__ = [
     "AVG_EPS",
     "KINDS",
     "LossSpec",
+    "alpha_factor",
     "compute_dtype",
     "densify",
     "distribution_focal_elementwise",
@@ -82,7 +83,7 @@ def safe_pow(base: Tensor, exponent: float) -> Tensor:
     return torch.where(ok, safe.pow(exponent), base.detach().pow(exponent))
 
 
-def _alpha_factor(t: Tensor, alpha: float | None) -> Tensor | float:
+def alpha_factor(t: Tensor, alpha: float | None) -> Tensor | float:
     if alpha is None:
         return 1.0
     return t * alpha + (1.0 - t) * (1.0 - alpha)
@@ -98,10 +99,10 @@ def _elementwise(spec: LossSpec, x: Tensor, t: Tensor, pos_weight: Tensor | None
     """The unreduced, unweighted loss of ``spec`` in ``x``'s dtype."""
     p = torch.sigmoid(x)
     if spec.kind == "qfl":
-        m = safe_pow((t - p).abs(), spec.exponent) * _alpha_factor(t, spec.alpha)
+        m = safe_pow((t - p).abs(), spec.exponent) * alpha_factor(t, spec.alpha)
     elif spec.kind == "focal":
         # 1 - p_t written as mmdetection does: 1 - p_t itself loses p to rounding where p << 1.
-        m = safe_pow(p * (1.0 - t) + (1.0 - p) * t, spec.exponent) * _alpha_factor(t, spec.alpha)
+        m = safe_pow(p * (1.0 - t) + (1.0 - p) * t, spec.exponent) * alpha_factor(t, spec.alpha)
     elif spec.kind == "vfl":
         pos_factor = t if spec.iou_weighted else torch.ones_like(t)
         m = torch.where(t > 0, pos_factor, spec.alpha * safe_pow((p - t).abs(), spec.exponent))

@@ -14,8 +14,7 @@ give finite values and gradients. On probabilities there is no stable log-sum-ex
 has lost the logit it came from, so use the logit versions (:func:`qfocal.quality_focal_loss`,
 :func:`qfocal.sigmoid_focal_loss`) wherever the head can give logits.
 
-The small helpers below mirror private ones of :mod:`qfocal.functional` (compute dtype, finite-slope power,
-dense target, mmdetection's weight-and-reduce) so that this file depends on its public contract only.
+The modulating factors, weights and reductions are those of :mod:`qfocal._reference`; only the BCE differs.
 """
 
 from __future__ import annotations
@@ -40,47 +39,11 @@ from ._checks import (
     _check_weight,
     value_checks_enabled,
 )
+from ._reference import alpha_factor, compute_dtype, densify, safe_pow, weight_reduce
 
 __all__ = ["py_focal_loss_with_prob", "quality_focal_loss_with_prob"]
 
-# mmdetection's weight_reduce_loss divides by (avg_factor + eps) so that avg_factor = 0 stays finite.
-_AVG_EPS = torch.finfo(torch.float32).eps
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _safe_pow(base: Tensor, exponent: float) -> Tensor:
-    """``base ** exponent`` for ``base >= 0``, with the gradient at 0 defined as 0 when ``0 < exponent < 1``."""
-    if exponent == 0.0:
-        return torch.ones_like(base)
-    if exponent >= 1.0:
-        return base.pow(exponent)
-    ok = base > torch.finfo(base.dtype).tiny
-    safe = torch.where(ok, base, torch.ones_like(base))
-    return torch.where(ok, safe.pow(exponent), base.detach().pow(exponent))
-
-
-def _alpha_factor(t: Tensor, alpha: float | None) -> Tensor | float:
-    if alpha is None:
-        return 1.0
-    return t * alpha + (1.0 - t) * (1.0 - alpha)
-
-
-def _weight_reduce(loss: Tensor, weight: Tensor | None, reduction: str, avg_factor) -> Tensor:
-    if weight is not None:
-        loss = loss * weight.to(loss.dtype)
-    if reduction == "none":
-        return loss
-    if loss.numel() == 0:
-        return loss.sum() * 0.0  # zero, still connected to the graph
-    if reduction == "sum":
-        return loss.sum()
-    if avg_factor is None:
-        return loss.mean()
-    return loss.sum() / (avg_factor + _AVG_EPS)
 
 
 def _check_probs(probs: object) -> Tensor:
@@ -142,20 +105,20 @@ def quality_focal_loss_with_prob(
     alpha = _check_alpha(alpha)
     reduction = _check_reduction(reduction)
     avg_factor = _check_avg_factor(avg_factor, reduction)
-    cdtype = _compute_dtype(probs.dtype)
+    cdtype = compute_dtype(probs.dtype)
     if isinstance(target, (tuple, list)):
         if probs.dim() != 2:
             raise ValueError(
                 f"probs: expected shape (N, C) with a (labels, scores) target, got {tuple(probs.shape)}"
             )
         labels, scores = _check_sparse_target(tuple(target), probs)
-        t = _densify(labels, scores, probs.shape, cdtype)
+        t = densify(labels, scores, probs.shape, cdtype)
     else:
         t = _check_dense_target(target, probs).to(cdtype)
     weight = _check_weight(weight, probs.shape, probs)
     p = probs.to(cdtype)
-    loss = _bce_prob(p, t) * _safe_pow((t - p).abs(), beta) * _alpha_factor(t, alpha)
-    return _weight_reduce(loss, weight, reduction, avg_factor).to(probs.dtype)
+    loss = _bce_prob(p, t) * safe_pow((t - p).abs(), beta) * alpha_factor(t, alpha)
+    return weight_reduce(loss, weight, reduction, avg_factor).to(probs.dtype)
 
 
 def py_focal_loss_with_prob(
@@ -203,7 +166,7 @@ def py_focal_loss_with_prob(
     alpha = _check_alpha(alpha)
     reduction = _check_reduction(reduction)
     avg_factor = _check_avg_factor(avg_factor, reduction)
-    cdtype = _compute_dtype(probs.dtype)
+    cdtype = compute_dtype(probs.dtype)
     target = _check_tensor("target", target)
     if target.dtype in _INT_DTYPES:
         t = _one_hot(target, probs).to(cdtype)
@@ -212,15 +175,8 @@ def py_focal_loss_with_prob(
     weight = _check_weight(weight, probs.shape, probs)
     p = probs.to(cdtype)
     one_minus_pt = p * (1.0 - t) + (1.0 - p) * t
-    loss = _bce_prob(p, t) * _safe_pow(one_minus_pt, gamma) * _alpha_factor(t, alpha)
-    return _weight_reduce(loss, weight, reduction, avg_factor).to(probs.dtype)
-
-
-def _densify(labels: Tensor, scores: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
-    """The dense (N, C) target equal to mmdetection's (labels, scores); label C is background."""
-    target = torch.zeros(shape, dtype=dtype, device=scores.device)
-    rows = (labels < shape[1]).nonzero().squeeze(1)
-    return target.index_put((rows, labels[rows].long()), scores[rows].to(dtype))
+    loss = _bce_prob(p, t) * safe_pow(one_minus_pt, gamma) * alpha_factor(t, alpha)
+    return weight_reduce(loss, weight, reduction, avg_factor).to(probs.dtype)
 
 
 def _one_hot(labels: Tensor, probs: Tensor) -> Tensor:

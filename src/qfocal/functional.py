@@ -38,11 +38,16 @@ from ._checks import (
     _check_weight,
     value_checks_enabled,
 )
+from ._names import loss_name
 from ._reference import LossSpec, distribution_focal_elementwise, weight_reduce
+from ._with_prob import py_focal_loss_with_prob, quality_focal_loss_with_prob
 
 __all__ = [
     "distribution_focal_loss",
+    "loss_function",
+    "py_focal_loss_with_prob",
     "quality_focal_loss",
+    "quality_focal_loss_with_prob",
     "sigmoid_focal_loss",
     "varifocal_loss",
 ]
@@ -284,3 +289,19 @@ def distribution_focal_loss(
         weight = _check_broadcast_tensor("weight", weight, target.shape, logits)
     loss = distribution_focal_elementwise(logits, target)
     return weight_reduce(loss, weight, reduction, avg_factor).to(logits.dtype)
+
+
+def loss_function(name: str):
+    """The function of loss ``name`` (any name or alias of :mod:`qfocal._names`, any case).
+
+    Example:
+        >>> loss_function("QFocal") is quality_focal_loss
+        True
+    """
+    functions = {
+        "qfl": quality_focal_loss,
+        "focal": sigmoid_focal_loss,
+        "vfl": varifocal_loss,
+        "dfl": distribution_focal_loss,
+    }
+    return functions[loss_name(name, tuple(functions))]

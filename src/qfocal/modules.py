@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ._checks import _check_alpha, _check_exponent, _check_reduction
+from ._names import loss_name
 from .functional import distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "QualityFocalLoss",
     "SigmoidFocalLoss",
     "VarifocalLoss",
+    "build_loss",
 ]
 
 
@@ -258,3 +260,22 @@ class FocalLoss(_YOLOv5Wrapper):
 
     def forward(self, pred: Tensor, true: Tensor) -> Tensor:
         return self.loss_fn(pred, true, gamma=self.gamma, **self._kwargs())
+
+
+_BY_NAME = {
+    "qfl": QualityFocalLoss,
+    "focal": SigmoidFocalLoss,
+    "vfl": VarifocalLoss,
+    "dfl": DistributionFocalLoss,
+}
+
+
+def build_loss(name: str, **kwargs) -> nn.Module:
+    """The loss module called ``name`` (any name or alias of :mod:`qfocal._names`: ``"qfl"``, ``"QFocal"``,
+    ``"varifocal"``, ...) built with ``kwargs``.
+
+    Example:
+        >>> build_loss("qfocal", beta=2.0)
+        QualityFocalLoss(beta=2.0, alpha=None, reduction='mean', loss_weight=1.0)
+    """
+    return _BY_NAME[loss_name(name, tuple(_BY_NAME))](**kwargs)

@@ -93,6 +93,8 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
 def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
     """The run's config from the command line, validated before any expensive work (usage errors: exit 2)."""
     _check_device(args.device)
+    if args.amp == "fp16" and (args.device == "cpu" or not _cuda_available()):
+        raise CommandError("--amp fp16: fp16 autocast is for CUDA; use bf16 or off on the CPU", usage=True)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out: expected a folder, got the existing file {out}", usage=True)
@@ -121,6 +123,12 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         return cfg.validate()
     except ConfigError as exc:
         raise CommandError(str(exc), usage=True) from None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _check_device(spec: str) -> None:

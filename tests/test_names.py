@@ -1,0 +1,91 @@
+"""One vocabulary: every loss name and alias, in any case, works in every entry point, and an unknown name is an
+error that lists the valid ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qfocal
+from qfocal._names import LOSS_ALIASES, loss_name
+from qfocal.cli import parse_args
+
+SPELLINGS = {
+    canonical: [canonical, canonical.upper(), *aliases, *(a.upper() for a in aliases)]
+    for canonical, aliases in LOSS_ALIASES.items()
+}
+
+
+def _cases(*canonicals: str) -> list[tuple[str, str]]:
+    return [(spelling, c) for c in canonicals for spelling in SPELLINGS[c]]
+
+
+@pytest.mark.parametrize("spelling, canonical", _cases("qfl", "vfl", "focal", "dfl"))
+def test_functions_and_modules(spelling, canonical):
+    functions = {
+        "qfl": qfocal.quality_focal_loss,
+        "vfl": qfocal.varifocal_loss,
+        "focal": qfocal.sigmoid_focal_loss,
+        "dfl": qfocal.distribution_focal_loss,
+    }
+    assert qfocal.loss_function(spelling) is functions[canonical]
+    modules = {
+        "qfl": qfocal.QualityFocalLoss,
+        "vfl": qfocal.VarifocalLoss,
+        "focal": qfocal.SigmoidFocalLoss,
+        "dfl": qfocal.DistributionFocalLoss,
+    }
+    assert type(qfocal.build_loss(spelling)) is modules[canonical]
+
+
+@pytest.mark.parametrize("spelling, canonical", _cases("qfl", "vfl", "focal", "gfl"))
+def test_harness_train_and_compare(spelling, canonical):
+    from qfocal.detection import TrainConfig
+
+    assert TrainConfig(loss=spelling).validate().loss == canonical
+    assert parse_args(["train", "--loss", spelling]).loss == canonical
+    assert parse_args(
+        ["compare", "--losses", f"focal,{spelling}" if canonical != "focal" else spelling]
+    ).losses[-1] == (canonical)
+
+
+@pytest.mark.parametrize("spelling, canonical", _cases("bce", "qfl", "vfl", "focal"))
+def test_yolov5_hyp_keys_and_command(spelling, canonical):
+    from qfocal.integrations import yolov5 as qy
+
+    expected = {"bce": torch.nn.BCEWithLogitsLoss, "qfl": qfocal.QFocalLoss, "focal": qfocal.FocalLoss}
+    criterion = qy.build_criterion(spelling, torch.nn.BCEWithLogitsLoss(), {})
+    if canonical in expected:
+        assert type(criterion) is expected[canonical]
+    else:
+        assert isinstance(criterion.loss, qfocal.VarifocalLoss)
+    args = parse_args(["yolov5-train", "--obj-loss", spelling, "--cls-loss", spelling])
+    assert args.obj_loss == args.cls_loss == canonical
+
+
+@pytest.mark.parametrize("spelling, canonical", _cases("bce", "qfl", "vfl", "focal"))
+def test_ultralytics_cls_loss_and_command(spelling, canonical):
+    from qfocal.integrations import ultralytics as qu
+
+    assert qu._check_cls_loss(spelling, {})[0] == canonical
+    assert parse_args(["ultralytics-train", "--cls-loss", spelling, "data=x.yaml"]).cls_loss == canonical
+
+
+@pytest.mark.parametrize("name", ["AUTO", "Reference", "eager", " Inductor "])
+def test_backend_names_any_case(name):
+    previous = qfocal.set_backend(name)
+    try:
+        assert qfocal.get_backend() == name.strip().lower()
+    finally:
+        qfocal.set_backend(previous)
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match=r"loss: expected one of bce, qfl \(= qfocal\), got 'quality'"):
+        loss_name("quality", ("bce", "qfl"))
+    with pytest.raises(ValueError, match="expected one of"):
+        loss_name(None)
+    with pytest.raises(ValueError, match=r"dfl, got 'gfl'"):
+        qfocal.build_loss("gfl")  # a harness head, not a loss module
+    with pytest.raises(ValueError, match=r"backend: expected one of \('auto'"):
+        qfocal.set_backend("turbo")
