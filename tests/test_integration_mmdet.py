@@ -168,7 +168,7 @@ def test_type_name_alone_finds_the_plugin_in_a_fresh_process():
     assert out.stdout.split() == ["qfocal.integrations.mmdet", "QualityFocalLoss"]
 
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "mmdetection.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _mmdet_config(name: str) -> Path:
@@ -179,10 +179,11 @@ def _mmdet_config(name: str) -> Path:
 
 
 def test_docs_config_turns_gfl_r50_into_qfocal_losses_with_mmdets_numbers(tmp_path):
-    """The config fragment of docs/mmdetection.md, applied to mmdet's own GFL R-50 config file."""
+    """The config fragment of the README's "Use with mmdetection", applied to mmdet's own GFL R-50 config file."""
     from mmengine.config import Config
 
-    fragment = DOC.read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    section = README.read_text().split("## Use with mmdetection\n", 1)[1].split("\n## ", 1)[0]
+    fragment = section.split("```python\n", 1)[1].split("```", 1)[0]
     path = tmp_path / "gfl_r50_fpn_1x_coco_qfocal.py"
     path.write_text(fragment)
     cfg = Config.fromfile(str(path))

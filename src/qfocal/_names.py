@@ -26,6 +26,7 @@ LOSSES: dict[str, str] = {
     "qfl": "quality focal loss (GFL, arXiv:2006.04388)",
     "vfl": "varifocal loss (VarifocalNet, arXiv:2008.13367)",
     "gfl": "QFL plus GFL's box distribution trained with DFL (the FCOS harness)",
+    "focal_noctr": "focal loss on hard targets without FCOS's centerness branch (an ablation in the harness)",
     "dfl": "distribution focal loss (GFL, arXiv:2006.04388)",
 }
 
@@ -36,6 +37,7 @@ LOSS_ALIASES: dict[str, tuple[str, ...]] = {
     "qfl": ("qfocal", "quality_focal", "quality_focal_loss", "qfocalloss"),
     "vfl": ("varifocal", "varifocal_loss", "varifocalloss"),
     "gfl": ("generalized_focal",),
+    "focal_noctr": ("focal_no_centerness", "focal_nc"),
     "dfl": ("distribution_focal", "distribution_focal_loss"),
 }
 

@@ -20,7 +20,23 @@ CLASS_NAMES = ("disc", "square", "triangle", "ring", "cross", "star")
 # Long tail: the rarest class appears about 7x less often than the commonest.
 CLASS_FREQUENCIES = (0.30, 0.22, 0.17, 0.13, 0.10, 0.08)
 
-__all__ = ["CLASS_FREQUENCIES", "CLASS_NAMES", "generate_dataset", "prepare_synthetic", "write_toy_dataset"]
+__all__ = [
+    "CLASS_FREQUENCIES",
+    "CLASS_NAMES",
+    "DIFFICULTIES",
+    "generate_dataset",
+    "prepare_synthetic",
+    "write_toy_dataset",
+]
+
+# Difficulty presets: clutter (mean distractors per image), chance of blur, sensor-noise range, and the smallest
+# object as a fraction of the image side (None: the ``min_size`` argument, 6 px by default).
+# "hard" is the original embedded dataset (byte-identical); "easy" has larger objects, little clutter and no
+# blur, so a small detector trained for minutes localises well and the losses differ in localisation quality.
+DIFFICULTIES = {
+    "hard": {"distractors": 4.0, "blur": 0.3, "noise": (2.0, 10.0), "min_fraction": None},
+    "easy": {"distractors": 1.0, "blur": 0.0, "noise": (1.0, 4.0), "min_fraction": 0.1},
+}
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -161,11 +177,13 @@ def _make_image(
     min_size: float,
     mean_objects: float,
     num_classes: int = len(CLASS_NAMES),
+    difficulty: str = "hard",
 ):
+    knobs = DIFFICULTIES[difficulty]
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
     min_r, max_r = min_size / 2, size / 4  # diameters from min_size to half the image
-    n_distract = int(rng.poisson(4))
+    n_distract = int(rng.poisson(knobs["distractors"]))
     n_before = int(rng.integers(0, n_distract + 1))
     for _ in range(n_before):
         _draw_distractor(draw, size, min_r, max_r * 0.6, rng)
@@ -188,9 +206,9 @@ def _make_image(
             objects.append((box, cls))
     for _ in range(n_distract - n_before):
         _draw_distractor(draw, size, min_r, max_r * 0.4, rng)
-    if rng.random() < 0.3:
+    if rng.random() < knobs["blur"]:
         img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.0))))
-    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, rng.uniform(2, 10), (size, size, 3))
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, rng.uniform(*knobs["noise"]), (size, size, 3))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB"), objects
 
 
@@ -205,6 +223,7 @@ def generate_dataset(
     mean_objects: float = 6.0,
     n_val: int | None = None,
     num_classes: int = len(CLASS_NAMES),
+    difficulty: str = "hard",
 ) -> dict[str, Path]:
     """Write a synthetic detection dataset to ``out`` and return the paths of its parts.
 
@@ -225,6 +244,8 @@ def generate_dataset(
         mean_objects: mean number of labeled objects per image (Poisson, at least 1).
         n_val: images in val, overriding ``val_fraction`` (``1 <= n_val < images``).
         num_classes: use the first ``num_classes`` of :data:`CLASS_NAMES` (1 to 6).
+        difficulty: ``"hard"`` (the default, the original dataset) or ``"easy"`` (:data:`DIFFICULTIES`: larger
+            objects, little clutter, no blur); ``"easy"`` sets the smallest object to a tenth of ``imgsz``.
     """
     if int(images) != images or images < 2:
         raise ValueError(f"images: expected an integer >= 2, got {images!r}")
@@ -232,6 +253,10 @@ def generate_dataset(
         raise ValueError(f"imgsz: expected >= 32, got {imgsz!r}")
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction: expected a value in (0, 1), got {val_fraction!r}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty: expected one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+    if DIFFICULTIES[difficulty]["min_fraction"] is not None:
+        min_size = max(min_size, DIFFICULTIES[difficulty]["min_fraction"] * imgsz)
     if not 1 <= min_size < imgsz / 2:
         raise ValueError(f"min_size: expected a value in [1, imgsz / 2), got {min_size!r}")
     if n_val is not None and (int(n_val) != n_val or not 1 <= n_val < images):
@@ -253,7 +278,7 @@ def generate_dataset(
         coco_images, coco_anns = [], []
         for i in range(count):
             rng = np.random.default_rng([seed, split_id, i])
-            img, objects = _make_image(rng, imgsz, min_size, mean_objects, num_classes)
+            img, objects = _make_image(rng, imgsz, min_size, mean_objects, num_classes, difficulty)
             name = f"{i:06d}.png"
             img.save(img_dir / name, optimize=False)
             coco_images.append({"id": i + 1, "file_name": name, "width": imgsz, "height": imgsz})
@@ -287,12 +312,15 @@ def generate_dataset(
     # No 'path' key, so a copied or moved dataset reads its own files: qfocal and Ultralytics then use this file's
     # folder; qfocal's YOLOv5 integration adds the absolute path YOLOv5 needs when it starts a run.
     yaml_path.write_text(
-        f"# qfocal synthetic dataset, seed {seed}\ntrain: images/train\nval: images/val\n"
+        f"# qfocal synthetic dataset, seed {seed}, difficulty {difficulty}\ntrain: images/train\nval: images/val\n"
         f"nc: {len(names)}\nnames:\n{names_yaml}"
     )
     paths["yaml"] = yaml_path
     paths["root"] = root
     return paths
+
+
+_DEFAULTS = {"difficulty": "hard"}
 
 
 def prepare_synthetic(root: str | os.PathLike, *, images: int, seed: int = 0, log=print, **options) -> Path:

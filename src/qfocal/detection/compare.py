@@ -78,7 +78,15 @@ def compare(
     t_start = time.perf_counter()
     data = base.data
     if data == "synthetic":
-        data = str(prepare_synthetic(out / "data", images=base.synth_images, seed=base.synth_seed, log=log))
+        data = str(
+            prepare_synthetic(
+                out / "data",
+                images=base.synth_images,
+                seed=base.synth_seed,
+                difficulty=base.synth_difficulty,
+                log=log,
+            )
+        )
     summary: dict[str, dict[str, list[float]]] = {loss: {k: [] for k in METRIC_KEYS} for loss in losses}
     seconds: dict[str, list[float]] = {loss: [] for loss in losses}
     runs: list[dict] = []

@@ -10,7 +10,13 @@ from .._names import loss_name
 __all__ = ["AMP_CHOICES", "MODEL_SIZES", "RESUME_KEYS", "ConfigError", "TrainConfig"]
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-HARNESS_LOSSES = ("focal", "qfl", "vfl", "gfl")  # the FCOS heads of qfocal.integrations.torchvision
+HARNESS_LOSSES = (
+    "focal",
+    "qfl",
+    "vfl",
+    "gfl",
+    "focal_noctr",
+)  # the FCOS heads of qfocal.integrations.torchvision
 MODEL_SIZES = {
     "tiny": {"widths": (16, 32, 64, 96, 128), "fpn_channels": 64, "head_convs": 2},
     "small": {"widths": (24, 48, 96, 160, 256), "fpn_channels": 96, "head_convs": 3},
@@ -27,6 +33,9 @@ RESUME_KEYS = (
     "epochs",
     "world_size",
     "model_size",
+    "synth_images",
+    "synth_seed",
+    "synth_difficulty",
 )
 
 
@@ -55,6 +64,7 @@ class TrainConfig:
     eval_every: int = 1
     synth_images: int = 400
     synth_seed: int = 0
+    synth_difficulty: str = "hard"
     model_size: str = "tiny"
     progress: bool = True
     plots: bool = True
@@ -73,6 +83,8 @@ class TrainConfig:
             raise ConfigError(
                 f"model_size: expected one of {', '.join(MODEL_SIZES)}, got {self.model_size!r}"
             )
+        if self.synth_difficulty not in ("hard", "easy"):
+            raise ConfigError(f"synth_difficulty: expected 'hard' or 'easy', got {self.synth_difficulty!r}")
         if self.threads < 0:
             raise ConfigError(f"threads: expected >= 0 (0 = auto), got {self.threads!r}")
         for name in ("epochs", "imgsz", "batch", "eval_every", "synth_images"):

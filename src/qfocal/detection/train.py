@@ -175,7 +175,9 @@ def prepare_data(cfg: TrainConfig, *, is_main: bool = True, log: Callable[[str],
     if cfg.data == "synthetic":
         path = Path(cfg.out) / "data"
         if is_main:
-            prepare_synthetic(path, images=cfg.synth_images, seed=cfg.synth_seed, log=log)
+            prepare_synthetic(
+                path, images=cfg.synth_images, seed=cfg.synth_seed, difficulty=cfg.synth_difficulty, log=log
+            )
         _barrier()
     train_data = load_split(path, "train", skip_bad=cfg.skip_bad)
     val_data = load_split(path, "val", skip_bad=cfg.skip_bad)

@@ -27,11 +27,17 @@ from torchvision.ops import generalized_box_iou_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from .._names import loss_name
-from ..functional import distribution_focal_loss, quality_focal_loss, varifocal_loss
+from ..functional import distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 
 __all__ = ["LOSSES", "FocalFCOSHead", "QualityFCOS", "QualityFCOSHead", "TinyBackbone", "fcos_tiny"]
 
-LOSSES = ("focal", "qfl", "vfl", "gfl")  # canonical names of qfocal._names; aliases are accepted
+LOSSES = (
+    "focal",
+    "qfl",
+    "vfl",
+    "gfl",
+    "focal_noctr",
+)  # canonical names of qfocal._names; aliases are accepted
 # GFL's box distribution: distances in anchor-size (stride) units over the bins 0..GFL_REG_MAX.
 GFL_REG_MAX = 16
 
@@ -136,8 +142,10 @@ class QualityFCOSHead(FCOSHead):
         num_anchors: anchors per location (1 for FCOS).
         num_classes: number of classes ``C`` (no background class).
         num_convs: conv layers in each tower.
-        loss: ``"qfl"`` (:func:`qfocal.quality_focal_loss`, the default) or ``"vfl"``
-            (:func:`qfocal.varifocal_loss`).
+        loss: ``"qfl"`` (:func:`qfocal.quality_focal_loss`, the default), ``"vfl"``
+            (:func:`qfocal.varifocal_loss`), or ``"focal"`` (:func:`qfocal.sigmoid_focal_loss` on hard 0/1
+            targets, alpha 0.25, gamma 2: FCOS without its centerness branch, the ablation that separates "joint
+            score" from "no quality estimate").
         beta: QFL's exponent (GFL paper: 2).
         alpha, gamma: VFL's negative weight and exponent (VarifocalNet: 0.75, 2).
         reg_max: 0 for FCOS's direct box regression; ``n > 0`` for GFL's distribution over the bins ``0..n``
@@ -162,7 +170,7 @@ class QualityFCOSHead(FCOSHead):
         reg_max: int = 0,
     ) -> None:
         super().__init__(in_channels, num_anchors, num_classes, num_convs)
-        loss = loss_name(loss, ("qfl", "vfl"), what="loss (FocalFCOSHead does 'focal')")
+        loss = loss_name(loss, ("qfl", "vfl", "focal"), what="loss")
         if int(reg_max) != reg_max or reg_max < 0:
             raise ValueError(f"reg_max: expected an integer >= 0, got {reg_max!r}")
         self.loss = loss
@@ -193,8 +201,10 @@ class QualityFCOSHead(FCOSHead):
         pos_pred, pos_gt = pred_boxes[fg], gt_boxes[fg].float()
         quality = _aligned_iou(pos_pred.detach(), pos_gt).clamp_(0.0, 1.0)
         target = torch.zeros(cls_logits.shape, dtype=torch.float32, device=cls_logits.device)
-        target[fg, gt_classes[fg]] = quality
-        if self.loss == "qfl":
+        target[fg, gt_classes[fg]] = 1.0 if self.loss == "focal" else quality
+        if self.loss == "focal":  # hard targets, no quality anywhere: the ablation of the joint score
+            loss_cls = sigmoid_focal_loss(cls_logits, target, alpha=0.25, gamma=2.0, avg_factor=num_pos)
+        elif self.loss == "qfl":
             loss_cls = quality_focal_loss(cls_logits, target, beta=self.beta, avg_factor=num_pos)
         else:
             loss_cls = varifocal_loss(
@@ -313,7 +323,8 @@ def fcos_tiny(
     Args:
         num_classes: number of object classes ``C`` (labels in ``[0, C)``).
         loss: ``"focal"`` (torchvision's FCOS head and scoring), ``"qfl"`` or ``"vfl"`` (:class:`QualityFCOSHead`
-            in a :class:`QualityFCOS`), or ``"gfl"`` (QFL with GFL's box distribution and DFL, ``reg_max`` 16).
+            in a :class:`QualityFCOS`), ``"gfl"`` (QFL with GFL's box distribution and DFL, ``reg_max`` 16), or
+            ``"focal_noctr"`` (focal loss on hard targets, no centerness branch; an ablation).
         imgsz: the square input size; torchvision's transform resizes to it (a no-op for images of that size).
         widths: channels of the five backbone stages.
         fpn_channels: channels of the pyramid and head; a multiple of 32 (the head's GroupNorm has 32 groups).
@@ -364,7 +375,7 @@ def fcos_tiny(
         1,
         num_classes,
         head_convs,
-        loss="qfl" if loss == "gfl" else loss,
+        loss={"gfl": "qfl", "focal_noctr": "focal"}.get(loss, loss),
         beta=beta,
         alpha=alpha,
         gamma=gamma,
