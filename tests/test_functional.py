@@ -178,12 +178,12 @@ def test_avg_factor_and_weight_semantics():
         elem.sum() / (4 + eps),
         "tensor avg_factor",
     )
-    # per-anchor (N,) weight, and (C,) per-class weight by broadcasting
+    # per-anchor (N,) weight, and (1, C) per-class weight by broadcasting
     wa = torch.rand(10, dtype=torch.float64)
     assert_close(
         qfocal.quality_focal_loss(x, t, weight=wa, reduction="none"), elem * wa[:, None], "per-anchor"
     )
-    wc = torch.rand(3, dtype=torch.float64)
+    wc = torch.rand(1, 3, dtype=torch.float64)
     assert_close(qfocal.quality_focal_loss(x, t, weight=wc, reduction="none"), elem * wc, "per-class")
     assert_close(
         qfocal.quality_focal_loss(x, t, avg_factor=2.0, reduction="none"), elem, "none ignores avg_factor"

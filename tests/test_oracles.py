@@ -150,8 +150,8 @@ def test_kornia_binary_focal_on_hard_targets(dtype):
     weight = torch.tensor([0.3, 1.0, 2.0, 1.0], dtype=dtype)
     for reduction in ("none", "mean", "sum"):
         _compare(
-            lambda a, b, r=reduction: qfocal.sigmoid_focal_loss(
-                a, b, alpha=0.25, gamma=2.0, pos_weight=pos_weight, weight=weight, reduction=r
+            lambda a, b, r=reduction: qfocal.sigmoid_focal_loss(  # qfocal's per-class weight is (1, C)
+                a, b, alpha=0.25, gamma=2.0, pos_weight=pos_weight, weight=weight[None], reduction=r
             ),
             lambda a, b, r=reduction: binary_focal_loss_with_logits(
                 a, b, alpha=0.25, gamma=2.0, pos_weight=pos_weight, weight=weight, reduction=r

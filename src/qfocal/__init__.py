@@ -9,7 +9,7 @@ Modules: :class:`QualityFocalLoss`, :class:`SigmoidFocalLoss`, :class:`Varifocal
 """
 
 from ._backend import backend, get_backend, set_backend
-from ._checks import set_value_checks, value_checks, value_checks_enabled
+from ._checks import check_target, set_value_checks, value_checks, value_checks_enabled
 from .functional import (
     distribution_focal_loss,
     loss_function,
@@ -41,6 +41,7 @@ __all__ = [
     "__version__",
     "backend",
     "build_loss",
+    "check_target",
     "distribution_focal_loss",
     "get_backend",
     "loss_function",

@@ -8,6 +8,7 @@ can be switched off for hot loops with :func:`set_value_checks` or ``QFOCAL_VALU
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 import os
 from collections.abc import Iterator
@@ -37,7 +38,8 @@ def set_value_checks(enabled: bool) -> bool:
 def value_checks_enabled() -> bool:
     """Whether the value-range checks (targets in [0, 1], labels in range) run.
 
-    Never while ``torch.compile`` traces: a check reads tensor values on the host, a graph break.
+    Never while ``torch.compile`` traces: a check reads tensor values on the host, a graph break. Check the
+    targets outside the compiled region with :func:`check_target` instead.
     """
     return _value_checks and not torch.compiler.is_compiling()
 
@@ -50,6 +52,34 @@ def value_checks(enabled: bool) -> Iterator[None]:
         yield
     finally:
         set_value_checks(previous)
+
+
+def check_target(target: Tensor, *, name: str = "target") -> Tensor:
+    """Check that ``target`` holds values in [0, 1], as the losses do outside ``torch.compile``; returns it.
+
+    Under ``torch.compile`` the losses skip their value checks (a check reads tensor values on the host, which
+    would break the graph), so a target of 5 would give a negative loss there without a word. Call this on the
+    targets outside the compiled region (it always runs eagerly, whatever :func:`set_value_checks` says). One
+    reduction pass, no temporary of the target's size.
+
+    Example:
+        >>> import torch, qfocal
+        >>> iou = qfocal.check_target(torch.rand(8, 3))
+    """
+    return _eager_check_target()(target, name)
+
+
+@functools.cache
+def _eager_check_target():
+    # torch.compiler.disable imports torch._dynamo (and triton): done on first use, so `import qfocal` stays light
+    @torch.compiler.disable
+    def run(target: Tensor, name: str) -> Tensor:
+        target = _check_float_tensor(name, target)
+        with value_checks(True):
+            _check_in_unit_interval(name, target)
+        return target
+
+    return run
 
 
 def _describe(x: object) -> str:
@@ -133,18 +163,23 @@ def _check_avg_factor(avg_factor: object, reduction: str) -> float | Tensor | No
             raise ValueError(
                 f"avg_factor: expected a number or a one-element tensor, got shape {tuple(avg_factor.shape)}"
             )
+        if value_checks_enabled():  # one host read of one element, like the float's check
+            value = float(avg_factor.detach().reshape(()))
+            if not value >= 0 or value == float("inf"):
+                raise ValueError(f"avg_factor: expected a value >= 0 and finite, got tensor({value})")
         return avg_factor
     value = _check_real("avg_factor", avg_factor)
-    if value < 0:
-        raise ValueError(f"avg_factor: expected a value >= 0, got {value}")
+    if value < 0 or value == float("inf"):
+        raise ValueError(f"avg_factor: expected a value >= 0 and finite, got {value}")
     return value
 
 
 def _check_in_unit_interval(name: str, x: Tensor) -> None:
     if not value_checks_enabled() or x.numel() == 0:
         return
-    bad = ~((x >= 0) & (x <= 1))  # NaN fails both comparisons
-    if bool(bad.any()):
+    low, high = torch.aminmax(x.detach())  # one pass, two scalars (NaN propagates into both)
+    if not (bool(low >= 0) and bool(high <= 1)):
+        bad = ~((x >= 0) & (x <= 1))  # the error path only: count and show the first offender
         first = x[bad].flatten()[0].item()
         raise ValueError(
             f"{name}: expected values in [0, 1], got {int(bad.sum())} outside (first: {first}); "
@@ -171,12 +206,21 @@ def _check_broadcast_tensor(name: str, x: object, shape: torch.Size, ref: Tensor
 
 
 def _check_weight(weight: object, loss_shape: torch.Size, ref: Tensor) -> Tensor | None:
-    """A weight broadcastable to the elementwise loss, or shaped like ``loss_shape[:-1]`` (per anchor)."""
+    """The weight rule, one for every batch size: a weight with exactly one dimension fewer than the loss is per
+    anchor and must have the shape ``loss_shape[:-1]`` (mmdetection's per-anchor weight); any other weight
+    broadcasts to the elementwise loss by torch's rules (so a per-class weight of 2-D logits is ``(1, C)``)."""
     if weight is None:
         return None
-    if isinstance(weight, Tensor) and len(loss_shape) >= 2 and weight.shape == loss_shape[:-1]:
+    if isinstance(weight, Tensor) and len(loss_shape) >= 2 and weight.dim() == len(loss_shape) - 1:
+        _check_same_device("weight", _check_float_tensor("weight", weight), "logits", ref)
+        if weight.shape != loss_shape[:-1]:
+            raise ValueError(
+                f"weight: expected a shape {tuple(loss_shape[:-1])} (per anchor: one dimension fewer than logits "
+                f"{tuple(loss_shape)}; a per-class weight is {(1,) * (len(loss_shape) - 1) + (loss_shape[-1],)}), "
+                f"got {tuple(weight.shape)}"
+            )
         weight = _check_broadcast_tensor("weight", weight, loss_shape[:-1], ref)
-        return weight.unsqueeze(-1)  # mmdetection's per-anchor weight
+        return weight.unsqueeze(-1)
     hint = (
         f" (the elementwise loss) or the per-anchor shape {tuple(loss_shape[:-1])}"
         if len(loss_shape) >= 2
@@ -216,8 +260,9 @@ def _check_sparse_target(target: tuple, logits: Tensor) -> tuple[Tensor, Tensor]
     _check_same_device("labels", labels, "logits", logits)
     _check_same_device("scores", scores, "logits", logits)
     if value_checks_enabled() and n:
-        bad = (labels < 0) | (labels > c)
-        if bool(bad.any()):
+        low, high = torch.aminmax(labels)
+        if not (int(low) >= 0 and int(high) <= c):
+            bad = (labels < 0) | (labels > c)
             raise ValueError(
                 f"labels: expected class indices in [0, {c}] ({c} = background), got {int(bad.sum())} outside "
                 f"(first: {int(labels[bad][0])})"

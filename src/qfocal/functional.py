@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from ._backend import run_loss
@@ -279,8 +280,9 @@ def distribution_focal_loss(
         )
     n = logits.shape[-1] - 1
     if value_checks_enabled() and target.numel():
-        bad = ~((target >= 0) & (target < n))
-        if bool(bad.any()):
+        low, high = torch.aminmax(target.detach())  # one pass; NaN fails both comparisons
+        if not (bool(low >= 0) and bool(high < n)):
+            bad = ~((target >= 0) & (target < n))
             raise ValueError(
                 f"target: expected distances in [0, {n}) for {n + 1} bins, got {int(bad.sum())} outside "
                 f"(first: {target[bad][0].item()}); clamp to {n} - 0.01 as Ultralytics does"
