@@ -215,15 +215,17 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    from .evaluate import json_ready
     from .train import train
 
     metrics = _running("qfocal train", train, cfg, resume=args.resume)
-    print(json.dumps(metrics, indent=2))
+    print(json.dumps(json_ready(metrics), indent=2))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     _check_device(args.device)
+    from .evaluate import json_ready
     from .train import evaluate_checkpoint
 
     metrics = _running(
@@ -234,7 +236,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         device=args.device,
     )
-    print(json.dumps(metrics, indent=2))
+    print(json.dumps(json_ready(metrics), indent=2))
     return 0
 
 

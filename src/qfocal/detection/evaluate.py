@@ -1,19 +1,26 @@
-"""COCO evaluation of a detector with pycocotools: predictions in original pixels, the six standard APs."""
+"""COCO evaluation of a detector with pycocotools: predictions in original pixels, the six standard APs, AP at
+IoU 0.9, and the score-IoU correlations of :mod:`qfocal.detection.quality`."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 
 import numpy as np
 import torch
 
 from ..data.dataset import DetectionDataset, collate
 from ..data.records import DetectionData
+from .quality import score_iou_metrics
 
-__all__ = ["METRIC_KEYS", "coco_metrics", "evaluate", "predict"]
+__all__ = ["METRIC_KEYS", "QUALITY_KEYS", "coco_metrics", "evaluate", "json_ready", "predict"]
 
+# pycocotools' six summary APs, in its order.
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# Beside them, what tells quality-aware losses apart: AP at IoU 0.9 (strict localisation) and how well the score
+# ranks the boxes by IoU (qfocal.detection.quality).
+QUALITY_KEYS = ("AP90", "score_iou_spearman", "score_iou_pearson")
 
 
 def coco_metrics(ground_truth: dict, detections: list[dict]) -> dict[str, float]:
@@ -24,8 +31,10 @@ def coco_metrics(ground_truth: dict, detections: list[dict]) -> dict[str, float]
         detections: COCO results, ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` each.
 
     Returns:
-        ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` as fractions in [0, 1]; pycocotools' ``-1`` (no ground
-        truth in that size range) is kept as ``-1.0``. No detections give 0 where ground truth exists.
+        ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AP90"}`` as fractions in [0, 1]; pycocotools' ``-1`` (no
+        ground truth in that size range) is kept as ``-1.0``. No detections give 0 where ground truth exists.
+        ``AP90`` is AP at IoU 0.9 over all sizes with 100 detections per image, read from COCOeval's precision
+        array the way ``summarize`` reads AP75 (mean of the entries > -1).
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -37,16 +46,28 @@ def coco_metrics(ground_truth: dict, detections: list[dict]) -> dict[str, float]
         gt.createIndex()
         if not detections:
             # loadRes rejects an empty list; an empty result scores 0 wherever ground truth exists.
-            stats = []
-            for key in METRIC_KEYS:
-                stats.append(0.0 if _has_gt(ground_truth, key) else -1.0)
-            return dict(zip(METRIC_KEYS, stats, strict=True))
+            out = {key: 0.0 if _has_gt(ground_truth, key) else -1.0 for key in METRIC_KEYS}
+            out["AP90"] = out["AP"]
+            return out
         dt = gt.loadRes([dict(d) for d in detections])
         ev = COCOeval(gt, dt, iouType="bbox")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {k: float(v) for k, v in zip(METRIC_KEYS, ev.stats[:6], strict=True)}
+    out = {k: float(v) for k, v in zip(METRIC_KEYS, ev.stats[:6], strict=True)}
+    out["AP90"] = _ap_at(ev, 0.9)
+    return out
+
+
+def _ap_at(ev, iou: float) -> float:
+    """AP at one IoU threshold, all areas, 100 detections per image, from an accumulated COCOeval."""
+    p = ev.params
+    t = np.flatnonzero(np.isclose(p.iouThrs, iou))
+    if not t.size:
+        raise ValueError(f"iou: expected one of COCOeval's thresholds {list(p.iouThrs)}, got {iou}")
+    prec = ev.eval["precision"][t[0], :, :, p.areaRngLbl.index("all"), p.maxDets.index(100)]
+    valid = prec[prec > -1]
+    return float(valid.mean()) if valid.size else -1.0
 
 
 def _has_gt(ground_truth: dict, key: str) -> bool:
@@ -123,6 +144,28 @@ def evaluate(
     device: str | torch.device = "cpu",
     amp_dtype: torch.dtype | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
-    """COCO metrics of ``model`` on ``data``; returns ``(metrics, per-image predictions)``."""
+    """COCO metrics and localisation-quality diagnostics of ``model`` on ``data``.
+
+    Returns:
+        ``(metrics, per-image predictions)``; ``metrics`` holds :data:`METRIC_KEYS` and ``AP90`` (fractions, see
+        :func:`coco_metrics`), ``score_iou_spearman`` and ``score_iou_pearson`` (correlation of score and IoU of
+        the detections on a same-class object, nan when undefined) and ``score_iou_n`` (how many detections that
+        is); see :func:`qfocal.detection.quality.score_iou_metrics`.
+    """
     preds = predict(model, data, imgsz=imgsz, batch=batch, device=device, amp_dtype=amp_dtype)
-    return coco_metrics(data.to_coco(), to_coco_results(data, preds)), preds
+    metrics: dict[str, float] = coco_metrics(data.to_coco(), to_coco_results(data, preds))
+    metrics.update(score_iou_metrics(preds, data))
+    return metrics, preds
+
+
+def json_ready(obj):
+    """``obj`` with every non-finite float replaced by None, so that ``json.dumps`` writes strict JSON (``null``
+    rather than ``NaN``) for the undefined values (a correlation of fewer than two detections, a one-seed
+    interval)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj

@@ -1,9 +1,10 @@
 """The trainer behind ``qfocal train``: deterministic, resumable, DDP-aware training of an FCOS with one loss.
 
 One run writes to ``out``: ``last.pt`` (atomic, every epoch; loads with ``torch.load(..., weights_only=True)``),
-``history.csv`` (one row per epoch), ``metrics.json`` (COCO APs of the final epoch) and the plots of
-:mod:`qfocal.detection.plots`. Launch under ``torchrun --nproc-per-node N -m qfocal train ...`` for DDP (gloo on
-CPU, nccl on GPU); each process takes ``batch`` images of every global batch of ``batch * N``.
+``history.csv`` (one row per epoch), ``metrics.json`` (COCO APs, AP90 and the score-IoU correlations of the
+final epoch), ``score_iou.npz`` (score and IoU of each validation detection on an object, for compare's plot)
+and the plots of :mod:`qfocal.detection.plots`. Launch under ``torchrun --nproc-per-node N -m qfocal train ...``
+for DDP (gloo on CPU, nccl on GPU); each process takes ``batch`` images of every global batch of ``batch * N``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -25,7 +27,8 @@ from ..data.dataset import DetectionDataset, load_split
 from ..data.synth import prepare_synthetic
 from ..integrations.torchvision import fcos_tiny
 from .config import AMP_CHOICES, MODEL_SIZES, RESUME_KEYS, ConfigError, TrainConfig
-from .evaluate import METRIC_KEYS, evaluate
+from .evaluate import METRIC_KEYS, QUALITY_KEYS, evaluate, json_ready
+from .quality import score_iou_pairs
 
 __all__ = [
     "AMP_CHOICES",
@@ -52,6 +55,8 @@ class CheckpointError(RuntimeError):
 
 
 _CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "history", "rng", "config", "class_names")
+# What train returns and writes to metrics.json.
+_RESULT_KEYS = (*METRIC_KEYS, *QUALITY_KEYS, "score_iou_n")
 
 
 def build_model(num_classes: int, cfg: TrainConfig) -> torch.nn.Module:
@@ -196,10 +201,11 @@ def prepare_data(cfg: TrainConfig, *, is_main: bool = True, log: Callable[[str],
 def _write_history(history: list[dict], path: Path) -> None:
     if not history:
         return
-    keys = list(history[0])
+    # Every key of every row: a run resumed from an older checkpoint has rows without the newer columns (AP90).
+    keys = list(dict.fromkeys(k for row in history for k in row))
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
+        w = csv.DictWriter(f, fieldnames=keys, restval="")
         w.writeheader()
         w.writerows(history)
     os.replace(tmp, path)
@@ -365,7 +371,11 @@ def train(
     on_epoch_end: Callable[[int, dict], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
-    """Train one detector as ``cfg`` says; return the final COCO metrics (also in ``out/metrics.json``).
+    """Train one detector as ``cfg`` says; return the final metrics (also in ``out/metrics.json``).
+
+    The metrics are :data:`~qfocal.detection.evaluate.METRIC_KEYS` and
+    :data:`~qfocal.detection.evaluate.QUALITY_KEYS` (APs as fractions, the score-IoU correlations nan when
+    undefined; ``null`` in the JSON file) and ``score_iou_n``, as :func:`~qfocal.detection.evaluate.evaluate` gives.
 
     ``resume=True`` continues from ``out/last.pt`` (if present) to the same weights and metrics as an
     uninterrupted run. A NaN or infinite loss raises :class:`NonFiniteLossError` before the optimizer step, so
@@ -454,7 +464,7 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
                 metrics, last_preds = evaluate(
                     model, val_data, imgsz=cfg.imgsz, batch=eval_batch, device=device
                 )
-            row.update({k: metrics.get(k, float("nan")) for k in METRIC_KEYS})
+            row.update({k: metrics.get(k, float("nan")) for k in (*METRIC_KEYS, "AP90")})
             state.history.append(row)
             state.epoch = epoch
             save_checkpoint(ckpt_path, state, cfg, train_data, steps_per_epoch)
@@ -468,20 +478,27 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
     if is_main:
         if not metrics:  # resumed after the final epoch: evaluate the saved weights
             metrics, last_preds = evaluate(model, val_data, imgsz=cfg.imgsz, batch=eval_batch, device=device)
-        (out / "metrics.json").write_text(json.dumps({k: metrics[k] for k in METRIC_KEYS}, indent=2) + "\n")
+        metrics = {k: metrics[k] for k in _RESULT_KEYS}
+        (out / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2) + "\n")
+        scores, ious = score_iou_pairs(last_preds, val_data)
+        np.savez_compressed(
+            out / "score_iou.npz", scores=scores.astype(np.float32), ious=ious.astype(np.float32)
+        )
         if cfg.plots:
-            from .plots import plot_history, plot_predictions
+            from .plots import plot_history, plot_predictions, plot_score_iou
 
             plot_history(state.history, out / "curves.png", title=f"{cfg.loss}, seed {cfg.seed}")
             plot_predictions(val_data, last_preds, out / "predictions.png", imgsz=cfg.imgsz)
+            plot_score_iou(scores, ious, out / "score_iou.png", title=f"{cfg.loss}, seed {cfg.seed}")
     _barrier()
-    return {k: metrics.get(k, float("nan")) for k in METRIC_KEYS}
+    return {k: metrics.get(k, float("nan")) for k in _RESULT_KEYS}
 
 
 def evaluate_checkpoint(
     weights: str | os.PathLike, data: str | None = None, *, skip_bad: bool = False, device: str = "auto"
 ) -> dict[str, float]:
-    """COCO metrics of a saved run on the val split of ``data`` (default: the dataset it was trained on)."""
+    """The metrics of :func:`~qfocal.detection.evaluate.evaluate` for a saved run on the val split of ``data``
+    (default: the dataset it was trained on)."""
     ckpt = load_checkpoint(weights)
     cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
     if data is not None:
