@@ -161,7 +161,7 @@ def plot_compare_score_iou(
     ax.set_ylim(0, 1)
     ax.set_xlabel("score")
     ax.set_ylabel("mean IoU per score bin")
-    if losses:
+    if ax.get_legend_handles_labels()[0]:  # no curve without detections
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
