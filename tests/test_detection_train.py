@@ -217,7 +217,8 @@ def test_amp_choice():
     with pytest.raises(ValueError, match="fp16 autocast is for CUDA"):
         amp_dtype("fp16", torch.device("cpu"))
     with pytest.raises(
-        ValueError, match=r"loss: expected one of focal, qfl \(= qfocal\), vfl \(= varifocal\), gfl, focal_noctr, got 'qf'"
+        ValueError,
+        match=r"loss: expected one of focal, qfl \(= qfocal\), vfl \(= varifocal\), gfl, focal_noctr, got 'qf'",
     ):
         TrainConfig(loss="qf").validate()
     with pytest.raises(ValueError, match="imgsz: expected a multiple of 32"):

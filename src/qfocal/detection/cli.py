@@ -88,6 +88,12 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
     )
     p.add_argument("--model-size", default=d.model_size, choices=tuple(MODEL_SIZES))
     p.add_argument(
+        "--ddp-timeout",
+        type=float,
+        default=d.ddp_timeout,
+        help="seconds a DDP process waits for the others before the run stops with an error naming it",
+    )
+    p.add_argument(
         "--eval-every",
         type=_positive_int,
         default=d.eval_every,
@@ -137,6 +143,7 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         eval_every=args.eval_every,
         synth_images=args.synth_images,
         synth_difficulty=args.synth_difficulty,
+        ddp_timeout=args.ddp_timeout,
         skip_bad=args.skip_bad,
         progress=not args.no_progress,
         plots=not args.no_plots,
@@ -175,11 +182,18 @@ def _running(what: str, fn, *args, **kwargs):
     """Run the harness; the failures a user can fix become one-line errors (exit 1)."""
     require(*_NEEDS, what=what)
     from ..data.records import AnnotationError
-    from .train import CheckpointError, NonFiniteLossError
+    from .train import CheckpointError, DistributedError, NonFiniteLossError, RunLockedError
 
     try:
         return fn(*args, **kwargs)
-    except (AnnotationError, NonFiniteLossError, ConfigError, CheckpointError) as exc:
+    except (
+        AnnotationError,
+        NonFiniteLossError,
+        ConfigError,
+        CheckpointError,
+        RunLockedError,
+        DistributedError,
+    ) as exc:
         raise CommandError(str(exc)) from None
 
 

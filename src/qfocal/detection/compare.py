@@ -19,7 +19,7 @@ from ..data.synth import prepare_synthetic
 from .config import HARNESS_LOSSES, ConfigError, TrainConfig
 from .evaluate import METRIC_KEYS, QUALITY_KEYS, json_ready
 from .stats import is_percent_metric, paired_deltas, significance_line
-from .train import pick_threads, train
+from .train import pick_threads, run_lock, train
 
 __all__ = ["COMPARE_KEYS", "compare", "format_deltas", "format_table"]
 
@@ -133,7 +133,11 @@ def compare(
     if log is None:
         log = lambda msg: print(msg, flush=True)  # noqa: E731
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):
+        return _compare(base, losses, seeds, out, resume, log)
+
+
+def _compare(base, losses, seeds, out, resume, log) -> dict:
     t_start = time.perf_counter()
     data = base.data
     if data == "synthetic":

@@ -36,6 +36,11 @@ RESUME_KEYS = (
     "synth_images",
     "synth_seed",
     "synth_difficulty",
+    "amp",
+    "skip_bad",
+    "clip_grad",
+    "warmup_iters",
+    "eval_every",
 )
 
 
@@ -70,6 +75,7 @@ class TrainConfig:
     plots: bool = True
     world_size: int = 1
     threads: int = 0
+    ddp_timeout: float = 600.0
 
     def validate(self) -> TrainConfig:
         """Check every setting; return the config with the loss name made canonical (``qfocal`` -> ``qfl``)."""
@@ -94,6 +100,8 @@ class TrainConfig:
             raise ConfigError(
                 f"imgsz: expected a multiple of 32 (the stride of the coarsest level), got {self.imgsz}"
             )
+        if not self.ddp_timeout > 0:
+            raise ConfigError(f"ddp_timeout: expected seconds > 0, got {self.ddp_timeout!r}")
         if not self.lr > 0:
             raise ConfigError(f"lr: expected > 0, got {self.lr!r}")
         return self

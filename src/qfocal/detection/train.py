@@ -9,14 +9,18 @@ for DDP (gloo on CPU, nccl on GPU); each process takes ``batch`` images of every
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import datetime
+import hashlib
 import json
 import math
 import os
+import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +38,15 @@ __all__ = [
     "AMP_CHOICES",
     "CheckpointError",
     "ConfigError",
+    "DistributedError",
     "NonFiniteLossError",
+    "RunLockedError",
     "TrainConfig",
     "build_model",
+    "data_fingerprint",
     "load_checkpoint",
     "resume_checkpoint",
+    "run_lock",
     "save_checkpoint",
     "train",
     "train_one_epoch",
@@ -222,7 +230,82 @@ class RunState:
     history: list[dict] = dataclasses.field(default_factory=list)
 
 
-def save_checkpoint(path: Path, state: RunState, cfg: TrainConfig, data, steps_per_epoch: int) -> None:
+class RunLockedError(RuntimeError):
+    """Another process is running in the same ``--out`` folder."""
+
+
+class DistributedError(RuntimeError):
+    """A process of a DDP run stopped answering; the last checkpoint on disk is the last good one."""
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` for the block: a second run on the same folder fails at once, naming the
+    process that holds it (the lock goes with the process, so a killed run leaves nothing to clean up)."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / ".lock", "a+")  # noqa: SIM115 (held for the whole block)
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise RunLockedError(
+                f"{out} is in use by another qfocal run ({holder}); wait for it or choose another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the lock
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` to a temporary file unique to this process, flush it to disk, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the rename itself, where the file system allows it
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def data_fingerprint(*splits) -> dict:
+    """What identifies the data a run trained on: per split, the image count, classes, and a hash of every image
+    path (relative to the split's source), size, box and label after reading (skips included)."""
+    result = {}
+    for name, data in splits:
+        digest = hashlib.sha256()
+        root = Path(data.source).parent
+        for rec in data.records:
+            path = Path(rec.path)
+            rel = path.relative_to(root.parent) if path.is_relative_to(root.parent) else path.name
+            digest.update(f"{rel}|{rec.width}|{rec.height}|".encode())
+            digest.update(np.ascontiguousarray(rec.boxes, dtype=np.float32).tobytes())
+            digest.update(np.ascontiguousarray(rec.labels, dtype=np.int64).tobytes())
+        result[name] = {
+            "images": len(data.records),
+            "classes": list(data.class_names),
+            "sha256": digest.hexdigest()[:16],
+        }
+    return result
+
+
+def save_checkpoint(
+    path: Path, state: RunState, cfg: TrainConfig, data, steps_per_epoch: int, fingerprint: dict | None = None
+) -> None:
     """Write ``state`` to ``path`` atomically (a crash mid-write leaves the previous checkpoint intact)."""
     obj = {
         "model": state.model.state_dict(),
@@ -235,25 +318,29 @@ def save_checkpoint(path: Path, state: RunState, cfg: TrainConfig, data, steps_p
         "config": dataclasses.asdict(cfg),
         "class_names": list(data.class_names),
         "category_ids": list(data.category_ids),
+        "data_fingerprint": fingerprint or {},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
-def resume_checkpoint(path: Path, state: RunState, cfg: TrainConfig) -> bool:
+def resume_checkpoint(path: Path, state: RunState, cfg: TrainConfig, fingerprint: dict | None = None) -> bool:
     """Load ``path`` into ``state`` if it exists; False if there is none. Refuses a checkpoint written with other
-    settings (:data:`RESUME_KEYS`)."""
+    settings (:data:`RESUME_KEYS`) or on other data (``fingerprint``, see :func:`data_fingerprint`), listing
+    every difference."""
     if not path.is_file():
         return False
     ckpt = load_checkpoint(path)
     saved, now = ckpt["config"], dataclasses.asdict(cfg)
-    diff = [k for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+    diff = [f"{k}={saved.get(k)!r} (now {now.get(k)!r})" for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+    before = ckpt.get("data_fingerprint") or {}
+    for split, was in before.items():
+        is_now = (fingerprint or {}).get(split, {})
+        for key in ("images", "classes", "sha256"):
+            if was.get(key) != is_now.get(key):
+                what = "annotations/images hash" if key == "sha256" else key
+                diff.append(f"{split} {what} {was.get(key)!r} (now {is_now.get(key)!r})")
     if diff:
-        raise ConfigError(
-            f"--resume: {path} was written with different settings: "
-            + ", ".join(f"{k}={saved.get(k)!r} (now {now.get(k)!r})" for k in diff)
-        )
+        raise ConfigError(f"--resume: {path} was written with different settings or data: " + ", ".join(diff))
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     if state.scaler is not None and ckpt.get("scaler"):
@@ -392,11 +479,32 @@ def train(
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=cfg.ddp_timeout)
+        )
         own_group = True
     threads_before = torch.get_num_threads()
     try:
-        return _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main)
+        with run_lock(Path(cfg.out)) if is_main else contextlib.nullcontext():
+            return _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main)
+    except RuntimeError as exc:
+        words = (
+            "gloo",
+            "nccl",
+            "timed out",
+            "timeout",
+            "connection closed",
+            "connection reset",
+            "broken pipe",
+        )
+        lost = isinstance(exc, dist.DistError) or any(w in str(exc).lower() for w in words)
+        if world == 1 or not lost or isinstance(exc, (NonFiniteLossError, RunLockedError, CheckpointError)):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistributedError(
+            f"rank {rank} of {world}: another process stopped answering within --ddp-timeout "
+            f"{cfg.ddp_timeout:g} s ({first}); the last good checkpoint is {Path(cfg.out) / 'last.pt'}"
+        ) from None
     finally:
         torch.set_num_threads(threads_before)
         if own_group:
@@ -412,6 +520,7 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     train_data, val_data = prepare_data(cfg, is_main=is_main, log=log)
+    fingerprint = data_fingerprint(("train", train_data), ("val", val_data))
     dtype = amp_dtype(cfg.amp, device)
     threads = pick_threads(cfg.threads)
     torch.set_num_threads(threads)
@@ -438,7 +547,7 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
         )
     ckpt_path = out / "last.pt"
     if resume:
-        if resume_checkpoint(ckpt_path, state, cfg):
+        if resume_checkpoint(ckpt_path, state, cfg, fingerprint):
             log(f"resuming {ckpt_path} after epoch {state.epoch}")
         else:
             log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
@@ -467,7 +576,7 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
             row.update({k: metrics.get(k, float("nan")) for k in (*METRIC_KEYS, "AP90")})
             state.history.append(row)
             state.epoch = epoch
-            save_checkpoint(ckpt_path, state, cfg, train_data, steps_per_epoch)
+            save_checkpoint(ckpt_path, state, cfg, train_data, steps_per_epoch, fingerprint)
             _write_history(state.history, out / "history.csv")
             ap = f", AP {metrics['AP']:.4f}, AP50 {metrics['AP50']:.4f}" if metrics else ""
             log(f"epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}{ap} ({row['train_s']:.1f} s)")
