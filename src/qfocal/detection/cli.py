@@ -111,6 +111,11 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
     p.add_argument(
         "--skip-bad", action="store_true", help="skip and count bad annotations instead of stopping"
     )
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read image paths that leave the dataset folder (absolute, or through ..); refused by default",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="no PNG plots")
     p.add_argument(
@@ -144,6 +149,7 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         synth_images=args.synth_images,
         synth_difficulty=args.synth_difficulty,
         ddp_timeout=args.ddp_timeout,
+        allow_outside_root=args.allow_outside_root,
         skip_bad=args.skip_bad,
         progress=not args.no_progress,
         plots=not args.no_plots,

@@ -66,6 +66,7 @@ class TrainConfig:
     amp: str = "auto"
     device: str = "auto"
     skip_bad: bool = False
+    allow_outside_root: bool = False
     eval_every: int = 1
     synth_images: int = 400
     synth_seed: int = 0

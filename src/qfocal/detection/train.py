@@ -192,8 +192,9 @@ def prepare_data(cfg: TrainConfig, *, is_main: bool = True, log: Callable[[str],
                 path, images=cfg.synth_images, seed=cfg.synth_seed, difficulty=cfg.synth_difficulty, log=log
             )
         _barrier()
-    train_data = load_split(path, "train", skip_bad=cfg.skip_bad)
-    val_data = load_split(path, "val", skip_bad=cfg.skip_bad)
+    opts = {"skip_bad": cfg.skip_bad, "allow_outside_root": cfg.allow_outside_root}
+    train_data = load_split(path, "train", **opts)
+    val_data = load_split(path, "val", **opts)
     if val_data.class_names != train_data.class_names:
         raise ConfigError(f"{path}: train and val splits have different classes")
     for name, d in (("train", train_data), ("val", val_data)):
