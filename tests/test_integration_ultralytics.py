@@ -118,8 +118,9 @@ def test_options_change_only_the_classification_term(model, batch, cls_loss, kwa
 
 @pytest.mark.parametrize("cls_loss", ["qfocal", "varifocal", "focal"])
 def test_classification_term_is_normalised_like_ultralytics_bce(model, preds, batch, cls_loss):
-    """cls item = sum(criterion(pred_scores, target_scores)) / max(sum(target_scores), 1) * hyp.cls."""
-    criterion = qu.DetectionLoss(model, cls_loss)
+    """cls item = sum(criterion(pred_scores, target_scores)) / max(sum(target_scores), 1) * hyp.cls (unbalanced:
+    cls_gain 1; the balance is tested in test_balance.py)."""
+    criterion = qu.DetectionLoss(model, cls_loss, cls_gain=1.0)
     seen = []
     original = criterion.bce.forward
     criterion.bce.forward = lambda pred, target: seen.append((pred, target)) or original(pred, target)
@@ -139,7 +140,8 @@ def test_qfocal_is_qfocal_quality_focal_loss(model, preds, batch, qfl_calls):
     criterion = qu.DetectionLoss(model, "qfocal", beta=1.5)
     before = len(qfl_calls)  # construction tries the options once on a (1, 1) input
     criterion(preds, batch)
-    assert qfl_calls[before:] == [tuple(preds["scores"].permute(0, 2, 1).shape)]
+    # the loss, and its gradient norm for the balance (cls_gain "auto")
+    assert qfl_calls[before:] == [tuple(preds["scores"].permute(0, 2, 1).shape)] * 2
     assert criterion.bce.loss.beta == 1.5 and criterion.bce.loss.alpha is None
     assert "'qfl'" in repr(criterion) and "beta=1.5" in repr(criterion)
 

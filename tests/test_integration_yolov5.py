@@ -212,18 +212,19 @@ def test_obj_qfocal_is_qfocal_quality_focal_loss(model, images, targets, qfl_cal
     preds = _preds(model, images, {**STOCK_HYP, "obj_loss": "qfocal", "fl_gamma": 1.5})
     criterion = qy.ComputeLoss(model)
     assert isinstance(criterion.BCEobj, qfocal.QFocalLoss) and criterion.BCEobj.gamma == 1.5
-    assert criterion.BCEobj.alpha == 0.25
+    assert criterion.BCEobj.alpha is None  # the paper's QFL: no alpha unless fl_alpha / qfl_alpha is given
     assert isinstance(criterion.BCEcls, qfocal.FocalLoss), (
         "cls follows YOLOv5's rule: focal when fl_gamma > 0"
     )
     criterion(preds, targets)
-    assert len(qfl_calls) == len(preds)  # one objectness call per level
-    assert qfl_calls[0] == tuple(preds[0].shape[:4])
+    # two objectness calls per level: the loss, and its gradient norm for the balance (obj_gain "auto")
+    assert qfl_calls == [tuple(p.shape[:4]) for p in preds for _ in range(2)]
 
 
 def test_objectness_term_equals_quality_focal_loss_on_iou_targets(model, images, targets):
-    """The obj item is sum_i balance_i * mean QFL(obj logits_i, IoU targets_i) * hyp['obj']: rebuild it."""
-    hyp = {**STOCK_HYP, "obj_loss": "qfocal", "qfl_beta": 2.0, "fl_alpha": None}
+    """The obj item is sum_i balance_i * mean QFL(obj logits_i, IoU targets_i) * hyp['obj']: rebuild it (unbalanced:
+    obj_gain 1; the balance is tested in test_balance.py)."""
+    hyp = {**STOCK_HYP, "obj_loss": "qfocal", "qfl_beta": 2.0, "fl_alpha": None, "obj_gain": 1.0}
     preds = _preds(model, images, hyp)
     criterion = qy.ComputeLoss(model)
     seen = []
@@ -320,7 +321,8 @@ def test_train_end_to_end_offline_with_qfl(tmp_path, network_guard, qfl_calls):
     )
     save_dir = Path(opt.save_dir)
     assert (save_dir / "weights" / "last.pt").is_file()
-    assert yaml.safe_load((save_dir / "hyp.yaml").read_text())["obj_loss"] == "qfocal"
+    recorded = yaml.safe_load((save_dir / "hyp.yaml").read_text())  # the effective values, canonical names
+    assert recorded["obj_loss"] == "qfl" and recorded["obj_gain"] == "auto" and recorded["qfl_alpha"] is None
     # 2 training batches and 1 validation batch, 3 levels each, objectness and classification
     assert len(qfl_calls) >= 2 * 2 * 3, qfl_calls
     assert network_guard == [], network_guard
@@ -365,7 +367,9 @@ def test_command_passes_yolov5_arguments_through(tmp_path):
     assert qy.run_command(args, args.framework_args, train_module=fake) == 0
     opt, hyp = fake.seen["opt"], fake.seen["hyp"]
     assert opt.weights == "" and opt.img == 64 and opt.data == "d.yaml"
-    assert hyp["obj_loss"] == "qfl" and hyp["fl_alpha"] is None and "cls_loss" not in hyp
+    assert hyp["obj_loss"] == "qfl" and hyp["fl_alpha"] is None and hyp["qfl_alpha"] is None
+    # the effective values are filled in
+    assert hyp["cls_loss"] == "bce" and hyp["obj_gain"] == hyp["cls_gain"] == "auto"
     assert hyp["lr0"] == STOCK_HYP["lr0"]
     assert fake.seen["ComputeLoss"] is qy.ComputeLoss and fake.ComputeLoss is YOLOv5ComputeLoss
     assert sys.argv[0] != "fake_yolov5.train.py"

@@ -4,6 +4,8 @@
   own ``train.py``; command ``qfocal yolov5-train``.
 * :mod:`qfocal.integrations.ultralytics`: ``DetectionLoss`` (a ``v8DetectionLoss``), ``QFocalDetectionTrainer``
   and ``train``; command ``qfocal ultralytics-train``.
+* :mod:`qfocal.integrations.balance`: the loss balance of those two (a criterion other than BCE gets BCE's gradient
+  norm by default), and tools to measure each loss term and its gradient, log them along training and plot them.
 * :mod:`qfocal.integrations.torchvision`: torchvision's detection heads.
 * :mod:`qfocal.integrations.mmdet`: mmdetection's ``QualityFocalLoss``, ``VarifocalLoss``,
   ``DistributionFocalLoss`` and ``FocalLoss``, registered as ``qfocal.<name>`` for mmdetection configs.

@@ -18,6 +18,25 @@ def _alpha(text: str) -> float | None:
     return None if text.lower() in ("none", "null") else float(text)
 
 
+def _gain(text: str) -> str | float:
+    """``auto`` or a number >= 0 (qfocal.integrations.balance.check_gain, restated: this module imports no torch)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a finite number >= 0, got {text!r}")
+    return value
+
+
+_GAIN_HELP = (
+    "balance of the {term} term: auto (default: {loss} gets BCE's gradient norm on every batch; bce stays "
+    "untouched) or a fixed multiplier, 1 = unbalanced"
+)
+
+
 def add_yolov5_arguments(parser: argparse.ArgumentParser) -> None:
     """qfocal's options, absent from the namespace unless given; the rest belongs to YOLOv5's train.py."""
     group = parser.add_argument_group("qfocal (merged into the --hyp file)")
@@ -35,14 +54,38 @@ def add_yolov5_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"classification criterion (hyp cls_loss): {describe_losses(YOLOV5_LOSSES)}",
     )
     group.add_argument(
-        "--fl-gamma", type=float, default=s, help="exponent of focal/qfocal/varifocal (hyp fl_gamma)"
+        "--obj-gain",
+        type=_gain,
+        default=s,
+        help=_GAIN_HELP.format(term="objectness", loss="the --obj-loss") + " (hyp obj_gain)",
     )
     group.add_argument(
-        "--fl-alpha", type=_alpha, default=s, help="alpha of focal/qfocal, or none (hyp fl_alpha)"
+        "--cls-gain",
+        type=_gain,
+        default=s,
+        help=_GAIN_HELP.format(term="classification", loss="the --cls-loss") + " (hyp cls_gain)",
     )
-    group.add_argument("--qfl-beta", type=float, default=s, help="exponent of qfocal only (hyp qfl_beta)")
     group.add_argument(
-        "--vfl-alpha", type=float, default=s, help="weight of varifocal's negatives (hyp vfl_alpha)"
+        "--fl-gamma",
+        type=float,
+        default=s,
+        help="exponent of focal (1.5), and of qfl/vfl unless --qfl-beta/--vfl-gamma (hyp fl_gamma)",
+    )
+    group.add_argument(
+        "--fl-alpha",
+        type=_alpha,
+        default=s,
+        help="alpha of focal (0.25), and of qfl unless --qfl-alpha; or none (hyp fl_alpha)",
+    )
+    group.add_argument("--qfl-beta", type=float, default=s, help="exponent of qfl only (2.0; hyp qfl_beta)")
+    group.add_argument(
+        "--qfl-alpha", type=_alpha, default=s, help="alpha of qfl only, or none (none; hyp qfl_alpha)"
+    )
+    group.add_argument(
+        "--vfl-gamma", type=float, default=s, help="exponent of vfl's negatives only (2.0; hyp vfl_gamma)"
+    )
+    group.add_argument(
+        "--vfl-alpha", type=float, default=s, help="weight of vfl's negatives (0.75; hyp vfl_alpha)"
     )
     group.add_argument("--online", action="store_true", help="allow YOLOv5 its downloads and installs")
 
@@ -64,6 +107,12 @@ def add_ultralytics_arguments(parser: argparse.ArgumentParser) -> None:
         type=loss_arg(ULTRALYTICS_LOSSES),
         default="bce",
         help=f"classification criterion: {describe_losses(ULTRALYTICS_LOSSES)}",
+    )
+    group.add_argument(
+        "--cls-gain",
+        type=_gain,
+        default="auto",
+        help=_GAIN_HELP.format(term="classification", loss="the --cls-loss"),
     )
     group.add_argument("--beta", type=float, help="qfocal: exponent of |t - p| (2.0)")
     group.add_argument(

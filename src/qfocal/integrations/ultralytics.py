@@ -16,9 +16,18 @@ DFL terms and swaps only the elementwise classification criterion, so the term s
 ``"focal"``     :func:`qfocal.sigmoid_focal_loss` (Ultralytics' ``FocalLoss`` defaults)     ``alpha=0.25, gamma=1.5``
 ==============  ==========================================================================  ======================
 
+Balance (``cls_gain``): Ultralytics' gains were tuned for BCE, and these criteria shrink its gradient (QFL's to
+0.02-0.09x of BCE's at initialisation, about 0.5x later). By default (``cls_gain="auto"``) the classification
+term is scaled on every batch so that its gradient with respect to the class logits has BCE's norm
+(:mod:`qfocal.integrations.balance`). A number is a fixed multiplier, ``1.0`` the unbalanced criterion. With
+``"bce"`` nothing is scaled and the numbers are Ultralytics' own, bit for bit.
+
 Training: :class:`QFocalDetectionTrainer` (a ``DetectionTrainer`` whose model builds :class:`DetectionLoss`),
-:func:`train` (one call, offline), ``qfocal ultralytics-train`` on the command line. Checkpoints hold a plain
-Ultralytics ``DetectionModel``: they load with ``ultralytics.YOLO("best.pt")`` without qfocal.
+:func:`train` (one call, offline), ``qfocal ultralytics-train`` on the command line. The trainer logs one line with
+the criterion, its options and gain. It records them under ``qfocal`` in the run's ``args.yaml`` and on the model
+as ``model.qfocal``, so in every checkpoint, ``best.pt`` included. They are not kept in ``trainer.args``, which
+Ultralytics checks again against its own keys. Checkpoints hold a plain Ultralytics ``DetectionModel``: they load with
+``ultralytics.YOLO("best.pt")`` without qfocal.
 """
 
 from __future__ import annotations
@@ -37,18 +46,28 @@ from .._cli import CommandError, report
 from .._names import loss_name
 from ..modules import QualityFocalLoss, SigmoidFocalLoss, VarifocalLoss
 from ._cli_args import ULTRALYTICS_LOSSES, add_ultralytics_arguments
+from ._gain import AUTO, check_gain, gain_label, matched_gain
 from ._offline import offline, offline_import, preserved_torch_state
 
 with offline_import():  # Ultralytics probes the network (DNS) on import unless YOLO_OFFLINE is set
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.nn.tasks import DetectionModel
-    from ultralytics.utils import DEFAULT_CFG
+    from ultralytics.utils import DEFAULT_CFG, LOGGER
     from ultralytics.utils import loss as _ultralytics_loss
     from ultralytics.utils.loss import v8DetectionLoss
 
 E2ELoss = getattr(_ultralytics_loss, "E2ELoss", None)  # Ultralytics >= 8.4: end-to-end (YOLO26) heads
 
-__all__ = ["CLS_LOSSES", "DetectionLoss", "QFocalDetectionModel", "QFocalDetectionTrainer", "main", "train"]
+__all__ = [
+    "CLS_LOSSES",
+    "DetectionLoss",
+    "QFocalDetectionModel",
+    "QFocalDetectionTrainer",
+    "describe",
+    "main",
+    "record",
+    "train",
+]
 
 CLS_LOSSES = ULTRALYTICS_LOSSES
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -69,17 +88,41 @@ def _check_cls_loss(cls_loss: object, loss_kwargs: Mapping[str, Any]) -> tuple[s
     return cls_loss, {**_DEFAULTS[cls_loss], **loss_kwargs}
 
 
-class _ElementwiseCls(nn.Module):
-    """``criterion(pred_scores, target_scores)`` -> the unreduced loss, in fp32 (BCE's dtype under autocast)."""
+def _check_cls_gain(cls_loss: str, cls_gain: object) -> float | None:
+    """The gain: a number, or None for gradient-norm matching; BCE's "auto" is exactly 1."""
+    gain = check_gain(cls_gain, what="cls_gain")
+    return 1.0 if gain is None and cls_loss == "bce" else gain
 
-    def __init__(self, cls_loss: str, options: Mapping[str, Any]) -> None:
+
+def describe(cls_loss: str, options: Mapping[str, Any], cls_gain: float | None) -> str:
+    """``"qfl(beta=2.0, alpha=None) x auto (BCE's gradient norm)"``: the criterion as the trainer logs it."""
+    text = f"{cls_loss}({', '.join(f'{k}={v!r}' for k, v in options.items())})" if options else cls_loss
+    if cls_gain is None:
+        return f"{text} x auto (BCE's gradient norm)"
+    return text if cls_gain == 1.0 else f"{text} x {cls_gain:g}"
+
+
+class _ElementwiseCls(nn.Module):
+    """``criterion(pred_scores, target_scores)`` -> the unreduced loss times the balance, in fp32 (BCE's dtype
+    under autocast). ``gain`` None: on each call, the gain that gives the summed loss the gradient norm of BCE."""
+
+    def __init__(self, cls_loss: str, options: Mapping[str, Any], gain: float | None = 1.0) -> None:
         super().__init__()
-        self.loss = _MODULES[cls_loss](reduction="none", **options)
-        # options the module's constructor lets through (varifocal's alpha=None) fail here, not mid-run
-        self.loss(torch.zeros(1, 1), torch.zeros(1, 1))
+        self.gain = gain
+        if cls_loss == "bce":
+            self.loss = nn.BCEWithLogitsLoss(reduction="none")
+        else:
+            self.loss = _MODULES[cls_loss](reduction="none", **options)
+            # options the module's constructor lets through (varifocal's alpha=None) fail here, not mid-run
+            self.loss(torch.zeros(1, 1), torch.zeros(1, 1))
+        self.reference = nn.BCEWithLogitsLoss(reduction="none")  # Ultralytics' own criterion
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        return self.loss(pred.float(), target.float())
+        pred, target = pred.float(), target.float()
+        loss = self.loss(pred, target)
+        if self.gain is None:
+            return loss * matched_gain(self.loss, self.reference, pred, target)
+        return loss if self.gain == 1.0 else loss * self.gain
 
 
 class DetectionLoss(v8DetectionLoss):
@@ -89,6 +132,10 @@ class DetectionLoss(v8DetectionLoss):
         model: an Ultralytics ``DetectionModel`` (de-paralleled, with ``model.args`` set, as for
             ``v8DetectionLoss``).
         cls_loss: ``"bce"`` (Ultralytics' own, the default) | ``"qfocal"`` | ``"varifocal"`` | ``"focal"``.
+        cls_gain: ``"auto"`` (or ``None``; the default): the classification term gets BCE's gradient norm with
+            respect to the class logits on every batch, :mod:`qfocal.integrations.balance`; a number >= 0: a fixed
+            multiplier of the term, ``1.0`` the unbalanced criterion. ``"bce"`` with ``"auto"`` is Ultralytics'
+            own criterion, untouched. The multiplier is on top of Ultralytics' ``cls`` gain.
         tal_topk, tal_topk2: passed to ``v8DetectionLoss`` (task-aligned assigner).
         **loss_kwargs: the criterion's options (see the module docstring), e.g. ``beta=2.0, alpha=None``
             for ``"qfocal"``; unknown ones are errors.
@@ -108,22 +155,30 @@ class DetectionLoss(v8DetectionLoss):
         model: nn.Module,
         cls_loss: str = "bce",
         *,
+        cls_gain: float | str | None = AUTO,
         tal_topk: int = 10,
         tal_topk2: int | None = None,
         **loss_kwargs: Any,
     ) -> None:
         cls_loss, options = _check_cls_loss(cls_loss, loss_kwargs)
+        gain = _check_cls_gain(cls_loss, cls_gain)
         kwargs = (
             {"tal_topk": tal_topk} if tal_topk2 is None else {"tal_topk": tal_topk, "tal_topk2": tal_topk2}
         )
         super().__init__(model, **kwargs)
-        self.cls_loss, self.cls_options = cls_loss, options
-        if cls_loss != "bce":  # the only line v8DetectionLoss's classification term depends on
-            self.bce = _ElementwiseCls(cls_loss, options).to(self.device)
+        self.cls_loss, self.cls_options, self.cls_gain = cls_loss, options, gain
+        if cls_loss != "bce" or gain != 1.0:  # the only line v8DetectionLoss's classification term depends on
+            self.bce = _ElementwiseCls(cls_loss, options, gain).to(self.device)
 
     def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in self.cls_options.items())
-        return f"{type(self).__name__}(cls_loss={self.cls_loss!r}{', ' if options else ''}{options})"
+        options = "".join(f", {k}={v!r}" for k, v in self.cls_options.items())
+        return f"{type(self).__name__}(cls_loss={self.cls_loss!r}{options}, cls_gain={gain_label(self.cls_gain)!r})"
+
+
+def record(cls_loss: str, options: Mapping[str, Any], cls_gain: float | None) -> dict[str, Any]:
+    """What a run records of its classification criterion: ``{"cls_loss", "loss_kwargs", "cls_gain"}``, the
+    options with their defaults filled in and the gain as ``"auto"`` or the number."""
+    return {"cls_loss": cls_loss, "loss_kwargs": dict(options), "cls_gain": gain_label(cls_gain)}
 
 
 class QFocalDetectionModel(DetectionModel):
@@ -139,14 +194,20 @@ class QFocalDetectionModel(DetectionModel):
         *,
         cls_loss: str = "bce",
         loss_kwargs: Mapping[str, Any] | None = None,
+        cls_gain: float | str | None = AUTO,
     ) -> None:
         loss_kwargs = dict(loss_kwargs or {})
-        cls_loss = _check_cls_loss(cls_loss, loss_kwargs)[0]  # fail before building the network
+        cls_loss, options = _check_cls_loss(cls_loss, loss_kwargs)  # fail before building the network
+        gain = _check_cls_gain(cls_loss, cls_gain)
         super().__init__(cfg, ch=ch, nc=nc, verbose=verbose)
-        self.cls_loss, self.loss_kwargs = cls_loss, loss_kwargs
+        self.cls_loss, self.loss_kwargs, self.cls_gain = cls_loss, loss_kwargs, gain
+        # the run record, pickled with the model into every checkpoint (a plain dict: loads without qfocal)
+        self.qfocal = record(cls_loss, options, gain)
 
     def init_criterion(self):
-        make = functools.partial(DetectionLoss, cls_loss=self.cls_loss, **self.loss_kwargs)
+        make = functools.partial(
+            DetectionLoss, cls_loss=self.cls_loss, cls_gain=self.cls_gain, **self.loss_kwargs
+        )
         if getattr(self.model[-1], "one2one_cv2", None) is not None:
             if E2ELoss is None:
                 raise NotImplementedError("end-to-end heads need Ultralytics >= 8.4 (E2ELoss)")
@@ -158,10 +219,16 @@ class QFocalDetectionTrainer(DetectionTrainer):
     """Ultralytics' ``DetectionTrainer`` training a :class:`QFocalDetectionModel`.
 
     Args:
-        cfg, overrides, _callbacks: as ``DetectionTrainer``. ``overrides`` may also carry ``cls_loss`` and
-            ``loss_kwargs`` (so ``YOLO(...).train(trainer=QFocalDetectionTrainer, cls_loss="qfocal")`` works);
-            they are taken out before Ultralytics checks its arguments.
-        cls_loss, loss_kwargs: the classification criterion and its options (:class:`DetectionLoss`).
+        cfg, overrides, _callbacks: as ``DetectionTrainer``. ``overrides`` may also carry ``cls_loss``,
+            ``loss_kwargs`` and ``cls_gain`` (so ``YOLO(...).train(trainer=QFocalDetectionTrainer,
+            cls_loss="qfocal")`` works), or a run record ``qfocal`` (see below) to take them from; they are taken
+            out before Ultralytics checks its arguments.
+        cls_loss, loss_kwargs, cls_gain: the classification criterion, its options and its balance
+            (:class:`DetectionLoss`).
+
+    The run record ``trainer.qfocal``, ``{"cls_loss", "loss_kwargs", "cls_gain"}`` with the options' defaults
+    filled in (:func:`record`), is written under ``qfocal`` into the run's ``args.yaml``. The model carries it as
+    ``model.qfocal`` into every checkpoint. :meth:`get_model` logs the criterion in one line.
 
     Example:
         >>> trainer = QFocalDetectionTrainer(  # doctest: +SKIP
@@ -178,14 +245,29 @@ class QFocalDetectionTrainer(DetectionTrainer):
         *,
         cls_loss: str | None = None,
         loss_kwargs: Mapping[str, Any] | None = None,
+        cls_gain: float | str | None = None,
     ) -> None:
+        from ultralytics.utils import RANK, YAML
+
         overrides = dict(overrides or {})
-        given_cls_loss = overrides.pop("cls_loss", None)
-        given_kwargs = overrides.pop("loss_kwargs", None)
-        cls_loss = cls_loss or given_cls_loss or "bce"
-        loss_kwargs = dict(loss_kwargs if loss_kwargs is not None else (given_kwargs or {}))
-        self.cls_loss, self.loss_kwargs = _check_cls_loss(cls_loss, loss_kwargs)[0], loss_kwargs
+        given = overrides.pop("qfocal", None) or {}  # a run record, e.g. from a previous run's args
+        if not isinstance(given, Mapping):
+            raise TypeError(f"qfocal: expected the run record (a mapping), got {given!r}")
+        for key in ("cls_loss", "loss_kwargs", "cls_gain"):
+            if key in overrides:
+                given = {**given, key: overrides.pop(key)}
+        cls_loss = cls_loss or given.get("cls_loss") or "bce"
+        loss_kwargs = dict(loss_kwargs if loss_kwargs is not None else (given.get("loss_kwargs") or {}))
+        cls_gain = cls_gain if cls_gain is not None else given.get("cls_gain", AUTO)
+        self.cls_loss, options = _check_cls_loss(cls_loss, loss_kwargs)
+        self.loss_kwargs, self.cls_gain = loss_kwargs, _check_cls_gain(self.cls_loss, cls_gain)
         super().__init__(cfg, overrides, _callbacks)
+        self.qfocal = record(self.cls_loss, options, self.cls_gain)
+        if RANK in {
+            -1,
+            0,
+        }:  # args.yaml again, with the record: the run's arguments say which loss it trained with
+            YAML.save(self.save_dir / "args.yaml", {**vars(self.args), "qfocal": self.qfocal})
 
     def train(self):
         if getattr(self, "ddp", False) and self.cls_loss != "bce":
@@ -209,7 +291,12 @@ class QFocalDetectionTrainer(DetectionTrainer):
             verbose=verbose and RANK == -1,
             cls_loss=self.cls_loss,
             loss_kwargs=self.loss_kwargs,
+            cls_gain=self.cls_gain,
         )
+        if verbose and RANK in {-1, 0}:
+            LOGGER.info(
+                f"qfocal: cls_loss={describe(self.cls_loss, model.qfocal['loss_kwargs'], self.cls_gain)}"
+            )
         if hasattr(
             self, "set_model_names_for_load"
         ):  # Ultralytics >= 8.4: class names before loading weights
@@ -236,7 +323,9 @@ def train(
     data: str | Path,
     cls_loss: str = "bce",
     loss_kwargs: Mapping[str, Any] | None = None,
+    cls_gain: float | str | None = AUTO,
     offline_mode: bool = True,
+    callbacks: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> QFocalDetectionTrainer:
     """Train an Ultralytics YOLO detector with qfocal's classification loss in one call, offline by default.
@@ -246,7 +335,10 @@ def train(
         data: dataset YAML (Ultralytics / YOLO format).
         cls_loss: ``"bce"`` | ``"qfocal"`` | ``"varifocal"`` | ``"focal"`` (:class:`DetectionLoss`).
         loss_kwargs: the criterion's options, e.g. ``{"beta": 2.0}``.
+        cls_gain: ``"auto"`` (BCE's gradient norm on every batch) or a fixed multiplier (:class:`DetectionLoss`).
         offline_mode: no downloads, installs or hub calls (:func:`qfocal.integrations.offline`).
+        callbacks: Ultralytics events to functions (or lists of them), added with ``trainer.add_callback``, e.g.
+            :meth:`qfocal.integrations.balance.BalanceLog.ultralytics_callbacks`.
         **overrides: any Ultralytics training argument: ``epochs``, ``imgsz``, ``batch``, ``device``, ``workers``,
             ``project``, ``name``, ``exist_ok``, ``plots``, ``cls`` (the classification gain) ...
 
@@ -259,7 +351,12 @@ def train(
     """
     args = {"model": str(model), "data": str(data), **overrides}
     with offline(yolov5_package=None) if offline_mode else contextlib.nullcontext(), preserved_torch_state():
-        trainer = QFocalDetectionTrainer(overrides=args, cls_loss=cls_loss, loss_kwargs=loss_kwargs)
+        trainer = QFocalDetectionTrainer(
+            overrides=args, cls_loss=cls_loss, loss_kwargs=loss_kwargs, cls_gain=cls_gain
+        )
+        for event, functions in (callbacks or {}).items():
+            for function in functions if isinstance(functions, (list, tuple)) else (functions,):
+                trainer.add_callback(event, function)
         trainer.train()
     return trainer
 
@@ -293,6 +390,7 @@ def run_command(args: argparse.Namespace) -> int:
         loss_kwargs["alpha"] = args.alpha
     try:
         cls_loss, options = _check_cls_loss(args.cls_loss, loss_kwargs)
+        _check_cls_gain(cls_loss, args.cls_gain)
         if cls_loss != "bce":
             _ElementwiseCls(cls_loss, options)  # the values, not only the names
     except (TypeError, ValueError) as exc:
@@ -305,6 +403,7 @@ def run_command(args: argparse.Namespace) -> int:
         data=data,
         cls_loss=args.cls_loss,
         loss_kwargs=loss_kwargs,
+        cls_gain=args.cls_gain,
         offline_mode=not args.online,
         **overrides,
     )

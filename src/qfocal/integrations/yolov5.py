@@ -10,21 +10,35 @@ Hyp keys (all optional; ``fl_gamma`` is in every stock hyp file):
 ==============  =================================================================================================
 key             meaning
 ==============  =================================================================================================
-``obj_loss``    objectness criterion: ``bce`` | ``focal`` | ``qfocal`` | ``varifocal``. Objectness targets are
-                the IoU of the predicted box with its ground truth, so ``qfocal`` and ``varifocal`` fit them.
+``obj_loss``    objectness criterion: ``bce`` | ``focal`` | ``qfl`` (= ``qfocal``) | ``vfl`` (= ``varifocal``).
+                Objectness targets are the IoU of the predicted box with its ground truth, so ``qfl`` and ``vfl``
+                fit them.
 ``cls_loss``    classification criterion, same choices (targets: one-hot, or ``cp``/``cn`` with label
                 smoothing). A term not named follows YOLOv5's rule: ``focal`` if ``fl_gamma > 0`` else ``bce``.
-``fl_gamma``    YOLOv5's key: the exponent of ``focal`` and ``qfocal`` (and of ``varifocal``'s negatives). 0, as in
-                the stock hyps, means the loss's own default: 1.5 for ``focal`` (YOLOv5's), 2.0 for ``qfocal``
-                (the paper's beta) and ``varifocal``.
-``fl_alpha``    alpha of ``focal`` and ``qfocal``: 0.25 when absent (YOLOv5's), ``null`` for none.
-``qfl_beta``    exponent of ``qfocal`` only, over ``fl_gamma``. The paper's QFL (arXiv:2006.04388) is
-                ``qfocal`` with ``qfl_beta: 2.0`` and ``fl_alpha: null``.
-``vfl_alpha``   weight of ``varifocal``'s negatives, default 0.75 (arXiv:2008.13367).
+``obj_gain``    ``auto`` (default; ``null`` too) or a number: the balance of the objectness term. ``auto`` scales
+                ``qfl`` / ``vfl`` / ``focal`` so that their gradient has BCE's norm, on every batch and level
+                (:mod:`qfocal.integrations.balance`); a number is a fixed multiplier, ``1.0`` the unbalanced loss.
+                ``bce``, and YOLOv5's own ``fl_gamma`` focal loss of a term not named, keep 1.
+``cls_gain``    the same for the classification term.
+``fl_gamma``    YOLOv5's key: the exponent of ``focal``, and of ``qfl`` / ``vfl`` unless ``qfl_beta`` /
+                ``vfl_gamma`` is given. 0, as in the stock hyps, means each loss's own default: 1.5 for ``focal``
+                (YOLOv5's ``FocalLoss``), 2.0 for ``qfl`` (the paper's beta) and ``vfl`` (the paper's gamma).
+``fl_alpha``    alpha of ``focal``, 0.25 when absent (YOLOv5's); also of ``qfl`` when ``qfl_alpha`` is absent.
+``qfl_beta``    exponent of ``qfl`` only, over ``fl_gamma``.
+``qfl_alpha``   alpha of ``qfl`` only, ``null`` (none) when neither it nor ``fl_alpha`` is given: the paper's QFL
+                (arXiv:2006.04388) weighs positives and negatives alike.
+``vfl_gamma``   exponent of ``vfl``'s negatives only, over ``fl_gamma``.
+``vfl_alpha``   weight of ``vfl``'s negatives, default 0.75 (arXiv:2008.13367).
 ==============  =================================================================================================
 
-``bce``, ``focal`` and ``qfocal`` keep the BCE's ``cls_pw`` / ``obj_pw``; ``varifocal`` has no ``pos_weight``
-and asks for ``1.0``. Every criterion is the mean over its elements, as in YOLOv5.
+So by default ``qfl`` is the paper's (beta 2, no alpha), ``vfl`` the paper's (alpha 0.75, gamma 2) and ``focal``
+YOLOv5's ``FocalLoss`` (gamma 1.5, alpha 0.25), each balanced against BCE. :class:`ComputeLoss` logs one line
+with the criteria, options and gains it built. :func:`train` and the command write the effective values of all
+of these keys into the hyp they give YOLOv5, so the run's ``hyp.yaml`` and ``opt.yaml`` record them
+(:func:`effective_hyp`).
+
+``bce``, ``focal`` and ``qfl`` keep the BCE's ``cls_pw`` / ``obj_pw``; ``vfl`` has no ``pos_weight`` and asks
+for ``1.0``. Every criterion is the mean over its elements, as in YOLOv5.
 
 To train through YOLOv5's own ``train.py``: :func:`patch_train` (a context manager), :func:`train` (one call), or
 ``qfocal yolov5-train`` / ``python -m qfocal.integrations.yolov5`` with YOLOv5's usual arguments.
@@ -37,6 +51,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import logging
 import math
 import os
 import sys
@@ -53,14 +69,45 @@ from .._cli import CommandError, report
 from .._names import loss_name
 from ..modules import FocalLoss, QFocalLoss, VarifocalLoss
 from ._cli_args import YOLOV5_LOSSES, add_yolov5_arguments
+from ._gain import AUTO, check_gain, gain_label, matched_gain
 from ._offline import _Patches, offline, offline_import, preserved_torch_state
 
-__all__ = ["LOSSES", "ComputeLoss", "build_criterion", "main", "patch_train", "train"]
+__all__ = [
+    "LOSSES",
+    "ComputeLoss",
+    "build_criterion",
+    "criterion_options",
+    "effective_hyp",
+    "main",
+    "patch_train",
+    "train",
+]
 
 LOSSES = YOLOV5_LOSSES
-_LOSS_KEYS = ("obj_loss", "cls_loss", "fl_gamma", "fl_alpha", "qfl_beta", "vfl_alpha")
+_LOSS_KEYS = (
+    "obj_loss",
+    "cls_loss",
+    "obj_gain",
+    "cls_gain",
+    "fl_gamma",
+    "fl_alpha",
+    "qfl_beta",
+    "qfl_alpha",
+    "vfl_gamma",
+    "vfl_alpha",
+)
+_OPTION_KEYS = _LOSS_KEYS[4:]
 # Exponent used when fl_gamma is 0 (the stock hyps): YOLOv5's FocalLoss default, the papers' beta / gamma.
 _DEFAULT_EXPONENT = {"focal": 1.5, "qfl": 2.0, "vfl": 2.0}
+# The hyp keys that hold each criterion's options, in the order criterion_options returns them.
+_KEYS_OF = {
+    "focal": ("fl_gamma", "fl_alpha"),
+    "qfl": ("qfl_beta", "qfl_alpha"),
+    "vfl": ("vfl_gamma", "vfl_alpha"),
+}
+LOGGER = logging.getLogger(
+    "yolov5"
+)  # YOLOv5's logger (LOGGING_NAME), in the pip package and a checkout alike
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -90,6 +137,30 @@ class _Varifocal(nn.Module):
         return self.loss(pred, true)
 
 
+def criterion_options(kind: str, hyp: Mapping[str, Any]) -> dict[str, float | None]:
+    """The options criterion ``kind`` takes from ``hyp`` (see the module docstring), by their hyp keys.
+
+    Example:
+        >>> criterion_options("qfocal", {"fl_gamma": 0.0})
+        {'qfl_beta': 2.0, 'qfl_alpha': None}
+        >>> criterion_options("focal", {"fl_gamma": 0.0})
+        {'fl_gamma': 1.5, 'fl_alpha': 0.25}
+    """
+    kind = _check_loss_name("loss", kind)
+    if kind == "bce":
+        return {}
+    shared = _number(hyp, "fl_gamma", 0.0) or _DEFAULT_EXPONENT[kind]
+    exponent_key, alpha_key = _KEYS_OF[kind]
+    if kind == "focal":
+        return {"fl_gamma": shared, "fl_alpha": _number(hyp, "fl_alpha", 0.25)}
+    exponent = _number(hyp, exponent_key, None)
+    if kind == "qfl":  # no alpha unless one is given: the paper's QFL
+        alpha = _number(hyp, "qfl_alpha", None) if "qfl_alpha" in hyp else _number(hyp, "fl_alpha", None)
+    else:
+        alpha = _number(hyp, "vfl_alpha", 0.75)
+    return {exponent_key: shared if exponent is None else exponent, alpha_key: alpha}
+
+
 def build_criterion(kind: str, bce: nn.BCEWithLogitsLoss, hyp: Mapping[str, Any]) -> nn.Module:
     """The criterion ``kind`` for one YOLOv5 loss term, reading its hyper-parameters from ``hyp``.
 
@@ -97,26 +168,48 @@ def build_criterion(kind: str, bce: nn.BCEWithLogitsLoss, hyp: Mapping[str, Any]
         kind: ``"bce"`` | ``"focal"`` | ``"qfl"`` (alias ``"qfocal"``) | ``"vfl"`` (alias ``"varifocal"``).
         bce: the term's ``nn.BCEWithLogitsLoss`` (carrying ``cls_pw`` / ``obj_pw``); returned as is for ``"bce"``,
             wrapped (never modified) otherwise.
-        hyp: the hyp dict (``fl_gamma``, ``fl_alpha``, ``qfl_beta``, ``vfl_alpha``; see the module docstring).
+        hyp: the hyp dict (``fl_gamma``, ``fl_alpha``, ``qfl_beta``, ``qfl_alpha``, ``vfl_gamma``,
+            ``vfl_alpha``; see the module docstring and :func:`criterion_options`).
 
     Returns:
-        A module called as ``criterion(logits, target)`` returning the mean loss.
+        A module called as ``criterion(logits, target)`` returning the mean loss (unbalanced: the gains are
+        :class:`ComputeLoss`'s).
     """
     kind = _check_loss_name("loss", kind)
     if kind == "bce":
         return bce
-    gamma = _number(hyp, "fl_gamma", 0.0) or _DEFAULT_EXPONENT[kind]
+    exponent, alpha = criterion_options(kind, hyp).values()
     if kind == "focal":
-        return FocalLoss(bce, gamma=gamma, alpha=_number(hyp, "fl_alpha", 0.25))
+        return FocalLoss(bce, gamma=exponent, alpha=alpha)
     if kind == "qfl":
-        beta = _number(hyp, "qfl_beta", None)
-        return QFocalLoss(bce, gamma=gamma if beta is None else beta, alpha=_number(hyp, "fl_alpha", 0.25))
+        return QFocalLoss(bce, gamma=exponent, alpha=alpha)
     pos_weight = bce.pos_weight
     if pos_weight is not None and not bool((pos_weight == 1).all()):
         raise ValueError(
             f"varifocal has no pos_weight: expected cls_pw / obj_pw of 1.0, got {pos_weight.flatten().tolist()}"
         )
-    return _Varifocal(alpha=_number(hyp, "vfl_alpha", 0.75), gamma=gamma)
+    return _Varifocal(alpha=alpha, gamma=exponent)
+
+
+def _term_setup(h: Mapping[str, Any], term: str) -> tuple[str, float | None]:
+    """The criterion of ``term`` ("obj" or "cls") and its gain: a number, or None for gradient-norm matching."""
+    key = f"{term}_loss"
+    named = h.get(key) is not None
+    # YOLOv5's rule for a term not named: focal loss when fl_gamma > 0
+    legacy = "focal" if (_number(h, "fl_gamma", 0.0) or 0.0) > 0 else "bce"
+    kind = _check_loss_name(key, h[key] if named else legacy)
+    gain = check_gain(h.get(f"{term}_gain", AUTO), what=f"hyp[{term + '_gain'!r}]")
+    if gain is None and (kind == "bce" or not named):  # BCE, and YOLOv5's own focal loss, stay YOLOv5's
+        gain = 1.0
+    return kind, gain
+
+
+def _describe(kind: str, gain: float | None, hyp: Mapping[str, Any]) -> str:
+    options = ", ".join(f"{k.split('_')[1]}={v}" for k, v in criterion_options(kind, hyp).items())
+    text = f"{kind}({options})" if options else kind
+    if gain is None:
+        return f"{text} x auto (BCE's gradient norm)"
+    return text if gain == 1.0 else f"{text} x {gain:g}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -183,14 +276,19 @@ class ComputeLoss:
         model: a YOLOv5 ``DetectionModel`` (possibly in DataParallel/DDP) with ``model.hyp`` set, as YOLOv5's
             ``train.py`` does. Read once, here.
         autobalance: YOLOv5's per-level objectness balancing.
+        log: log one line (YOLOv5's logger, INFO) naming the criteria, their options and gains.
 
     Call:
         ``loss, items = compute_loss(p, targets)`` with ``p`` the list of ``(bs, na, ny, nx, 5 + nc)`` training
         outputs and ``targets`` ``(nt, 6)`` rows ``(image, class, x, y, w, h)`` normalised to [0, 1]. Returns
         ``(box + obj + cls) * bs`` of shape ``(1,)`` and the detached ``(3,)`` items ``(box, obj, cls)``.
+        :meth:`terms` gives the three terms with their graph.
 
     Attributes ``BCEcls``, ``BCEobj``, ``balance``, ``gr``, ``sort_obj_iou``, ``hyp``, ``na``, ``nc``, ``nl``,
-    ``anchors`` mean what they mean in YOLOv5.
+    ``anchors`` mean what they mean in YOLOv5. ``obj_loss`` / ``cls_loss`` are the canonical names of the
+    criteria, ``obj_gain`` / ``cls_gain`` their balance: a number, or ``None`` for gradient-norm matching
+    (:mod:`qfocal.integrations.balance`). The balance multiplies each level's term after the criterion (so
+    ``BCEobj`` / ``BCEcls`` are the plain criteria) and is part of the loss items, as ``hyp['obj']`` is.
 
     Example:
         >>> from yolov5.models.yolo import Model  # doctest: +SKIP
@@ -202,7 +300,7 @@ class ComputeLoss:
 
     sort_obj_iou = False
 
-    def __init__(self, model: nn.Module, autobalance: bool = False) -> None:
+    def __init__(self, model: nn.Module, autobalance: bool = False, *, log: bool = True) -> None:
         device = next(model.parameters()).device
         h = _model_hyp(model)
         m = _detect_layer(model)
@@ -212,13 +310,12 @@ class ComputeLoss:
         eps = float(h.get("label_smoothing", 0.0))
         self.cp, self.cn = 1.0 - 0.5 * eps, 0.5 * eps  # label-smoothed positive / negative targets
 
-        # YOLOv5's rule for a term not named: focal loss on both when fl_gamma > 0
-        legacy = "focal" if (_number(h, "fl_gamma", 0.0) or 0.0) > 0 else "bce"
-        obj_kind = _check_loss_name("obj_loss", h.get("obj_loss") or legacy)
-        cls_kind = _check_loss_name("cls_loss", h.get("cls_loss") or legacy)
+        obj_kind, self.obj_gain = _term_setup(h, "obj")
+        cls_kind, self.cls_gain = _term_setup(h, "cls")
         self.BCEcls = build_criterion(cls_kind, bce_cls, h)
         self.BCEobj = build_criterion(obj_kind, bce_obj, h)
         self.obj_loss, self.cls_loss = obj_kind, cls_kind
+        self._bce_obj, self._bce_cls = bce_obj, bce_cls  # the references of gradient-norm matching
 
         self.balance = {3: [4.0, 1.0, 0.4]}.get(m.nl, [4.0, 1.0, 0.25, 0.06, 0.02])  # P3-P7
         self.ssi = list(m.stride).index(16) if autobalance else 0  # stride-16 level
@@ -226,11 +323,35 @@ class ComputeLoss:
         self.na, self.nc, self.nl = m.na, m.nc, m.nl
         self.anchors = m.anchors
         self.device = device
+        if log:
+            LOGGER.info(f"qfocal ComputeLoss: {self.describe()}")
+
+    def describe(self) -> str:
+        """``"obj_loss=qfl(beta=2.0, alpha=None) x auto (BCE's gradient norm), cls_loss=bce"``."""
+        return (
+            f"obj_loss={_describe(self.obj_loss, self.obj_gain, self.hyp)}, "
+            f"cls_loss={_describe(self.cls_loss, self.cls_gain, self.hyp)}"
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(obj={self.BCEobj!r}, cls={self.BCEcls!r})"
 
+    @staticmethod
+    def _balanced(
+        value: Tensor, gain: float | None, criterion, reference, pred: Tensor, true: Tensor
+    ) -> Tensor:
+        if gain is None:
+            return value * matched_gain(criterion, reference, pred, true)
+        return value if gain == 1.0 else value * gain  # no multiply at all for 1: BCE stays bit-identical
+
     def __call__(self, p: Sequence[Tensor], targets: Tensor) -> tuple[Tensor, Tensor]:
+        lbox, lobj, lcls = self.terms(p, targets)
+        bs = p[0].shape[0]
+        return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
+
+    def terms(self, p: Sequence[Tensor], targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The box, objectness and classification terms, shape ``(1,)`` each, gains and balance applied, with
+        their graph (the loss is their sum times the batch size)."""
         lcls = torch.zeros(1, device=self.device)
         lbox = torch.zeros(1, device=self.device)
         lobj = torch.zeros(1, device=self.device)
@@ -257,10 +378,16 @@ class ComputeLoss:
                 if self.nc > 1:  # a single class has no classification loss
                     t = torch.full_like(pcls, self.cn, device=self.device)
                     t[range(n), tcls[i]] = self.cp
-                    lcls += self.BCEcls(pcls.float(), t.float())  # fp32 under autocast, as BCE is
+                    pcls, t = pcls.float(), t.float()  # fp32 under autocast, as BCE is
+                    lcls += self._balanced(
+                        self.BCEcls(pcls, t), self.cls_gain, self.BCEcls, self._bce_cls, pcls, t
+                    )
 
-            obji = self.BCEobj(pi[..., 4].float(), tobj.float())
-            lobj += obji * self.balance[i]
+            pobj, tobj = pi[..., 4].float(), tobj.float()
+            obji = self.BCEobj(pobj, tobj)
+            lobj += (
+                self._balanced(obji, self.obj_gain, self.BCEobj, self._bce_obj, pobj, tobj) * self.balance[i]
+            )
             if self.autobalance:
                 self.balance[i] = self.balance[i] * 0.9999 + 0.0001 / obji.detach().item()
 
@@ -269,8 +396,7 @@ class ComputeLoss:
         lbox *= self.hyp["box"]
         lobj *= self.hyp["obj"]
         lcls *= self.hyp["cls"]
-        bs = tobj.shape[0]
-        return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
+        return lbox, lobj, lcls
 
     def build_targets(
         self, p: Sequence[Tensor], targets: Tensor
@@ -479,26 +605,69 @@ def _resolve_hyp(module: ModuleType, hyp: str | Path | None) -> Path:
 
 def _full_hyp(module: ModuleType, hyp_file: str | Path | None, overrides: Mapping[str, Any]) -> dict:
     """A hyp file laid over YOLOv5's stock ``hyp.scratch-low.yaml`` (so one holding only qfocal's keys works), then
-    ``overrides``; qfocal's keys are checked before anything else runs."""
+    ``overrides``; qfocal's keys are checked before anything else runs, and filled in (:func:`effective_hyp`)."""
     stock = _load_yaml(_resolve_hyp(module, None))
-    hyp = {**stock, **_load_yaml(_resolve_hyp(module, hyp_file)), **overrides}
-    _validate_loss_keys(hyp)
-    return hyp
+    return effective_hyp({**stock, **_load_yaml(_resolve_hyp(module, hyp_file)), **overrides})
 
 
 def _validate_loss_keys(hyp: Mapping[str, Any]) -> None:
     """Check qfocal's hyp keys, names and values, before YOLOv5 scans the dataset: each criterion is built once on
     a stand-in BCE, so a bad value is reported under its hyp key."""
-    for key in ("fl_gamma", "fl_alpha", "qfl_beta", "vfl_alpha"):
+    for key in _OPTION_KEYS:
         _number(hyp, key, None)
-    for key in ("obj_loss", "cls_loss"):
-        if hyp.get(key) is not None:
-            kind = _check_loss_name(key, hyp[key])
-            try:
-                build_criterion(kind, nn.BCEWithLogitsLoss(), hyp)
-            except (TypeError, ValueError) as exc:
-                keys = ", ".join(f"{k}={hyp[k]!r}" for k in _LOSS_KEYS[2:] if k in hyp)
-                raise type(exc)(f"hyp[{key!r}]={hyp[key]!r} with {keys or 'the defaults'}: {exc}") from None
+    for term in ("obj", "cls"):
+        key = f"{term}_loss"
+        kind, _ = _term_setup(hyp, term)
+        try:
+            build_criterion(kind, nn.BCEWithLogitsLoss(), hyp)
+        except (TypeError, ValueError) as exc:
+            keys = ", ".join(f"{k}={hyp[k]!r}" for k in _OPTION_KEYS if k in hyp)
+            raise type(exc)(f"hyp[{key!r}]={hyp.get(key)!r} with {keys or 'the defaults'}: {exc}") from None
+
+
+def effective_hyp(hyp: Mapping[str, Any]) -> dict:
+    """``hyp`` with qfocal's keys checked and filled in with the values :class:`ComputeLoss` will use: both
+    criteria by canonical name (a term not named gets YOLOv5's rule's choice), their gains (``"auto"`` or the
+    number; YOLOv5's own ``fl_gamma`` focal loss gets ``1.0``), and the options of every criterion in use under
+    their own keys. Building :class:`ComputeLoss` from the result gives the same criteria as from ``hyp``; written
+    into the run's hyp, it records what the run trained with.
+
+    Raises:
+        ValueError, TypeError: a bad name or value, reported under its hyp key.
+
+    Example:
+        >>> h = effective_hyp({"obj_loss": "qfocal", "fl_gamma": 0.0})
+        >>> {k: h[k] for k in ("obj_loss", "obj_gain", "qfl_beta", "qfl_alpha", "cls_loss", "cls_gain")}
+        {'obj_loss': 'qfl', 'obj_gain': 'auto', 'qfl_beta': 2.0, 'qfl_alpha': None, 'cls_loss': 'bce', 'cls_gain': 'auto'}
+    """
+    _validate_loss_keys(hyp)
+    out = dict(hyp)
+    for term in ("obj", "cls"):
+        kind, gain = _term_setup(hyp, term)
+        given = check_gain(hyp.get(f"{term}_gain", AUTO), what=f"hyp[{term + '_gain'!r}]")
+        out[f"{term}_loss"] = kind
+        # a named loss keeps what was given ("auto" stays "auto"); YOLOv5's own focal loss of a term not named
+        # is named in the record, so it records its gain (1 unless one was given)
+        out[f"{term}_gain"] = gain_label(
+            given if kind == "bce" or hyp.get(f"{term}_loss") is not None else gain
+        )
+    for term in ("obj", "cls"):
+        out.update(criterion_options(out[f"{term}_loss"], hyp))
+    return out
+
+
+def _yolov5_callbacks(module: ModuleType, callbacks: Mapping[str, Any]):
+    """A fresh YOLOv5 ``Callbacks`` with ``callbacks`` (event -> function or list of functions) registered."""
+    package = _package_of(module)
+    with offline_import():
+        Callbacks = importlib.import_module(
+            f"{package}.utils.callbacks" if package else "utils.callbacks"
+        ).Callbacks
+    registry = Callbacks()
+    for event, functions in callbacks.items():
+        for function in functions if isinstance(functions, (list, tuple)) else (functions,):
+            registry.register_action(event, name=getattr(function, "__name__", "qfocal"), callback=function)
+    return registry
 
 
 def train(
@@ -510,6 +679,7 @@ def train(
     weights: str = "",
     train_module: ModuleType | None = None,
     offline_mode: bool = True,
+    callbacks: Mapping[str, Any] | None = None,
     **opts: Any,
 ) -> argparse.Namespace:
     """Train with YOLOv5's own ``train.run`` and qfocal's :class:`ComputeLoss`, offline by default.
@@ -522,11 +692,14 @@ def train(
         weights: initial weights; ``""`` (the default) trains from scratch.
         train_module: YOLOv5's train module (default ``yolov5.train``; a repository checkout's ``train``).
         offline_mode: no downloads or installs during training (:func:`qfocal.integrations.offline`).
+        callbacks: YOLOv5 events to functions (or lists of them), e.g.
+            :meth:`qfocal.integrations.balance.BalanceLog.yolov5_callbacks`.
         **opts: any other ``train.py`` option by its ``opt`` name: ``epochs``, ``imgsz``, ``batch_size``,
             ``device``, ``workers``, ``project``, ``name``, ``exist_ok``, ``noplots``, ``label_smoothing`` ...
 
     Returns:
-        the options YOLOv5 trained with (``opt.save_dir`` is the run folder).
+        the options YOLOv5 trained with (``opt.save_dir`` is the run folder; ``opt.hyp`` and the run's
+        ``hyp.yaml`` hold the effective qfocal keys, :func:`effective_hyp`).
 
     Example:
         >>> from qfocal.integrations import yolov5
@@ -542,7 +715,21 @@ def train(
         try:
             patches.setattr(sys, "argv", sys.argv[:1])  # train.run parses sys.argv for its defaults
             with patch_train(module, offline_mode=offline_mode):
-                return module.run(data=str(data), cfg=str(cfg), hyp=hyp_path, weights=weights, **opts)
+                if not callbacks:
+                    return module.run(data=str(data), cfg=str(cfg), hyp=hyp_path, weights=weights, **opts)
+                # train.run with our callbacks: run() passes none to main()
+                opt = module.parse_opt(True)
+                for key, value in {
+                    "data": str(data),
+                    "cfg": str(cfg),
+                    "hyp": hyp_path,
+                    "weights": weights,
+                }.items():
+                    setattr(opt, key, value)
+                for key, value in opts.items():
+                    setattr(opt, key, value)
+                module.main(opt, callbacks=_yolov5_callbacks(module, callbacks))
+                return opt
         finally:
             patches.undo()
 
