@@ -341,7 +341,7 @@ def resume_checkpoint(path: Path, state: RunState, cfg: TrainConfig, fingerprint
                 what = "annotations/images hash" if key == "sha256" else key
                 diff.append(f"{split} {what} {was.get(key)!r} (now {is_now.get(key)!r})")
     if diff:
-        raise ConfigError(f"--resume: {path} was written with different settings or data: " + ", ".join(diff))
+        raise ConfigError(f"--resume: {path} was written with different settings: " + ", ".join(diff))
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     if state.scaler is not None and ckpt.get("scaler"):
