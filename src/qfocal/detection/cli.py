@@ -21,6 +21,7 @@ DEMO = {
     "seeds": (0, 1, 2),
     "losses": ("focal", "qfl", "vfl"),
 }
+FCOS_LOSSES = ("focal", "qfl", "vfl")  # qfocal compare's default losses (framework: FRAMEWORK_LOSSES)
 # `qfocal compare --preset NAME`: settings laid under the command line (an option given explicitly wins).
 # bench: the regime where the detector localises well enough for the losses' difference in localisation quality
 # to decide the ranking (focal reaches > 50 % AP50), sized for 90 minutes on 2 CPU cores; see docs/harness.md.
@@ -287,14 +288,86 @@ def _apply_preset(args: argparse.Namespace) -> None:
             setattr(args, key, list(value) if isinstance(value, tuple) else value)
 
 
+def _names(text: str) -> list[str]:
+    """``--losses``: a comma list of names, checked once ``--framework`` is known."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated loss names, got {text!r}")
+    return names
+
+
+# Options of the FCOS harness that a framework compare does not take (set: a usage error, never ignored).
+_FCOS_ONLY = (
+    "lr",
+    "weight_decay",
+    "amp",
+    "model_size",
+    "eval_every",
+    "ddp_timeout",
+    "skip_bad",
+    "allow_outside_root",
+    "no_progress",
+    "preset",
+)
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
+    if args.framework != "fcos":
+        return _compare_framework(args)
+    if args.model is not None:
+        raise CommandError(
+            "--model: for --framework yolov5 or ultralytics; the FCOS harness takes --model-size", usage=True
+        )
     _apply_preset(args)
+    try:
+        losses = loss_list_arg(HARNESS_LOSSES)(",".join(args.losses or FCOS_LOSSES))
+    except argparse.ArgumentTypeError as exc:
+        raise CommandError(f"argument --losses: {exc}", usage=True) from None
     cfg = _config(args)
     from .compare import compare
 
     result = _running(
-        "qfocal compare", compare, cfg, losses=args.losses, seeds=args.seeds, out=args.out, resume=args.resume
+        "qfocal compare", compare, cfg, losses=losses, seeds=args.seeds, out=args.out, resume=args.resume
     )
+    print(result["table"])
+    print(f"\n{args.out}/compare.md, compare.json, compare.png; wall {result['wall_s']:.0f} s")
+    return 0
+
+
+def _compare_framework(args: argparse.Namespace) -> int:
+    """``qfocal compare --framework yolov5|ultralytics``: every argument checked before any training."""
+    for key in _FCOS_ONLY:
+        if getattr(args, key) != args.parser.get_default(key):
+            option = "--" + key.replace("_", "-")
+            raise CommandError(
+                f"{option}: an option of the FCOS harness, not taken with --framework {args.framework}",
+                usage=True,
+            )
+    cfg = _config(args)
+    require(*_NEEDS, args.framework, what=f"qfocal compare --framework {args.framework}")
+    from .frameworks import FRAMEWORK_LOSSES, plan_framework_compare, run_framework_compare
+
+    try:
+        plan = plan_framework_compare(
+            args.framework,
+            losses=args.losses or FRAMEWORK_LOSSES,
+            seeds=args.seeds,
+            data=cfg.data,
+            model=args.model,
+            epochs=cfg.epochs,
+            imgsz=cfg.imgsz,
+            batch=cfg.batch,
+            device=cfg.device,
+            threads=cfg.threads,
+            synth_images=cfg.synth_images,
+            synth_seed=cfg.synth_seed,
+            synth_difficulty=cfg.synth_difficulty,
+            plots=cfg.plots,
+            out=cfg.out,
+        )
+    except ConfigError as exc:
+        raise CommandError(str(exc), usage=True) from None
+    result = _running("qfocal compare", run_framework_compare, plan, resume=args.resume)
     print(result["table"])
     print(f"\n{args.out}/compare.md, compare.json, compare.png; wall {result['wall_s']:.0f} s")
     return 0
@@ -377,14 +450,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "compare",
         _cmd_compare,
-        help="train each loss with several seeds; table of mean ± std and a plot",
+        help="train each loss with several seeds (FCOS, YOLOv5 or Ultralytics); table of mean ± std and a plot",
     )
     _add_train_args(c, with_loss=False)
     c.add_argument(
+        "--framework",
+        default="fcos",
+        choices=("fcos", "yolov5", "ultralytics"),
+        help="fcos: qfocal's FCOS harness (COCO APs, AP90, score-IoU); yolov5 / ultralytics: their own trainers "
+        "and validation (mAP50, mAP50-95), offline, from the model yaml",
+    )
+    c.add_argument(
+        "--model",
+        default=None,
+        help="with --framework yolov5 / ultralytics: the model yaml (default yolov5n.yaml / yolov8n.yaml)",
+    )
+    c.add_argument(
         "--losses",
-        type=loss_list_arg(HARNESS_LOSSES),
-        default=["focal", "qfl", "vfl"],
-        help="comma list of focal, qfl (= qfocal), vfl (= varifocal), gfl; the first is the baseline",
+        type=_names,
+        default=None,
+        help="comma list; the first is the baseline. FCOS: focal, qfl (= qfocal), vfl (= varifocal), gfl, "
+        "focal_noctr (default focal,qfl,vfl). YOLOv5 / Ultralytics: bce, focal, qfl, vfl, each balanced to BCE "
+        "(gain auto) or with @GAIN, @1 or -unbalanced = unbalanced (default bce,qfl,vfl); YOLOv5 sets the "
+        "objectness loss (classification stays BCE), Ultralytics the classification loss",
     )
     c.add_argument(
         "--seeds", type=_parse_seeds, default=[0, 1, 2], help="a count (3 = seeds 0,1,2) or a list"

@@ -1,5 +1,9 @@
 """``qfocal compare``: train one detector per (loss, seed) on the same data; tabulate mean +- std of the APs, AP90
-and the score-IoU correlation, and the paired per-seed differences from the first loss with 95 % intervals."""
+and the score-IoU correlation, and the paired per-seed differences from the first loss with 95 % intervals.
+
+The writer of the outputs (:func:`write_compare`: ``compare.md``, ``compare.json``, ``compare.png``) takes the
+metrics to report as a :class:`CompareMetrics`; the FCOS harness passes :data:`FCOS_METRICS`, the compare through
+YOLOv5's and Ultralytics' trainers (:mod:`qfocal.detection.frameworks`) its mAP50 and mAP50-95."""
 
 from __future__ import annotations
 
@@ -21,13 +25,63 @@ from .evaluate import METRIC_KEYS, QUALITY_KEYS, json_ready
 from .stats import is_percent_metric, paired_deltas, significance_line
 from .train import pick_threads, run_lock, train
 
-__all__ = ["COMPARE_KEYS", "compare", "format_deltas", "format_table"]
+__all__ = [
+    "COMPARE_KEYS",
+    "FCOS_METRICS",
+    "CompareMetrics",
+    "compare",
+    "format_deltas",
+    "format_table",
+    "write_compare",
+]
 
 # Every metric compare tabulates and tests between losses: the COCO six, AP90, the score-IoU correlations.
 COMPARE_KEYS = (*METRIC_KEYS, *QUALITY_KEYS)
 # Columns of the first table: the APs, AP90 and the Spearman correlation (Pearson is in compare.json).
 _TABLE_KEYS = (*METRIC_KEYS, "AP90", "score_iou_spearman")
 _HEADINGS = {"score_iou_spearman": "score-IoU ρ", "score_iou_pearson": "score-IoU r"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareMetrics:
+    """The metrics a compare records per run, and how :func:`write_compare` reports them.
+
+    Metrics that :func:`qfocal.detection.stats.is_percent_metric` names (``AP...``, ``mAP...``) are fractions in
+    [0, 1], shown in percent and differenced in percentage points; the others are shown in their own units.
+
+    Attributes:
+        keys: every metric of a run: summarised (mean, std) in ``compare.json`` and differenced from the baseline.
+        table: the columns of the mean ± std table, a subset of ``keys``.
+        bars: the fractions drawn as bars in ``compare.png`` (the delta panels show every metric of ``keys``).
+        axis: the y label of the bars, e.g. ``"COCO val (%)"``.
+        delta_units: how ``compare.md`` states the units of the differences.
+        json_units: ``compare.json``'s ``units``.
+        headings: column titles for metrics whose name is not one (``score_iou_spearman``: ``score-IoU ρ``).
+    """
+
+    keys: tuple[str, ...]
+    table: tuple[str, ...]
+    bars: tuple[str, ...]
+    axis: str
+    delta_units: str
+    json_units: str
+    headings: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+# What the FCOS compare reports: the COCO six, AP90 and the score-IoU correlations.
+FCOS_METRICS = CompareMetrics(
+    keys=COMPARE_KEYS,
+    table=_TABLE_KEYS,
+    bars=(*METRIC_KEYS, "AP90"),
+    axis="COCO val (%)",
+    delta_units="APs in percentage points, correlations in their own units",
+    json_units=(
+        "runs, mean, std: APs as fractions in [0, 1] (-1: no ground truth of that size), correlations in "
+        "[-1, 1]; delta_vs_baseline: loss minus baseline per seed, APs in percentage points, correlations in "
+        "their own units, 95 % Student-t interval"
+    ),
+    headings=_HEADINGS,
+)
 
 
 def _fmt(values: list[float], key: str = "AP") -> str:
@@ -51,18 +105,29 @@ def _as_float(value) -> float:
 
 
 def format_table(
-    summary: dict[str, dict[str, list[float]]], seconds: dict[str, list[float]] | None = None
+    summary: dict[str, dict[str, list[float]]],
+    seconds: dict[str, list[float]] | None = None,
+    *,
+    keys: Sequence[str] = _TABLE_KEYS,
+    label: str = "loss",
+    headings: dict[str, str] | None = None,
 ) -> str:
-    """A markdown table: one row per loss, ``mean ± std`` over seeds (sample std) of each COCO metric in percent,
-    of AP90 and of the score-IoU Spearman correlation (when ``summary`` has them)."""
-    keys = [k for k in _TABLE_KEYS if all(k in vals for vals in summary.values())]
-    cols = [_HEADINGS.get(k, k) for k in keys] + (["train s/run"] if seconds else [])
-    lines = ["| loss | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    """A markdown table: one row per loss, ``mean ± std`` over seeds (sample std) of each metric of ``keys`` that
+    ``summary`` has: fractions (APs, mAPs) in percent, the others (the score-IoU Spearman correlation) as they are.
+
+    ``keys`` default to the FCOS compare's (the COCO six, AP90, score-IoU ρ); ``label`` heads the first column;
+    ``headings`` titles columns whose metric name is not one (default: the FCOS compare's).
+    """
+    headings = _HEADINGS if headings is None else headings
+    keys = [k for k in keys if all(k in vals for vals in summary.values())]
+    cols = [headings.get(k, k) for k in keys] + (["train s/run"] if seconds else [])
+    lines = [f"| {label} | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for loss, vals in summary.items():
         cells = [_fmt(vals[k], k) for k in keys]
         if seconds:
             cells.append(f"{np.mean(seconds[loss]):.0f}")
-        lines.append(f"| {loss} | {len(vals['AP'])} | " + " | ".join(cells) + " |")
+        n = len(vals[keys[0]]) if keys else 0
+        lines.append(f"| {loss} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -76,14 +141,22 @@ def _fmt_delta(d: dict, key: str) -> str:
     return text
 
 
-def format_deltas(deltas: dict[str, dict[str, dict]], baseline: str) -> str:
+def format_deltas(
+    deltas: dict[str, dict[str, dict]],
+    baseline: str,
+    *,
+    label: str = "loss",
+    headings: dict[str, str] | None = None,
+) -> str:
     """A markdown table of :func:`qfocal.detection.stats.paired_deltas` (one row per loss: ``mean [95 % CI]`` of
-    each metric, APs in percentage points), then one line per loss saying which intervals exclude 0."""
+    each metric, APs and mAPs in percentage points), then one line per loss saying which intervals exclude 0.
+    ``label`` and ``headings`` as in :func:`format_table`."""
     if not deltas:
         return ""
+    headings = _HEADINGS if headings is None else headings
     keys = list(next(iter(deltas.values())))
-    cols = [_HEADINGS.get(k, k) for k in keys]
-    lines = [f"| loss − {baseline} | n | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    cols = [headings.get(k, k) for k in keys]
+    lines = [f"| {label} − {baseline} | n | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for loss, d in deltas.items():
         n = max((v["n"] for v in d.values()), default=0)
         lines.append(f"| {loss} | {n} | " + " | ".join(_fmt_delta(d[k], k) for k in keys) + " |")
@@ -213,12 +286,8 @@ def _pooled_score_iou(
 
 
 def _write_summary(out, base, losses, seeds, threads, summary, seconds, runs, wall) -> dict:
-    """Write compare.md / .json / .png and compare_score_iou.png for the runs finished so far; return the JSON
-    content."""
-    done = {k: v for k, v in summary.items() if v["AP"]}
-    table = format_table(done, {k: seconds[k] for k in done})
-    baseline = losses[0]
-    deltas = paired_deltas(runs, baseline, COMPARE_KEYS) if baseline in done else {}
+    """Write compare.md / .json / .png (:func:`write_compare`) and compare_score_iou.png for the runs finished so
+    far; return the JSON content."""
     machine = f"{platform.machine()}, {threads} threads per run, torch {torch.__version__}"
     finished = f"{len(runs)} of {len(losses) * len(seeds)} runs"
     header = (
@@ -227,55 +296,124 @@ def _write_summary(out, base, losses, seeds, threads, summary, seconds, runs, wa
         f"{base.epochs} epochs, imgsz {base.imgsz}, batch {base.batch}, model {base.model_size}; "
         f"{machine}; wall {wall:.0f} s."
     )
+    title = (
+        f"data {Path(str(base.data)).name}, {base.epochs} epochs, imgsz {base.imgsz}, seeds {list(seeds)} "
+        f"({finished}); differences vs {losses[0]}"
+    )
+    result = write_compare(
+        out,
+        FCOS_METRICS,
+        names=losses,
+        seeds=seeds,
+        runs=runs,
+        summary=summary,
+        seconds=seconds,
+        config=dataclasses.asdict(base),
+        threads=threads,
+        wall=wall,
+        header=header,
+        title=title,
+    )
+    from .plots import plot_compare_score_iou
+
+    done = [loss for loss in losses if summary[loss][FCOS_METRICS.keys[0]]]
+    plot_compare_score_iou(
+        _pooled_score_iou(out, runs, done),
+        out / "compare_score_iou.png",
+        title=f"val detections on an object, pooled over seeds ({finished})",
+    )
+    return result
+
+
+def write_compare(
+    out: Path,
+    metrics: CompareMetrics,
+    *,
+    names: Sequence[str],
+    seeds: Sequence[int],
+    runs: list[dict],
+    summary: dict[str, dict[str, list[float]]],
+    seconds: dict[str, list[float]],
+    config: dict,
+    threads: int,
+    wall: float,
+    header: str,
+    title: str,
+    label: str = "loss",
+    extra: dict | None = None,
+) -> dict:
+    """Write ``out/compare.md``, ``out/compare.json`` and ``out/compare.png`` for the runs finished so far.
+
+    The one writer of every compare (the FCOS harness's and the frameworks'). The first of ``names`` is the
+    baseline: the other names' per-seed differences of ``metrics.keys`` from it are averaged with a Student-t
+    95 % interval (:func:`qfocal.detection.stats.paired_deltas`).
+
+    Args:
+        out: the compare's folder.
+        metrics: what to report (:class:`CompareMetrics`).
+        names: the compared losses (or variants) in order, the baseline first.
+        seeds: the seeds of the compare.
+        runs: one mapping per finished run: ``loss`` (its name), ``seed``, each metric of ``metrics.keys`` and
+            anything else to keep in ``compare.json``.
+        summary: ``{name: {metric: [value per finished run]}}``.
+        seconds: ``{name: [seconds per finished run]}``.
+        config, threads, wall: recorded in ``compare.json`` (``config``, ``threads``, ``wall_s``).
+        header: the first paragraph of ``compare.md``; title: the title of ``compare.png``.
+        label: the title of the first column (``loss``; a variant's meaning for the frameworks).
+        extra: more top-level keys of ``compare.json``.
+
+    Returns:
+        the content of ``compare.json`` (with nan where the file has ``null``): ``config``, ``losses``,
+        ``baseline``, ``seeds``, ``threads``, ``units``, ``runs``, ``summary`` (per name ``runs``, ``mean``,
+        ``std`` and, for all but the baseline, ``delta_vs_baseline``: ``{metric: {"mean", "ci95_low",
+        "ci95_high", "n"}}``), ``wall_s``, ``table``, then ``extra``.
+    """
+    first = metrics.keys[0]
+    done = {k: v for k, v in summary.items() if v[first]}
+    table = format_table(
+        done, {k: seconds[k] for k in done}, keys=metrics.table, label=label, headings=metrics.headings
+    )
+    baseline = names[0]
+    deltas = paired_deltas(runs, baseline, metrics.keys) if baseline in done else {}
     text = header + "\n\n" + table + "\n"
     if deltas:
         text += (
             f"\nPaired differences from {baseline} (same seed): mean [95 % CI, Student t] over the seeds both "
-            "finished; APs in percentage points, correlations in their own units.\n\n"
-            + format_deltas(deltas, baseline)
+            f"finished; {metrics.delta_units}.\n\n"
+            + format_deltas(deltas, baseline, label=label, headings=metrics.headings)
             + "\n"
         )
     (out / "compare.md").write_text(text)
-    per_loss: dict[str, dict] = {}
-    for loss in losses:
-        vals = summary[loss]
+    per_name: dict[str, dict] = {}
+    for name in names:
+        vals = summary[name]
         entry: dict = {
-            "runs": len(vals["AP"]),
-            "mean": {k: float(np.mean(vals[k])) if vals[k] else math.nan for k in COMPARE_KEYS},
+            "runs": len(vals[first]),
+            "mean": {k: float(np.mean(vals[k])) if vals[k] else math.nan for k in metrics.keys},
             "std": {
-                k: float(np.std(vals[k], ddof=1)) if len(vals[k]) > 1 else math.nan for k in COMPARE_KEYS
+                k: float(np.std(vals[k], ddof=1)) if len(vals[k]) > 1 else math.nan for k in metrics.keys
             },
         }
-        if loss in deltas:
-            entry["delta_vs_baseline"] = deltas[loss]
-        per_loss[loss] = entry
+        if name in deltas:
+            entry["delta_vs_baseline"] = deltas[name]
+        per_name[name] = entry
     result = {
-        "config": dataclasses.asdict(base),
-        "losses": list(losses),
+        "config": config,
+        "losses": list(names),
         "baseline": baseline,
         "seeds": [int(s) for s in seeds],
         "threads": threads,
-        "units": (
-            "runs, mean, std: APs as fractions in [0, 1] (-1: no ground truth of that size), correlations in "
-            "[-1, 1]; delta_vs_baseline: loss minus baseline per seed, APs in percentage points, correlations in "
-            "their own units, 95 % Student-t interval"
-        ),
+        "units": metrics.json_units,
         "runs": runs,
-        "summary": per_loss,
+        "summary": per_name,
         "wall_s": wall,
         "table": table,
+        **(extra or {}),
     }
     (out / "compare.json").write_text(json.dumps(json_ready(result), indent=2) + "\n")
-    from .plots import plot_compare, plot_compare_score_iou
+    from .plots import plot_compare
 
-    title = (
-        f"data {Path(str(base.data)).name}, {base.epochs} epochs, imgsz {base.imgsz}, seeds {list(seeds)} "
-        f"({finished}); differences vs {baseline}"
-    )
-    plot_compare(done, out / "compare.png", title=title, deltas=deltas)
-    plot_compare_score_iou(
-        _pooled_score_iou(out, runs, list(done)),
-        out / "compare_score_iou.png",
-        title=f"val detections on an object, pooled over seeds ({finished})",
+    plot_compare(
+        done, out / "compare.png", title=title, deltas=deltas, keys=metrics.bars, ylabel=metrics.axis
     )
     return result

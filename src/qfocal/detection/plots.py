@@ -4,7 +4,7 @@ of the validation detections, and the compare charts (APs with the paired differ
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -176,26 +176,40 @@ def plot_compare(
     *,
     title: str = "",
     deltas: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    keys: Sequence[str] | None = None,
+    ylabel: str = "COCO val (%)",
 ) -> Path:
-    """Bars of mean AP per metric and loss with the standard deviation over seeds as error bars; with ``deltas``
-    (:func:`qfocal.detection.stats.paired_deltas`) two more panels: the mean paired difference from the
-    baseline with its 95 % interval, AP metrics in percentage points and the score-IoU correlations."""
+    """Bars of the mean of each metric of ``keys`` (fractions, drawn in percent) per loss with the standard
+    deviation over seeds as error bars; with ``deltas`` (:func:`qfocal.detection.stats.paired_deltas`) a panel of
+    the mean paired difference from the baseline with its 95 % interval for the fractions (APs, mAPs: percentage
+    points), and one for the other metrics (the score-IoU correlations) when ``deltas`` has any.
+
+    ``keys`` default to the COCO six and AP90 (the FCOS compare); a metric without a value >= 0 is left out
+    (pycocotools' -1: no object of that size)."""
     from .evaluate import METRIC_KEYS
     from .stats import is_percent_metric
 
     plt = _plt()
     losses = list(summary)
-    ap_keys = [*METRIC_KEYS, "AP90"]
-    keys = [k for k in ap_keys if any(v >= 0 for loss in losses for v in summary[loss].get(k, []))]
+    candidates = [*METRIC_KEYS, "AP90"] if keys is None else list(keys)
+    keys = [k for k in candidates if any(v >= 0 for loss in losses for v in summary[loss].get(k, []))]
     x = np.arange(len(keys))
     width = 0.8 / max(1, len(losses))
     deltas = {loss: d for loss, d in (deltas or {}).items() if d}
+    groups = []  # (metric names, is a fraction) of each delta panel
     if deltas:
+        names = list(next(iter(deltas.values())))
+        for percent in (True, False):
+            group = [m for m in names if is_percent_metric(m) == percent]
+            if group:
+                groups.append((group, percent))
+    if groups:
+        ratios = [len(keys) + 1] + [len(keys) + 1 if percent else 3 for _, percent in groups]
         fig, axes = plt.subplots(
             1,
-            3,
-            figsize=(1.4 * len(keys) + 9, 3.8),
-            gridspec_kw={"width_ratios": [len(keys) + 1, len(keys) + 1, 3]},
+            len(ratios),
+            figsize=(1.4 * len(keys) + 3 * len(ratios), 3.8),
+            gridspec_kw={"width_ratios": ratios},
         )
         ax = axes[0]
     else:
@@ -211,16 +225,16 @@ def plot_compare(
             label=loss,
         )
     ax.set_xticks(x, keys)
-    ax.set_ylabel("COCO val (%)")
+    ax.set_ylabel(ylabel)
     ax.legend()
-    if deltas:
+    if groups:
         fig.suptitle(title, fontsize=9)
         colours = {loss: f"C{i}" for i, loss in enumerate(losses)}
-        for ax_d, percent in ((axes[1], True), (axes[2], False)):
-            names = [m for m in next(iter(deltas.values())) if is_percent_metric(m) == percent]
+        for ax_d, (names, percent) in zip(axes[1:], groups, strict=True):
             _delta_panel(ax_d, deltas, names, colours)
+            unit = "mAP" if all(m.startswith("mAP") for m in names) else "AP"
             ax_d.set_ylabel(
-                "paired difference vs baseline (AP points)" if percent else "difference in correlation"
+                f"paired difference vs baseline ({unit} points)" if percent else "difference in correlation"
             )
         axes[1].set_title("mean per-seed difference, 95 % CI", fontsize=9)
     else:

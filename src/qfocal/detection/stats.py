@@ -125,9 +125,10 @@ def mean_ci95(values: Iterable[float]) -> dict[str, float]:
 
 
 def is_percent_metric(metric: str) -> bool:
-    """Whether ``metric`` is a COCO AP (``AP``, ``AP50``, ``APs``, ``AP90``...): a fraction in [0, 1] that tables
-    show in percent and where pycocotools' ``-1`` means no ground truth in that size range."""
-    return metric.startswith("AP")
+    """Whether ``metric`` is a COCO AP (``AP``, ``AP50``, ``APs``, ``AP90``...) or a YOLO framework's mAP
+    (``mAP50``, ``mAP50-95``): a fraction in [0, 1] that tables show in percent and where pycocotools' ``-1``
+    means no ground truth in that size range."""
+    return metric.startswith(("AP", "mAP"))
 
 
 def _value(run: Mapping, metric: str) -> float:
@@ -160,7 +161,7 @@ def paired_deltas(
         baseline: the loss the others are compared with.
         metrics: the metric names to compare.
         percent: the metrics held as fractions (scaled by 100, ``-1`` skipped); default: those whose name starts
-            with ``AP`` (:func:`is_percent_metric`).
+            with ``AP`` or ``mAP`` (:func:`is_percent_metric`).
 
     Returns:
         ``{loss: {metric: {"mean", "ci95_low", "ci95_high", "n"}}}`` for every loss other than ``baseline``, in
