@@ -39,8 +39,9 @@ def _cfg(data, out, **kw) -> TrainConfig:
 
 def test_second_run_on_the_same_out_is_refused(data, tmp_path):
     out = tmp_path / "run"
-    with run_lock(out), pytest.raises(
-        RunLockedError, match=rf"{out} is in use by another qfocal run \(pid {os.getpid()} "
+    with (
+        run_lock(out),
+        pytest.raises(RunLockedError, match=rf"{out} is in use by another qfocal run \(pid {os.getpid()} "),
     ):
         train(_cfg(data, out), log=lambda m: None)
     train(_cfg(data, out), log=lambda m: None)  # the lock went with the block
