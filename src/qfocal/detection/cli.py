@@ -16,6 +16,7 @@ _NEEDS = ("numpy", "PIL", "torchvision", "pycocotools", "yaml", "tqdm", "matplot
 DEMO = {
     "synth_images": 450,
     "epochs": 14,
+    "eval_every": 7,  # COCO evaluation (with the quality diagnostics) twice a run: the demo stays within 10 min
     "imgsz": 128,
     "batch": 16,
     "seeds": (0, 1, 2),
@@ -383,6 +384,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data="synthetic",
         epochs=DEMO["epochs"],
+        eval_every=DEMO["eval_every"],
         imgsz=DEMO["imgsz"],
         batch=DEMO["batch"],
         synth_images=DEMO["synth_images"],
