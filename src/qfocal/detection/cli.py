@@ -12,7 +12,7 @@ from .config import AMP_CHOICES, HARNESS_LOSSES, MODEL_SIZES, ConfigError, Train
 
 _NEEDS = ("numpy", "PIL", "torchvision", "pycocotools", "yaml", "tqdm", "matplotlib")
 
-# The demo: sized to finish (data generation included) within 15 minutes on 2 CPU cores.
+# The demo: sized to finish (data generation included) within 10 minutes on 2 CPU cores.
 DEMO = {
     "synth_images": 450,
     "epochs": 14,
