@@ -77,7 +77,7 @@ _SCRIPT = textwrap.dedent(
     x3 = torch.randn(2, 7, 5, generator=gen) * 2  # 3-D logits, per-anchor weight (2, 7)
     t3 = torch.rand(2, 7, 5, generator=gen) * (torch.rand(2, 7, 5, generator=gen) < 0.3)
     check("vfl 3-D per-anchor weight", "vfl", x3, t3, 1e-5, weight=torch.rand(2, 7, generator=gen), avg_factor=3.0)
-    check("focal dense non-contiguous", "focal", xt, tt, 1e-5, weight=torch.rand(423, generator=gen))
+    check("focal dense non-contiguous", "focal", xt, tt, 1e-5, weight=torch.rand(1, 423, generator=gen))
     # 0 < gamma < 1 where the target is (within an ulp of) the prediction: |t - p| ** 0.3 is steep there, so
     # only finiteness is comparable across sigmoid implementations (exact ties are tested on eager)
     xe = torch.linspace(-4, 4, 12).reshape(3, 4).requires_grad_()
