@@ -54,13 +54,38 @@ _EXTRAS = {
 }
 
 
+def missing_extras(*modules: str) -> str | None:
+    """``"needs X, Y: pip install "qfocal[extra]""`` for the ``modules`` that cannot be imported, or None."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    extras = sorted({_EXTRAS.get(m, "integrations") for m in missing})
+    return f"needs {', '.join(missing)}: pip install " + " ".join(f'"qfocal[{e}]"' for e in extras)
+
+
 def require(*modules: str, what: str) -> None:
     """Raise :class:`CommandError` naming the extra to install if any of ``modules`` cannot be imported."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        extras = sorted({_EXTRAS.get(m, "integrations") for m in missing})
-        hint = " ".join(f'"qfocal[{e}]"' for e in extras)
-        raise CommandError(f"{what} needs {', '.join(missing)}: pip install {hint}")
+    message = missing_extras(*modules)
+    if message:
+        raise CommandError(f"{what} {message}")
+
+
+def device_arg(text: str) -> str:
+    """An argparse ``type`` for ``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, and a device this machine
+    has (checked before any expensive work)."""
+    import torch
+
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r} asked for, but this machine has no CUDA GPU")
+    return text
 
 
 def report(prog: str, exc: CommandError) -> int:

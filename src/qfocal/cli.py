@@ -17,24 +17,23 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from ._cli import ArgumentParser, CommandError, add_command, report
+from ._cli import ArgumentParser, CommandError, add_command, missing_extras, report
 
-# module: (the modules it needs beyond torch, its extra, the commands it registers)
+# module: (the modules it needs beyond torch, the commands it registers); the extra that brings them is named
+# by qfocal._cli.missing_extras
 _COMMAND_MODULES = {
-    "qfocal.cli_losses": ((), "", ("table", "plot")),
-    "qfocal.bench.cli": ((), "", ("bench",)),
+    "qfocal.cli_losses": ((), ("table", "plot")),
+    "qfocal.bench.cli": ((), ("bench",)),
     "qfocal.detection.cli": (
         ("numpy", "PIL", "torchvision", "pycocotools"),
-        "harness",
         ("data", "train", "evaluate", "compare", "demo"),
     ),
-    "qfocal.integrations.cli": ((), "", ("yolov5-train", "ultralytics-train")),
+    "qfocal.integrations.cli": ((), ("yolov5-train", "ultralytics-train")),
 }
 
 
-def _register_missing(sub, commands: tuple[str, ...], missing: list[str], extra: str) -> None:
+def _register_missing(sub, commands: tuple[str, ...], message: str) -> None:
     """Commands whose extra is not installed: listed, and each says what to install."""
-    message = f'needs {", ".join(missing)}: pip install "qfocal[{extra}]"'
 
     def fail(args: argparse.Namespace) -> int:
         raise CommandError(message)
@@ -52,10 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"qfocal {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (needs, extra, commands) in _COMMAND_MODULES.items():
-        missing = [m for m in needs if importlib.util.find_spec(m) is None]
-        if missing:
-            _register_missing(sub, commands, missing, extra)
+    for name, (needs, commands) in _COMMAND_MODULES.items():
+        message = missing_extras(*needs)
+        if message:
+            _register_missing(sub, commands, message)
         else:
             importlib.import_module(name).register(sub)
     return parser

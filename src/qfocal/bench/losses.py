@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._cli import device_arg
+
 DEFAULT_SHAPES = ((134400, 80), (40000, 1203), (4096, 20))
 QUICK_SHAPES = ((4096, 20),)
 DEFAULT_DTYPES = ("float32", "bfloat16")
@@ -328,18 +330,6 @@ def _positive(kind: type):
     return parse
 
 
-def _parse_device(text: str) -> str:
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"expected a device this machine has, got {text!r} (no CUDA here)")
-    if device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
-    return text
-
-
 def _parse_list(text: str, valid: Sequence[str], what: str) -> list[str]:
     items = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in items if s not in valid]
@@ -382,7 +372,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="seconds per case before repeats are cut (>= 3 kept)",
     )
     parser.add_argument(
-        "--device", type=_parse_device, default=None, help="cpu or cuda (default: cuda if available)"
+        "--device", type=device_arg, default=None, help="cpu or cuda (default: cuda if available)"
     )
     parser.add_argument(
         "--threads",

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from .._cli import CommandError, add_command, loss_arg, loss_list_arg, require
+from .._cli import CommandError, add_command, device_arg, loss_arg, loss_list_arg, require
 from .config import AMP_CHOICES, HARNESS_LOSSES, MODEL_SIZES, ConfigError, TrainConfig
 
 _NEEDS = ("numpy", "PIL", "torchvision", "pycocotools", "yaml", "tqdm", "matplotlib")
@@ -81,7 +81,7 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
         choices=AMP_CHOICES,
         help="autocast: auto = bf16 on GPUs (fp16 without bf16) and on CPUs with AMX/AVX512-BF16, else off",
     )
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device_arg, default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--threads",
         type=int,
@@ -127,7 +127,6 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
 
 def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
     """The run's config from the command line, validated before any expensive work (usage errors: exit 2)."""
-    _check_device(args.device)
     if args.amp == "fp16" and (args.device == "cpu" or not _cuda_available()):
         raise CommandError("--amp fp16: fp16 autocast is for CUDA; use bf16 or off on the CPU", usage=True)
     out = Path(args.out)
@@ -167,23 +166,6 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _check_device(spec: str) -> None:
-    import torch
-
-    if spec == "auto":
-        return
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise CommandError(
-            f"--device: expected auto, cpu, cuda or cuda:N, got {spec!r}", usage=True
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CommandError(f"--device: {spec!r} asked for, but this machine has no CUDA GPU", usage=True)
-    if device.type not in ("cpu", "cuda"):
-        raise CommandError(f"--device: expected auto, cpu, cuda or cuda:N, got {spec!r}", usage=True)
 
 
 def _running(what: str, fn, *args, **kwargs):
@@ -246,7 +228,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    _check_device(args.device)
     from .evaluate import json_ready
     from .train import evaluate_checkpoint
 
@@ -446,7 +427,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--weights", required=True, help="a last.pt written by qfocal train")
     e.add_argument("--data", default=None, help="dataset (default: the one it was trained on)")
     e.add_argument("--skip-bad", action="store_true")
-    e.add_argument("--device", default="auto")
+    e.add_argument("--device", type=device_arg, default="auto")
 
     c = add_command(
         subparsers,

@@ -212,12 +212,14 @@ def _write_history(history: list[dict], path: Path) -> None:
         return
     # Every key of every row: a run resumed from an older checkpoint has rows without the newer columns (AP90).
     keys = list(dict.fromkeys(k for row in history for k in row))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys, restval="")
-        w.writeheader()
-        w.writerows(history)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys, restval="")
+            w.writeheader()
+            w.writerows(history)
+
+    _write_atomic(path, write)
 
 
 @dataclasses.dataclass

@@ -152,16 +152,19 @@ def _backward(ctx, grad_loss: Optional[Tensor], _grad_of_grad: Optional[Tensor])
     return tuple(grads.values())
 
 
+def _saved(ctx) -> dict:
+    return dict(zip(_TENSORS, ctx.saved_tensors, strict=True))
+
+
 def _logits_grad(ctx, grad_loss: Tensor) -> Tensor:
     if torch.compiler.is_compiling():
         return ctx.grad * grad_loss  # traced by AOTAutograd: Inductor plans the memory itself
-    tensors = dict(zip(_TENSORS, ctx.saved_tensors, strict=True))
     if torch.is_grad_enabled():  # create_graph=True: differentiate the reference math instead
-        return _reference_grad(ctx, tensors, grad_loss, create_graph=True)
+        return _reference_grad(ctx, _saved(ctx), grad_loss, create_graph=True)
     # Hand the saved buffer itself to autograd (no second N x C tensor); a later backward through the same
     # graph (retain_graph=True) recomputes it with the same kernel, so both give the same bits.
     if ctx.consumed:
-        _, grad = _forward_impl(**tensors, **{**ctx.attrs, "need_grad": True})
+        _, grad = _forward_impl(**_saved(ctx), **{**ctx.attrs, "need_grad": True})
     else:
         grad, ctx.grad, ctx.consumed = ctx.grad, None, True
     if grad_loss.numel() != 1:
