@@ -33,14 +33,13 @@ def _variant_of(loss: str, gain) -> str:
 
 
 class FakeYOLOv5:
-    """Stands in for qfocal.integrations.yolov5.train: records each call, writes a results.csv in YOLOv5's format
-    into the run folder and hands the final validation to on_train_end, as YOLOv5's train does."""
+    """Stands in for qfocal.integrations.yolov5.train: records each call and writes a results.csv in YOLOv5's
+    format (one row per epoch's validation; the last epoch's is not the best) into the run folder."""
 
-    def __init__(self, *, callback: bool = True) -> None:
+    def __init__(self) -> None:
         self.calls: list[dict] = []
-        self.callback = callback
 
-    def __call__(self, *, data, cfg, hyp, callbacks=None, **opts):
+    def __call__(self, *, data, cfg, hyp, **opts):
         self.calls.append(
             {"data": data, "cfg": cfg, "hyp": dict(hyp), "threads": torch.get_num_threads(), **opts}
         )
@@ -49,14 +48,11 @@ class FakeYOLOv5:
         m50, m95 = _MAP[(_variant_of(hyp["obj_loss"], hyp["obj_gain"]), opts["seed"])]
         keys = ["epoch", "train/box_loss", "metrics/precision", "metrics/recall", "metrics/mAP_0.5"]
         keys.append("metrics/mAP_0.5:0.95")
-        rows = [[0, 0.1, 0.5, 0.4, m50 / 2, m95 / 2], [1, 0.09, 0.6, 0.5, m50, m95]]
+        rows = [[0, 0.1, 0.5, 0.4, m50 / 2, m95 / 2], [1, 0.09, 0.7, 0.6, m50 + 0.1, m95 + 0.1]]
+        rows.append([2, 0.08, 0.6, 0.5, m50, m95])
         text = ",".join(f"{k:>20s}" for k in keys) + "\n"
         text += "".join(",".join(f"{v:20.5g}" for v in row) + "\n" for row in rows)
         (save_dir / "results.csv").write_text(text)
-        if self.callback:
-            callbacks["on_train_end"](
-                save_dir / "last.pt", save_dir / "best.pt", 1, (0.6, 0.5, m50, m95, 0, 0, 0)
-            )
         return SimpleNamespace(save_dir=str(save_dir))
 
 
@@ -178,7 +174,7 @@ def test_yolov5_collection_resume_and_outputs(tmp_path):
     assert first["cfg"] == "yolov5n.yaml" and first["threads"] == 1 and first["workers"] == 0
     assert (first["epochs"], first["imgsz"], first["batch_size"], first["device"]) == (1, 64, 2, "cpu")
     assert Path(first["project"]) / first["name"] == (out / "bce-s0").resolve()
-    assert json.loads((out / "qfl-s1" / "metrics.json").read_text())["source"].startswith("final validation")
+    assert json.loads((out / "qfl-s1" / "metrics.json").read_text())["source"].startswith("final epoch")
 
     # resume: every finished run is reused; an unfinished one (no metrics.json) is trained again from scratch
     (out / "qfl-s1" / "metrics.json").unlink()
@@ -190,9 +186,10 @@ def test_yolov5_collection_resume_and_outputs(tmp_path):
         compare_framework("yolov5", **{**kwargs, "epochs": 2}, resume=True)
 
 
-def test_yolov5_results_csv_when_no_callback_came(tmp_path):
+def test_yolov5_user_data_and_final_epoch(tmp_path):
+    """A folder holding data.yaml is the user's data; the final epoch's row is reported, not the best one."""
     data = write_toy_dataset(tmp_path / "toy", n_train=2, n_val=1, imgsz=32)
-    fake = FakeYOLOv5(callback=False)
+    fake = FakeYOLOv5()
     result = compare_framework(
         "yolov5",
         losses=["bce", "qfl"],
@@ -210,7 +207,7 @@ def test_yolov5_results_csv_when_no_callback_came(tmp_path):
     assert fake.calls[0]["data"] == str(data.resolve()) and fake.calls[0]["cfg"] == "yolov5s.yaml"
     assert [r["mAP50"] for r in result["runs"]] == pytest.approx([_MAP[("bce", 0)][0], _MAP[("qfl", 0)][0]])
     record = json.loads((tmp_path / "cmp" / "qfl-s0" / "metrics.json").read_text())
-    assert record["source"] == "results.csv, last row" and record["precision"] == pytest.approx(0.6)
+    assert "results.csv, last row" in record["source"] and record["precision"] == pytest.approx(0.6)
     assert result["summary"]["qfl"]["delta_vs_baseline"]["mAP50"]["n"] == 1
 
 
@@ -244,6 +241,7 @@ def test_ultralytics_collection_and_outputs(tmp_path):
         ("qfl", 1.0),
     ]
     assert fake.calls[0]["model"] == "yolov8n.yaml" and fake.calls[0]["plots"] is True
+    assert fake.calls[0]["val"] is False  # the final epoch is validated and reported
     assert result["runs"][0]["precision"] == pytest.approx(0.6)
 
 

@@ -16,9 +16,10 @@ Which term a variant sets:
 
 Every run is offline (the integrations' offline mode), trains from scratch from the model yaml, writes into
 ``OUT/<variant>-s<seed>/`` and, when it has finished, ``OUT/<variant>-s<seed>/metrics.json``; ``resume=True``
-reuses the runs that have one. The metrics are those of the framework's final validation of ``best.pt``: the
-results YOLOv5's ``train`` hands to ``on_train_end`` (``results.csv``'s last row if none came), Ultralytics'
-``trainer.metrics`` (``metrics/mAP50(B)``, ``metrics/mAP50-95(B)``).
+reuses the runs that have one. The metrics are those of the framework's own validation of the final epoch's
+weights, not of the epoch that scored best on the same validation images (a choice that favours noisy runs):
+YOLOv5's ``results.csv``, last row; Ultralytics trained with ``val=False`` (validation of the final epoch only, so
+``best.pt`` is the last epoch), ``trainer.metrics`` (``metrics/mAP50(B)``, ``metrics/mAP50-95(B)``).
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ FRAMEWORK_METRICS = CompareMetrics(
     axis="val mAP (%)",
     delta_units="mAPs in percentage points",
     json_units=(
-        "runs, mean, std: mAP50 and mAP50-95 as fractions in [0, 1], from the framework's final validation of "
-        "best.pt; delta_vs_baseline: variant minus baseline per seed, in percentage points, 95 % Student-t "
+        "runs, mean, std: mAP50 and mAP50-95 as fractions in [0, 1], from the framework's validation of the "
+        "final epoch; delta_vs_baseline: variant minus baseline per seed, in percentage points, 95 % Student-t "
         "interval"
     ),
 )
@@ -253,35 +254,28 @@ def _pinned_threads(n: int, framework: str) -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------------------
 # One run per framework: train, return the final validation's metrics
 # ----------------------------------------------------------------------------------------------------------
-def _yolov5_metrics(captured: dict, save_dir: Path) -> dict[str, Any]:
-    if "results" in captured:  # (precision, recall, mAP50, mAP50-95, val losses...) of best.pt
-        p, r, map50, map5095 = captured["results"][:4]
-        source = "final validation of best.pt (on_train_end)"
-    else:
-        csv = save_dir / "results.csv"
-        if not csv.is_file():
-            raise RuntimeError(f"YOLOv5 finished without validation results (no {csv})")
-        lines = [line for line in csv.read_text().splitlines() if line.strip()]
-        row = dict(zip((k.strip() for k in lines[0].split(",")), lines[-1].split(","), strict=False))
-        p, r, map50, map5095 = (
-            row[k] for k in ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95")
-        )
-        source = "results.csv, last row"
+def _yolov5_metrics(save_dir: Path) -> dict[str, Any]:
+    """The final epoch's validation (YOLOv5 validates the EMA weights after every epoch): the trained model, not the
+    epoch that scored best on the very images it is reported on."""
+    csv = save_dir / "results.csv"
+    if not csv.is_file():
+        raise RuntimeError(f"YOLOv5 finished without validation results (no {csv})")
+    lines = [line for line in csv.read_text().splitlines() if line.strip()]
+    row = dict(zip((k.strip() for k in lines[0].split(",")), lines[-1].split(","), strict=False))
+    p, r, map50, map5095 = (
+        row[k] for k in ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95")
+    )
     return {
         "mAP50": float(map50),
         "mAP50-95": float(map5095),
         "precision": float(p),
         "recall": float(r),
-        "source": source,
+        "source": "final epoch's validation (results.csv, last row)",
     }
 
 
 def _train_yolov5(train_fn, variant: Variant, seed: int, run_dir: Path, s: dict) -> dict[str, Any]:
-    captured: dict = {}
-
-    def on_train_end(last, best, epoch, results):
-        captured["results"] = [float(x) for x in results]
-
+    # YOLOv5 7.0's noval crashes on non-final epochs, so it validates every epoch; the last one is reported.
     opt = train_fn(
         data=str(s["data"]),
         cfg=s["model"],
@@ -296,9 +290,8 @@ def _train_yolov5(train_fn, variant: Variant, seed: int, run_dir: Path, s: dict)
         name=run_dir.name,
         exist_ok=True,
         noplots=not s["plots"],
-        callbacks={"on_train_end": on_train_end},
     )
-    return _yolov5_metrics(captured, Path(getattr(opt, "save_dir", run_dir)))
+    return _yolov5_metrics(Path(getattr(opt, "save_dir", run_dir)))
 
 
 def _train_ultralytics(train_fn, variant: Variant, seed: int, run_dir: Path, s: dict) -> dict[str, Any]:
@@ -317,6 +310,7 @@ def _train_ultralytics(train_fn, variant: Variant, seed: int, run_dir: Path, s: 
         name=run_dir.name,
         exist_ok=True,
         plots=s["plots"],
+        val=False,  # validate the final epoch only: faster, and the trained model is what gets reported
     )
     m = dict(getattr(trainer, "metrics", None) or {})
     missing = [k for k in ("metrics/mAP50(B)", "metrics/mAP50-95(B)") if k not in m]
@@ -329,7 +323,7 @@ def _train_ultralytics(train_fn, variant: Variant, seed: int, run_dir: Path, s: 
         "mAP50-95": float(m["metrics/mAP50-95(B)"]),
         "precision": float(m.get("metrics/precision(B)", math.nan)),
         "recall": float(m.get("metrics/recall(B)", math.nan)),
-        "source": "final validation of best.pt (trainer.metrics)",
+        "source": "final epoch's validation (val=False: best.pt is the last epoch; trainer.metrics)",
     }
 
 
@@ -661,8 +655,8 @@ def _write(out, framework, variants, seeds, threads, s, summary, seconds, runs, 
         f"{platform.machine()}, device {s['device']}, {threads} threads per run, torch {torch.__version__}"
     )
     header = (
-        f"{_TITLE[framework]} {_version(framework)}: mAP50 and mAP50-95 in percent from its own final validation of "
-        f"best.pt, mean ± sample std over seeds {list(seeds)} ({finished}). Each variant sets the {word} criterion "
+        f"{_TITLE[framework]} {_version(framework)}: mAP50 and mAP50-95 in percent from its own validation of the "
+        f"final epoch, mean ± sample std over seeds {list(seeds)} ({finished}). Each variant sets the {word} criterion "
         f"({term}_loss, {term}_gain; {other}): a name alone is balanced to BCE's gradient norm (gain auto), @1 is "
         f"the unbalanced loss. Data {s['data']}; model {s['model']}{scratch}; {s['epochs']} epochs, imgsz "
         f"{s['imgsz']}, batch {s['batch']}; {machine}; wall {wall:.0f} s."
