@@ -211,6 +211,49 @@ def test_yolov5_user_data_and_final_epoch(tmp_path):
     assert result["summary"]["qfl"]["delta_vs_baseline"]["mAP50"]["n"] == 1
 
 
+def test_train_args_reach_hyp_options_and_overrides(tmp_path):
+    """--train-arg values are typed; YOLOv5 hyp keys go into the hyp and the others are train.py options;
+    Ultralytics takes all as overrides; the header records them and resume requires the same ones."""
+    from qfocal.detection.frameworks import parse_train_arg
+
+    assert [parse_train_arg(t) for t in ("lr0=0.001", "epochs=3", "cos_lr=true", "optimizer=AdamW")] == [
+        ("lr0", 0.001),
+        ("epochs", 3),
+        ("cos_lr", True),
+        ("optimizer", "AdamW"),
+    ]
+    assert parse_train_arg("name= none ") == ("name", None)
+    args = ["optimizer=AdamW", "lr0=0.001", "warmup_bias_lr=0"]
+    fake, out = FakeYOLOv5(), tmp_path / "v5"
+    kwargs = dict(
+        losses=["bce", "qfl"], seeds=[0], synth_images=6, epochs=1, imgsz=64, threads=1, device="cpu"
+    )
+    result = compare_framework(
+        "yolov5", **kwargs, train_args=args, out=out, log=lambda _: None, train_fn=fake
+    )
+    call = fake.calls[1]
+    assert call["optimizer"] == "AdamW" and "lr0" not in call and "optimizer" not in call["hyp"]
+    assert call["hyp"] == {
+        "lr0": 0.001,
+        "warmup_bias_lr": 0,
+        "obj_loss": "qfl",
+        "obj_gain": "auto",
+        "cls_loss": "bce",
+    }
+    assert "optimizer=AdamW lr0=0.001 warmup_bias_lr=0" in (out / "compare.md").read_text()
+    assert result["config"]["train_args"] == {"optimizer": "AdamW", "lr0": 0.001, "warmup_bias_lr": 0}
+    with pytest.raises(ConfigError, match="train_args \\{'optimizer': 'AdamW'"):
+        compare_framework("yolov5", **kwargs, out=out, resume=True, log=lambda _: None, train_fn=fake)
+
+    fake_u = FakeUltralytics()
+    compare_framework(
+        "ultralytics", **kwargs, train_args={"optimizer": "SGD", "lr0": 0.01}, out=tmp_path / "u", log=lambda _: None,
+        train_fn=fake_u,
+    )  # fmt: skip
+    assert (fake_u.calls[0]["optimizer"], fake_u.calls[0]["lr0"]) == ("SGD", 0.01)
+    assert fake_u.calls[0]["val"] is False and fake_u.calls[0]["epochs"] == 1
+
+
 def test_ultralytics_collection_and_outputs(tmp_path):
     """Variants set cls_loss / cls_gain; the pinned thread count holds through Ultralytics' select_device (which
     sets its own NUM_THREADS, min(8, cores - 1)); trainer.metrics are collected."""
@@ -289,6 +332,12 @@ def _cli(argv: list[str], capsys) -> tuple[int, str]:
         (["--model", "yolov5n.yaml"], "--model: for --framework yolov5 or ultralytics"),
         (["--losses", "bce"], "argument --losses: expected one of focal"),  # FCOS: its own heads only
         (["--losses", "qfl,qfocal"], "argument --losses: expected each loss once"),
+        (["--train-arg", "optimizer=SGD"], "--train-arg: for --framework yolov5 or ultralytics"),
+        (["--framework", "yolov5", "--train-arg", "lr0"], "train_args: expected KEY=VALUE"),
+        (["--framework", "yolov5", "--train-arg", "epochs=3"], "train_args: epochs is set by the compare"),
+        (["--framework", "yolov5", "--train-arg", "lr_0=0.1"], "got unknown lr_0"),
+        (["--framework", "ultralytics", "--train-arg", "val=True"], "train_args: val is set by the compare"),
+        (["--framework", "ultralytics", "--train-arg", "optimiser=SGD"], "got unknown optimiser"),
     ],
 )
 def test_command_refuses_bad_arguments_in_one_line(tmp_path, capsys, argv, match):

@@ -12,7 +12,10 @@ from qfocal.detection.stats import (
     describe_delta,
     excludes_zero,
     mean_ci95,
+    noise_line,
     paired_deltas,
+    paired_sd,
+    seeds_for_halfwidth,
     significance_line,
     t_quantile,
 )
@@ -122,3 +125,26 @@ def test_mean_ci95_edges_and_bad_runs():
         paired_deltas([{"loss": "qfl", "seed": 0}, {"loss": "qfl", "seed": 0}], "qfl", ["AP"])
     with pytest.raises(ValueError, match="expected mappings with 'loss' and 'seed'"):
         paired_deltas([{"loss": "qfl"}], "qfl", ["AP"])
+
+
+def test_seeds_for_halfwidth_and_the_noise_line():
+    """The planner inverts the interval: the sd recovered from an interval is the sample sd, and the n it picks is
+    the first whose half-width t_{0.975, n-1} * sd / sqrt(n) is at most the target (checked against scipy)."""
+    diffs = [1.0, 4.0, -2.0, 3.0, 0.5, 2.5]
+    d = mean_ci95(diffs)
+    assert paired_sd(d) == pytest.approx(float(np.std(diffs, ddof=1)), rel=1e-9)
+    for sd, target in [(1.0, 1.0), (2.0, 1.0), (2.8, 1.0), (0.5, 1.0), (3.0, 0.5)]:
+        n = seeds_for_halfwidth(sd, target)
+        half = [float(scipy_stats.t.ppf(0.975, k - 1)) * sd / math.sqrt(k) for k in (n - 1, n)]
+        assert half[1] <= target and (n == 2 or half[0] > target), (sd, target, n)
+    assert (seeds_for_halfwidth(1.0), seeds_for_halfwidth(2.0), seeds_for_halfwidth(0.0)) == (7, 18, 2)
+    assert seeds_for_halfwidth(100.0, 0.01, n_max=50) == 50
+    with pytest.raises(ValueError, match="sd: expected a finite number >= 0"):
+        seeds_for_halfwidth(float("nan"))
+    with pytest.raises(ValueError, match="halfwidth: expected a finite number > 0"):
+        seeds_for_halfwidth(1.0, 0.0)
+    sd = float(np.std(diffs, ddof=1))
+    line = noise_line("qfl", d, "AP")
+    assert line.startswith("qfl, AP: half-width 2.3 points (sd 2.1, n=6)") and f"needs about {seeds_for_halfwidth(sd)} seeds" in line
+    assert "reached" in noise_line("vfl", mean_ci95([1.0, 1.1, 0.9, 1.0]), "AP")
+    assert "no interval yet" in noise_line("gfl", mean_ci95([1.0]), "AP") and math.isnan(paired_sd(mean_ci95([1.0])))

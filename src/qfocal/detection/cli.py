@@ -300,6 +300,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise CommandError(
             "--model: for --framework yolov5 or ultralytics; the FCOS harness takes --model-size", usage=True
         )
+    if args.train_arg:
+        raise CommandError(
+            "--train-arg: for --framework yolov5 or ultralytics; the FCOS harness has its own options",
+            usage=True,
+        )
     _apply_preset(args)
     try:
         losses = loss_list_arg(HARNESS_LOSSES)(",".join(args.losses or FCOS_LOSSES))
@@ -345,6 +350,7 @@ def _compare_framework(args: argparse.Namespace) -> int:
             synth_seed=cfg.synth_seed,
             synth_difficulty=cfg.synth_difficulty,
             plots=cfg.plots,
+            train_args=args.train_arg or (),
             out=cfg.out,
         )
     except ConfigError as exc:
@@ -456,6 +462,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "focal_noctr (default focal,qfl,vfl). YOLOv5 / Ultralytics: bce, focal, qfl, vfl, each balanced to BCE "
         "(gain auto) or with @GAIN, @1 or -unbalanced = unbalanced (default bce,qfl,vfl); YOLOv5 sets the "
         "objectness loss (classification stays BCE), Ultralytics the classification loss",
+    )
+    c.add_argument(
+        "--train-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        default=None,
+        help="with --framework yolov5 / ultralytics, repeatable: a training setting for every run; YOLOv5: a hyp "
+        "key (lr0=0.001) or a train.py option (optimizer=AdamW); Ultralytics: an override (optimizer=SGD)",
     )
     c.add_argument(
         "--seeds", type=_parse_seeds, default=[0, 1, 2], help="a count (3 = seeds 0,1,2) or a list"

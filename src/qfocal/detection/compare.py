@@ -22,7 +22,7 @@ from .._names import loss_name
 from ..data.synth import prepare_synthetic
 from .config import HARNESS_LOSSES, ConfigError, TrainConfig
 from .evaluate import METRIC_KEYS, QUALITY_KEYS, json_ready
-from .stats import is_percent_metric, paired_deltas, significance_line
+from .stats import is_percent_metric, noise_line, paired_deltas, significance_line
 from .train import pick_threads, run_lock, train
 
 __all__ = [
@@ -162,6 +162,18 @@ def format_deltas(
         lines.append(f"| {loss} | {n} | " + " | ".join(_fmt_delta(d[k], k) for k in keys) + " |")
     lines.append("")
     lines += [f"- {significance_line(loss, baseline, d)}" for loss, d in deltas.items()]
+    headline = next((k for k in ("AP", "mAP50-95") if k in keys), None)
+    if headline is not None:
+        lines += [
+            "",
+            f"Noise of the paired {headings.get(headline, headline)} differences (seeds for a ± 1.0-point 95 % "
+            "interval at the measured sd):",
+            "",
+        ]
+        lines += [
+            f"- {noise_line(loss, d[headline], headings.get(headline, headline))}"
+            for loss, d in deltas.items()
+        ]
     return "\n".join(lines)
 
 

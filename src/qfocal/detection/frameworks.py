@@ -32,8 +32,9 @@ import json
 import math
 import platform
 import shutil
+import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,29 @@ FRAMEWORK_METRICS = CompareMetrics(
     ),
 )
 # Settings a finished run must share with the compare to be reused by resume (and those of the synthetic set).
-_RESUME_KEYS = ("framework", "model", "data", "epochs", "imgsz", "batch", "seed", "loss", "gain")
+_RESUME_KEYS = (
+    "framework",
+    "model",
+    "data",
+    "epochs",
+    "imgsz",
+    "batch",
+    "train_args",
+    "seed",
+    "loss",
+    "gain",
+)
+# What the compare sets itself in each framework's trainer: train_args may not set these (they have options).
+_SET_BY_COMPARE = {
+    "yolov5": (
+        "data", "cfg", "hyp", "weights", "epochs", "imgsz", "img", "batch_size", "seed", "device", "workers",
+        "project", "name", "exist_ok", "noplots", "noval", "resume", "obj_loss", "obj_gain", "cls_loss", "cls_gain",
+    ),
+    "ultralytics": (
+        "model", "data", "epochs", "imgsz", "batch", "seed", "device", "workers", "project", "name", "exist_ok",
+        "plots", "val", "resume", "cls_loss", "cls_gain", "mode", "task",
+    ),
+}  # fmt: skip
 _SYNTH_KEYS = ("synth_images", "synth_seed", "synth_difficulty")
 
 
@@ -154,6 +177,89 @@ def parse_variants(texts: Sequence[object]) -> list[Variant]:
             f"losses: expected each variant once, got {', '.join(repeated)} repeated in {list(texts)}"
         )
     return variants
+
+
+def parse_train_arg(text: object) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` as ``(key, value)``; the value as YAML would read a scalar: ``1`` an int, ``0.001`` a float,
+    ``true`` / ``false`` a bool, ``none`` / ``null`` None, anything else the string (``AdamW``)."""
+    key, sep, raw = str(text).partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise ValueError(f"train_args: expected KEY=VALUE (e.g. optimizer=AdamW, lr0=0.001), got {text!r}")
+    raw = raw.strip()
+    low = raw.lower()
+    if low in ("true", "false"):
+        return key, low == "true"
+    if low in ("none", "null", "~"):
+        return key, None
+    for kind in (int, float):
+        try:
+            return key, kind(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
+def _yolov5_hyp_keys() -> set[str]:
+    """The keys of YOLOv5's stock hyp file and qfocal's hyp keys: what ``train_args`` sends to the hyp."""
+    from ..integrations import yolov5 as integration
+
+    stock = integration._load_yaml(integration._resolve_hyp(integration._train_module(None), None))
+    return set(stock) | set(integration._LOSS_KEYS)
+
+
+def _known_train_keys(framework: str) -> set[str]:
+    """Every key the framework's trainer takes (YOLOv5: hyp keys and ``train.py`` options; Ultralytics: its
+    config keys)."""
+    if framework == "yolov5":
+        from ..integrations import yolov5 as integration
+
+        module = integration._train_module(None)
+        argv, sys.argv = sys.argv, sys.argv[:1]
+        try:
+            options = set(vars(module.parse_opt(True)))
+        finally:
+            sys.argv = argv
+        return _yolov5_hyp_keys() | options
+    from ..integrations._offline import offline
+
+    with offline(yolov5_package=None):
+        from ultralytics.cfg import DEFAULT_CFG_DICT
+    return set(DEFAULT_CFG_DICT)
+
+
+def check_train_args(
+    framework: str, train_args: Mapping[str, Any] | Sequence[str], *, known: bool = True
+) -> dict:
+    """``train_args`` (a mapping, or ``KEY=VALUE`` strings) checked for ``framework``: keys the compare sets itself
+    are refused (they have their own options), and, with ``known``, keys the trainer does not take.
+
+    Raises:
+        ConfigError: one line naming the key and what was expected.
+    """
+    try:
+        pairs = (
+            dict(train_args)
+            if isinstance(train_args, Mapping)
+            else dict(parse_train_arg(t) for t in train_args)
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for key in pairs:
+        if key in _SET_BY_COMPARE[framework]:
+            raise ConfigError(
+                f"train_args: {key} is set by the compare itself (--epochs, --imgsz, --batch, --losses, --seeds, "
+                f"--device, --out ...), got {key}={pairs[key]!r}"
+            )
+    if known and pairs:
+        valid = _known_train_keys(framework)
+        unknown = sorted(k for k in pairs if k not in valid)
+        if unknown:
+            raise ConfigError(
+                f"train_args: expected {_TITLE[framework]} training keys (hyp keys or train options), got unknown "
+                f"{', '.join(unknown)}"
+            )
+    return pairs
 
 
 def _check_framework(framework: object) -> str:
@@ -276,10 +382,15 @@ def _yolov5_metrics(save_dir: Path) -> dict[str, Any]:
 
 def _train_yolov5(train_fn, variant: Variant, seed: int, run_dir: Path, s: dict) -> dict[str, Any]:
     # YOLOv5 7.0's noval crashes on non-final epochs, so it validates every epoch; the last one is reported.
+    extra = s["train_args"]
+    hyp_keys = _yolov5_hyp_keys() if extra else set()
+    opts = {k: v for k, v in extra.items() if k not in hyp_keys}
+    hyp = {k: v for k, v in extra.items() if k in hyp_keys}
     opt = train_fn(
         data=str(s["data"]),
         cfg=s["model"],
-        hyp={"obj_loss": variant.loss, "obj_gain": variant.gain_label, "cls_loss": "bce"},
+        hyp={**hyp, "obj_loss": variant.loss, "obj_gain": variant.gain_label, "cls_loss": "bce"},
+        **opts,
         epochs=s["epochs"],
         imgsz=s["imgsz"],
         batch_size=s["batch"],
@@ -297,6 +408,7 @@ def _train_yolov5(train_fn, variant: Variant, seed: int, run_dir: Path, s: dict)
 def _train_ultralytics(train_fn, variant: Variant, seed: int, run_dir: Path, s: dict) -> dict[str, Any]:
     trainer = train_fn(
         s["model"],
+        **s["train_args"],
         data=str(s["data"]),
         cls_loss=variant.loss,
         cls_gain=variant.gain_label,
@@ -378,6 +490,7 @@ def plan_framework_compare(
     synth_seed: int = 0,
     synth_difficulty: str = "hard",
     plots: bool = True,
+    train_args: Mapping[str, Any] | Sequence[str] = (),
     out: str | Path = "runs/compare",
     train_fn: Callable[..., Any] | None = None,
 ) -> FrameworkPlan:
@@ -423,7 +536,10 @@ def plan_framework_compare(
                 f'framework {framework}: needs the {_PACKAGE[framework]} package: pip install "qfocal[integrations]"'
             )
         _check_model(framework, model)
+        train_args = check_train_args(framework, train_args)
         train_fn = _default_train_fn(framework)
+    else:  # a stand-in trainer: the keys it takes are its own
+        train_args = check_train_args(framework, train_args, known=False)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out: expected a folder, got the existing file {out}")
@@ -440,6 +556,7 @@ def plan_framework_compare(
         "synth_seed": synth_seed,
         "synth_difficulty": synth_difficulty,
         "plots": plots,
+        "train_args": train_args,
     }
     return FrameworkPlan(framework, tuple(variants), tuple(seeds), settings, out, train_fn)
 
@@ -479,6 +596,7 @@ def compare_framework(
     synth_seed: int = 0,
     synth_difficulty: str = "hard",
     plots: bool = True,
+    train_args: Mapping[str, Any] | Sequence[str] = (),
     out: str | Path = "runs/compare",
     resume: bool = False,
     log: Callable[[str], None] | None = None,
@@ -501,6 +619,10 @@ def compare_framework(
         threads: CPU threads of every run (0 = auto, :func:`qfocal.detection.train.pick_threads`), picked once.
             On the CPU the data loaders run in the training process (``workers=0``).
         plots: let the framework draw its own plots (``compare.png`` is always written).
+        train_args: more training settings for every run, a mapping or ``KEY=VALUE`` strings: YOLOv5 hyp keys go
+            into the hyp (``lr0=0.001``), other keys are ``train.py`` options (``optimizer=AdamW``); Ultralytics
+            takes them as its overrides (``optimizer=SGD``, ``lr0=0.01``). Keys the compare sets itself, and keys
+            the trainer does not know, are refused.
         out: the compare's folder; run ``<variant>-s<seed>`` trains in ``out/<variant>-s<seed>``.
         resume: reuse every run with a ``metrics.json`` (its settings must match); an unfinished run's folder is
             cleared and the run trained again.
@@ -529,6 +651,7 @@ def compare_framework(
         synth_seed=synth_seed,
         synth_difficulty=synth_difficulty,
         plots=plots,
+        train_args=train_args,
         out=out,
         train_fn=train_fn,
     )
@@ -541,6 +664,7 @@ def _finished(done: Path, expected: dict) -> dict | None:
         return None
     record = json.loads(done.read_text())
     recorded = record.get("settings") or {}
+    recorded = {"train_args": {}, **recorded}  # runs recorded before train_args existed trained with none
     differ = {k: (recorded.get(k), v) for k, v in expected.items() if recorded.get(k) != v}
     if differ:
         detail = ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in differ.items())
@@ -643,6 +767,13 @@ def _compare(framework, variants, seeds, settings, out, resume, log, train_fn) -
     return result
 
 
+def _extra(s: dict) -> str:
+    """The training settings a compare added, as the header names them: ``, optimizer=AdamW lr0=0.001``."""
+    if not s["train_args"]:
+        return ", the framework's default training settings"
+    return ", " + " ".join(f"{k}={v}" for k, v in s["train_args"].items())
+
+
 def _write(out, framework, variants, seeds, threads, s, summary, seconds, runs, wall) -> dict:
     term = _TERM[framework]
     other = (
@@ -659,7 +790,7 @@ def _write(out, framework, variants, seeds, threads, s, summary, seconds, runs, 
         f"final epoch, mean ± sample std over seeds {list(seeds)} ({finished}). Each variant sets the {word} criterion "
         f"({term}_loss, {term}_gain; {other}): a name alone is balanced to BCE's gradient norm (gain auto), @1 is "
         f"the unbalanced loss. Data {s['data']}; model {s['model']}{scratch}; {s['epochs']} epochs, imgsz "
-        f"{s['imgsz']}, batch {s['batch']}; {machine}; wall {wall:.0f} s."
+        f"{s['imgsz']}, batch {s['batch']}{_extra(s)}; {machine}; wall {wall:.0f} s."
     )
     data = "synthetic" if Path(s["data"]).parent == out / "data" else Path(s["data"]).parent.name
     title = (

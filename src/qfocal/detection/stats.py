@@ -20,7 +20,10 @@ __all__ = [
     "excludes_zero",
     "is_percent_metric",
     "mean_ci95",
+    "noise_line",
     "paired_deltas",
+    "paired_sd",
+    "seeds_for_halfwidth",
     "significance_line",
     "t_quantile",
 ]
@@ -122,6 +125,53 @@ def mean_ci95(values: Iterable[float]) -> dict[str, float]:
         return {"mean": mean, "ci95_low": math.nan, "ci95_high": math.nan, "n": 1}
     half = t_quantile(0.975, n - 1) * float(v.std(ddof=1)) / math.sqrt(n)
     return {"mean": mean, "ci95_low": mean - half, "ci95_high": mean + half, "n": n}
+
+
+def paired_sd(delta: Mapping) -> float:
+    """The sample sd of the paired differences behind a :func:`mean_ci95` / :func:`paired_deltas` entry, recovered
+    from its interval: ``half-width * sqrt(n) / t_{0.975, n-1}``; nan below ``n = 2``."""
+    n = int(delta["n"])
+    lo, hi = float(delta["ci95_low"]), float(delta["ci95_high"])
+    if n < 2 or not (math.isfinite(lo) and math.isfinite(hi)):
+        return math.nan
+    return (hi - lo) / 2.0 * math.sqrt(n) / t_quantile(0.975, n - 1)
+
+
+def seeds_for_halfwidth(sd: float, halfwidth: float = 1.0, *, n_max: int = 10_000) -> int:
+    """The fewest seeds ``n >= 2`` whose paired 95 % interval, ``t_{0.975, n-1} * sd / sqrt(n)``, is at most
+    ``halfwidth`` when the differences have sample sd ``sd`` (the same units: AP points for AP deltas).
+
+    Plans a benchmark from a pilot's noise: ``seeds_for_halfwidth(2.0, 1.0) = 18``. Returns ``n_max`` when even
+    that many are not enough.
+
+    Example:
+        >>> seeds_for_halfwidth(1.0, 1.0), seeds_for_halfwidth(2.0, 1.0)
+        (7, 18)
+    """
+    sd, halfwidth = float(sd), float(halfwidth)
+    if not (math.isfinite(sd) and sd >= 0.0):
+        raise ValueError(f"sd: expected a finite number >= 0, got {sd!r}")
+    if not (math.isfinite(halfwidth) and halfwidth > 0.0):
+        raise ValueError(f"halfwidth: expected a finite number > 0, got {halfwidth!r}")
+    for n in range(2, n_max + 1):
+        if t_quantile(0.975, n - 1) * sd / math.sqrt(n) <= halfwidth:
+            return n
+    return n_max
+
+
+def noise_line(loss: str, delta: Mapping, metric: str, *, halfwidth: float = 1.0) -> str:
+    """How noisy one paired difference is and how many seeds a ``± halfwidth`` interval would take, e.g.
+    ``"qfl, AP: half-width 2.3 points (sd 2.1, n=6); ± 1.0: needs about 21 seeds"``."""
+    n = int(delta["n"])
+    sd = paired_sd(delta)
+    if not math.isfinite(sd):
+        return f"{loss}, {metric}: n={n}, no interval yet"
+    half = (float(delta["ci95_high"]) - float(delta["ci95_low"])) / 2.0
+    need = seeds_for_halfwidth(sd, halfwidth)
+    verdict = "reached" if half <= halfwidth else f"needs about {need} seeds"
+    return (
+        f"{loss}, {metric}: half-width {half:.1f} points (sd {sd:.1f}, n={n}); ± {halfwidth:.1f}: {verdict}"
+    )
 
 
 def is_percent_metric(metric: str) -> bool:
