@@ -145,6 +145,11 @@ def test_seeds_for_halfwidth_and_the_noise_line():
         seeds_for_halfwidth(1.0, 0.0)
     sd = float(np.std(diffs, ddof=1))
     line = noise_line("qfl", d, "AP")
-    assert line.startswith("qfl, AP: half-width 2.3 points (sd 2.1, n=6)") and f"needs about {seeds_for_halfwidth(sd)} seeds" in line
+    assert (
+        line.startswith("qfl, AP: half-width 2.3 points (sd 2.1, n=6)")
+        and f"needs about {seeds_for_halfwidth(sd)} seeds" in line
+    )
     assert "reached" in noise_line("vfl", mean_ci95([1.0, 1.1, 0.9, 1.0]), "AP")
-    assert "no interval yet" in noise_line("gfl", mean_ci95([1.0]), "AP") and math.isnan(paired_sd(mean_ci95([1.0])))
+    assert "no interval yet" in noise_line("gfl", mean_ci95([1.0]), "AP") and math.isnan(
+        paired_sd(mean_ci95([1.0]))
+    )
