@@ -583,24 +583,9 @@ def run_framework_compare(
 def compare_framework(
     framework: str,
     *,
-    losses: Sequence[str] = FRAMEWORK_LOSSES,
-    seeds: Sequence[int] = (0, 1, 2),
-    data: str | Path = "synthetic",
-    model: str | None = None,
-    epochs: int = 12,
-    imgsz: int = 128,
-    batch: int = 16,
-    device: str = "auto",
-    threads: int = 0,
-    synth_images: int = 400,
-    synth_seed: int = 0,
-    synth_difficulty: str = "hard",
-    plots: bool = True,
-    train_args: Mapping[str, Any] | Sequence[str] = (),
-    out: str | Path = "runs/compare",
     resume: bool = False,
     log: Callable[[str], None] | None = None,
-    train_fn: Callable[..., Any] | None = None,
+    **options: Any,
 ) -> dict:
     """Train each loss variant once per seed with ``framework``'s own trainer; write the compare's outputs.
 
@@ -629,6 +614,8 @@ def compare_framework(
         log: progress lines (default: print).
         train_fn: the integration's ``train`` (default); a stand-in with the same signature for tests.
 
+    All but ``resume`` and ``log`` are :func:`plan_framework_compare`'s, with its defaults (losses
+    ``bce,qfl,vfl``, seeds 0-2, the synthetic data, 12 epochs, imgsz 128, batch 16, device ``auto``).
     Every argument is checked before any training (:class:`~qfocal.detection.config.ConfigError`, one line).
 
     Returns:
@@ -636,25 +623,7 @@ def compare_framework(
         ``term`` (``obj_loss`` or ``cls_loss``) and ``variants`` (each name's loss and gain) added; its runs hold
         ``mAP50``, ``mAP50-95``, ``precision``, ``recall`` and the run folder.
     """
-    plan = plan_framework_compare(
-        framework,
-        losses=losses,
-        seeds=seeds,
-        data=data,
-        model=model,
-        epochs=epochs,
-        imgsz=imgsz,
-        batch=batch,
-        device=device,
-        threads=threads,
-        synth_images=synth_images,
-        synth_seed=synth_seed,
-        synth_difficulty=synth_difficulty,
-        plots=plots,
-        train_args=train_args,
-        out=out,
-        train_fn=train_fn,
-    )
+    plan = plan_framework_compare(framework, **options)
     return run_framework_compare(plan, resume=resume, log=log)
 
 
