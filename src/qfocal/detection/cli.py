@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -21,22 +22,27 @@ DEMO = {
     "batch": 16,
     "seeds": (0, 1, 2),
     "losses": ("focal", "qfl", "vfl"),
+    "jobs": 2,  # two 1-thread runs at a time on 2 cores
 }
 FCOS_LOSSES = ("focal", "qfl", "vfl")  # qfocal compare's default losses (framework: FRAMEWORK_LOSSES)
 # `qfocal compare --preset NAME`: settings laid under the command line (an option given explicitly wins).
 # bench: the regime where the detector localises well enough for the losses' difference in localisation quality
-# to decide the ranking (focal reaches > 50 % AP50), sized for 90 minutes on 2 CPU cores; see docs/harness.md.
+# to decide the ranking (focal reaches > 50 % AP50), sized for 90 minutes on 2 CPU cores (benchmarks/DETECT.md):
+# 36 epochs (24 left the models under-trained and 1.5x noisier), 800 validation images evaluated once at the end
+# (150 made half the noise of the stable heads), two 1-thread runs at a time (1.5x the runs per hour).
 PRESETS = {
     "demo": DEMO,
     "bench": {
-        "synth_images": 600,
+        "synth_images": 1250,
+        "synth_val": 800,
         "synth_difficulty": "easy",
-        "epochs": 24,
-        "eval_every": 6,
+        "epochs": 36,
+        "eval_every": 36,
         "imgsz": 128,
         "batch": 16,
-        "seeds": tuple(range(6)),
+        "seeds": tuple(range(11)),
         "losses": ("focal", "focal_noctr", "qfl", "vfl", "gfl"),
+        "jobs": 2,
     },
 }
 
@@ -48,6 +54,26 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _decay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) (0 = off), got {text!r}")
     return value
 
 
@@ -105,6 +131,21 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
         "--synth-images", type=_positive_int, default=d.synth_images, help="images of the synthetic set"
     )
     p.add_argument(
+        "--synth-val",
+        type=_non_negative_int,
+        default=d.synth_val,
+        help="of the synthetic set's images, how many go to validation (default 0: a quarter); a larger split "
+        "measures AP with less noise",
+    )
+    p.add_argument(
+        "--ema",
+        type=_decay,
+        default=d.ema_decay,
+        metavar="DECAY",
+        help="evaluate an exponential moving average of the weights with this decay per step, e.g. 0.99 "
+        "(default 0: the weights themselves)",
+    )
+    p.add_argument(
         "--synth-difficulty",
         default=d.synth_difficulty,
         choices=("hard", "easy"),
@@ -149,6 +190,8 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         eval_every=args.eval_every,
         synth_images=args.synth_images,
         synth_difficulty=args.synth_difficulty,
+        synth_val=args.synth_val,
+        ema_decay=args.ema,
         ddp_timeout=args.ddp_timeout,
         allow_outside_root=args.allow_outside_root,
         skip_bad=args.skip_bad,
@@ -290,6 +333,9 @@ _FCOS_ONLY = (
     "allow_outside_root",
     "no_progress",
     "preset",
+    "synth_val",
+    "ema",
+    "jobs",
 )
 
 
@@ -314,7 +360,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
     result = _running(
-        "qfocal compare", compare, cfg, losses=losses, seeds=args.seeds, out=args.out, resume=args.resume
+        "qfocal compare",
+        compare,
+        cfg,
+        losses=losses,
+        seeds=args.seeds,
+        out=args.out,
+        resume=args.resume,
+        jobs=args.jobs,
     )
     print(result["table"])
     print(f"\n{args.out}/compare.md, compare.json, compare.png; wall {result['wall_s']:.0f} s")
@@ -390,6 +443,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seeds=DEMO["seeds"],
         out=args.out,
         resume=args.resume,
+        jobs=min(DEMO["jobs"], os.cpu_count() or 1),
     )
     print()
     print((Path(args.out) / "compare.md").read_text())
@@ -476,11 +530,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--out", default="runs/compare")
     c.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="FCOS: runs trained at once, each in its own process with --threads threads (default 0 = the cores "
+        "shared among them); on 2 cores, --jobs 2 does about 1.5x the runs per hour",
+    )
+    c.add_argument(
         "--preset",
         choices=tuple(PRESETS),
         default=None,
         help="a named configuration: demo (the demo's) or bench (the benchmark regime: easy data, 5 heads, "
-        "6 seeds, about 90 min on 2 cores); options given explicitly override it",
+        "11 seeds, 2 runs at a time, about 85 min on 2 cores); options given explicitly override it",
     )
 
     d = add_command(

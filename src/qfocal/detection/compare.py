@@ -10,20 +10,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
+import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .._names import loss_name
-from ..data.synth import prepare_synthetic
 from .config import HARNESS_LOSSES, ConfigError, TrainConfig
 from .evaluate import METRIC_KEYS, QUALITY_KEYS, json_ready
 from .stats import is_percent_metric, noise_line, paired_deltas, significance_line
-from .train import pick_threads, run_lock, train
+from .train import pick_threads, prepare_synthetic_data, run_lock, train
 
 __all__ = [
     "COMPARE_KEYS",
@@ -32,6 +35,7 @@ __all__ = [
     "compare",
     "format_deltas",
     "format_table",
+    "threads_per_job",
     "write_compare",
 ]
 
@@ -125,7 +129,8 @@ def format_table(
     for loss, vals in summary.items():
         cells = [_fmt(vals[k], k) for k in keys]
         if seconds:
-            cells.append(f"{np.mean(seconds[loss]):.0f}")
+            timed = [t for t in seconds[loss] if math.isfinite(t)]  # reused runs of unknown time: nan
+            cells.append(f"{np.mean(timed):.0f}" if timed else "-")
         n = len(vals[keys[0]]) if keys else 0
         lines.append(f"| {loss} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -184,13 +189,16 @@ def compare(
     seeds: Sequence[int] = (0, 1, 2),
     out: str | Path = "runs/compare",
     resume: bool = False,
+    jobs: int = 1,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train ``base`` once per loss and seed under ``out/{loss}-s{seed}`` and summarise.
 
     With ``base.data == "synthetic"`` the dataset is generated once in ``out/data`` and shared. ``base.threads``
     is resolved once (:func:`~qfocal.detection.train.pick_threads`; 0 = auto) and every run gets that count, so
-    runs are not timed or computed with different thread counts. ``resume=True`` reuses finished runs (their
+    runs are not timed or computed with different thread counts. ``jobs > 1`` trains that many runs at once, each
+    in its own process with ``threads`` threads (0 = the CPU's cores divided among the jobs): on a 2-core CPU two
+    1-thread runs do about 1.5x the work of one 2-thread run. ``resume=True`` reuses finished runs (their
     ``metrics.json``) and resumes unfinished ones.
 
     The first loss is the baseline: for every other loss the per-seed differences of :data:`COMPARE_KEYS` (the
@@ -215,69 +223,125 @@ def compare(
             raise ConfigError(
                 f"{what}: expected each once (repeats are not independent runs), got {list(items)}"
             )
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs: expected an integer >= 1 (runs trained at once), got {jobs!r}")
     if log is None:
         log = lambda msg: print(msg, flush=True)  # noqa: E731
     out = Path(out)
     with run_lock(out):
-        return _compare(base, losses, seeds, out, resume, log)
+        return _compare(base, losses, seeds, out, resume, jobs, log)
 
 
-def _compare(base, losses, seeds, out, resume, log) -> dict:
+def threads_per_job(requested: int, jobs: int) -> int:
+    """Threads each run of a compare gets: ``requested`` if positive; else, with one job, :func:`pick_threads`'s
+    choice, and with several, the CPU's cores divided among them (at least 1)."""
+    if requested > 0:
+        return int(requested)
+    if jobs == 1:
+        return pick_threads(0)
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _train_run(cfg: TrainConfig, resume: bool) -> tuple[dict, float]:
+    """One run of a parallel compare, in a worker process: its metrics and seconds; its log lines name the run."""
+    tag = f"[{cfg.loss} s{cfg.seed}]"
+    t0 = time.perf_counter()
+    metrics = train(cfg, resume=resume, log=lambda msg: print(f"{tag} {msg}", file=sys.stderr, flush=True))
+    return metrics, time.perf_counter() - t0
+
+
+def _compare(base, losses, seeds, out, resume, jobs, log) -> dict:
     t_start = time.perf_counter()
     data = base.data
     if data == "synthetic":
-        data = str(
-            prepare_synthetic(
-                out / "data",
-                images=base.synth_images,
-                seed=base.synth_seed,
-                difficulty=base.synth_difficulty,
-                log=log,
-            )
+        data = str(prepare_synthetic_data(base, out / "data", log=log))
+    threads = threads_per_job(base.threads, jobs)
+    at_once = f"{jobs} runs at a time, " if jobs > 1 else ""
+    log(f"compare: {len(losses)} losses x {len(seeds)} seeds, {at_once}{threads} thread(s) per run")
+    # Seeds outside, losses inside: an interrupted compare has balanced results, written after every run.
+    plan = [(int(seed), loss) for seed in seeds for loss in losses]
+    finished: dict[tuple[int, str], tuple[dict, float]] = {}
+    result: dict = {}
+
+    def record(seed: int, loss: str, metrics: dict, dt: float) -> None:
+        nonlocal result
+        finished[(seed, loss)] = (metrics, dt)
+        values = {k: _as_float(metrics.get(k)) for k in COMPARE_KEYS}
+        log(
+            f"{loss} seed {seed}: AP {values['AP']:.4f} AP50 {values['AP50']:.4f} AP90 {values['AP90']:.4f} "
+            f"score-IoU Spearman {values['score_iou_spearman']:.3f} ({dt:.0f} s)"
         )
-    threads = pick_threads(base.threads)
-    log(f"compare: {len(losses)} losses x {len(seeds)} seeds, {threads} thread(s) per run")
+        summary, seconds, runs = _collect(plan, finished, losses)
+        result = _write_summary(
+            out, base, losses, seeds, threads, jobs, summary, seconds, runs, time.perf_counter() - t_start
+        )
+
+    before = _previous_seconds(out / "compare.json") if resume else {}
+    todo = []
+    for seed, loss in plan:
+        run_dir = out / f"{loss}-s{seed}"
+        cfg = dataclasses.replace(base, data=data, loss=loss, seed=seed, out=str(run_dir), threads=threads)
+        if (
+            jobs > 1
+        ):  # one progress bar per process would garble the terminal; each run logs its epochs instead
+            cfg = dataclasses.replace(cfg, progress=False)
+        done = run_dir / "metrics.json"
+        if resume and done.is_file() and (run_dir / "history.csv").is_file():
+            log(f"{loss} seed {seed}: reusing {done}")
+            record(seed, loss, json.loads(done.read_text()), before.get((loss, seed), math.nan))
+        else:
+            todo.append(cfg)
+    if jobs == 1:
+        for cfg in todo:
+            t0 = time.perf_counter()
+            metrics = train(cfg, resume=resume, log=log)
+            record(cfg.seed, cfg.loss, metrics, time.perf_counter() - t0)
+        return result
+    # Separate processes (spawned: a forked OpenMP runtime can hang), each with its own torch thread pool.
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        started = {pool.submit(_train_run, cfg, resume): cfg for cfg in todo}
+        for future in as_completed(started):
+            metrics, dt = future.result()
+            record(started[future].seed, started[future].loss, metrics, dt)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return result
+
+
+def _previous_seconds(path: Path) -> dict[tuple[str, int], float]:
+    """The seconds each run took, from the ``compare.json`` of an interrupted compare (reused runs keep them)."""
+    try:
+        runs = json.loads(path.read_text())["runs"]
+        return {(r["loss"], int(r["seed"])): float(r["seconds"]) for r in runs if r.get("seconds")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _collect(plan, finished, losses):
+    """The finished runs in plan order (seed, then loss), whatever order they finished in."""
     summary: dict[str, dict[str, list[float]]] = {loss: {k: [] for k in COMPARE_KEYS} for loss in losses}
     seconds: dict[str, list[float]] = {loss: [] for loss in losses}
     runs: list[dict] = []
-    result: dict = {}
-    # Seeds outside, losses inside: an interrupted compare has balanced results, written after every run.
-    for seed in seeds:
-        for loss in losses:
-            run_dir = out / f"{loss}-s{seed}"
-            cfg = dataclasses.replace(
-                base, data=data, loss=loss, seed=int(seed), out=str(run_dir), threads=threads
-            )
-            done = run_dir / "metrics.json"
-            t0 = time.perf_counter()
-            if resume and done.is_file() and (run_dir / "history.csv").is_file():
-                metrics = json.loads(done.read_text())
-                log(f"{loss} seed {seed}: reusing {done}")
-            else:
-                metrics = train(cfg, resume=resume, log=log)
-            dt = time.perf_counter() - t0
-            values = {k: _as_float(metrics.get(k)) for k in COMPARE_KEYS}
-            log(
-                f"{loss} seed {seed}: AP {values['AP']:.4f} AP50 {values['AP50']:.4f} AP90 {values['AP90']:.4f} "
-                f"score-IoU Spearman {values['score_iou_spearman']:.3f} ({dt:.0f} s)"
-            )
-            for k in COMPARE_KEYS:
-                summary[loss][k].append(values[k])
-            seconds[loss].append(dt)
-            n_pairs = metrics.get("score_iou_n")
-            runs.append(
-                {
-                    "loss": loss,
-                    "seed": int(seed),
-                    "seconds": dt,
-                    **values,
-                    "score_iou_n": None if n_pairs is None else int(n_pairs),
-                }
-            )
-            result = _write_summary(
-                out, base, losses, seeds, threads, summary, seconds, runs, time.perf_counter() - t_start
-            )
-    return result
+    for seed, loss in plan:
+        if (seed, loss) not in finished:
+            continue
+        metrics, dt = finished[(seed, loss)]
+        values = {k: _as_float(metrics.get(k)) for k in COMPARE_KEYS}
+        for k in COMPARE_KEYS:
+            summary[loss][k].append(values[k])
+        seconds[loss].append(dt)
+        n_pairs = metrics.get("score_iou_n")
+        runs.append(
+            {
+                "loss": loss,
+                "seed": seed,
+                "seconds": dt,
+                **values,
+                "score_iou_n": None if n_pairs is None else int(n_pairs),
+            }
+        )
+    return summary, seconds, runs
 
 
 def _pooled_score_iou(
@@ -297,10 +361,11 @@ def _pooled_score_iou(
     }
 
 
-def _write_summary(out, base, losses, seeds, threads, summary, seconds, runs, wall) -> dict:
+def _write_summary(out, base, losses, seeds, threads, jobs, summary, seconds, runs, wall) -> dict:
     """Write compare.md / .json / .png (:func:`write_compare`) and compare_score_iou.png for the runs finished so
     far; return the JSON content."""
-    machine = f"{platform.machine()}, {threads} threads per run, torch {torch.__version__}"
+    at_once = f"{jobs} runs at a time x " if jobs > 1 else ""
+    machine = f"{platform.machine()}, {at_once}{threads} threads per run, torch {torch.__version__}"
     finished = f"{len(runs)} of {len(losses) * len(seeds)} runs"
     header = (
         f"COCO val metrics in percent (score-IoU ρ: Spearman correlation of score and IoU of the detections on an "
@@ -325,6 +390,7 @@ def _write_summary(out, base, losses, seeds, threads, summary, seconds, runs, wa
         wall=wall,
         header=header,
         title=title,
+        extra={"jobs": jobs},
     )
     from .plots import plot_compare_score_iou
 

@@ -36,11 +36,13 @@ RESUME_KEYS = (
     "synth_images",
     "synth_seed",
     "synth_difficulty",
+    "synth_val",
     "amp",
     "skip_bad",
     "clip_grad",
     "warmup_iters",
     "eval_every",
+    "ema_decay",
 )
 
 
@@ -71,6 +73,10 @@ class TrainConfig:
     synth_images: int = 400
     synth_seed: int = 0
     synth_difficulty: str = "hard"
+    synth_val: int = 0  # validation images of the synthetic set (0: a quarter of synth_images)
+    ema_decay: float = (
+        0.0  # evaluate an exponential moving average of the weights (0: the weights themselves)
+    )
     model_size: str = "tiny"
     progress: bool = True
     plots: bool = True
@@ -97,6 +103,13 @@ class TrainConfig:
         for name in ("epochs", "imgsz", "batch", "eval_every", "synth_images"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
+        if self.synth_val < 0 or (self.synth_val and self.synth_val >= self.synth_images):
+            raise ConfigError(
+                f"synth_val: expected 0 (a quarter) or fewer than synth_images ({self.synth_images}) validation "
+                f"images, got {self.synth_val!r}"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay: expected a value in [0, 1) (0 = no EMA), got {self.ema_decay!r}")
         if self.imgsz % 32:
             raise ConfigError(
                 f"imgsz: expected a multiple of 32 (the stride of the coarsest level), got {self.imgsz}"

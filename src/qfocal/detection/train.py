@@ -10,6 +10,7 @@ for DDP (gloo on CPU, nccl on GPU); each process takes ``batch`` images of every
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import datetime
@@ -39,12 +40,14 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DistributedError",
+    "ModelEMA",
     "NonFiniteLossError",
     "RunLockedError",
     "TrainConfig",
     "build_model",
     "data_fingerprint",
     "load_checkpoint",
+    "prepare_synthetic_data",
     "resume_checkpoint",
     "run_lock",
     "save_checkpoint",
@@ -182,15 +185,24 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def prepare_synthetic_data(
+    cfg: TrainConfig, root: str | os.PathLike, log: Callable[[str], None] = print
+) -> Path:
+    """Generate the embedded dataset ``cfg`` asks for (``synth_images``, ``synth_seed``, ``synth_difficulty``,
+    ``synth_val``) in ``root`` unless it is there already; return ``root``."""
+    options = {"difficulty": cfg.synth_difficulty}
+    if cfg.synth_val:
+        options["n_val"] = cfg.synth_val
+    return prepare_synthetic(root, images=cfg.synth_images, seed=cfg.synth_seed, log=log, **options)
+
+
 def prepare_data(cfg: TrainConfig, *, is_main: bool = True, log: Callable[[str], None] = print):
     """Resolve ``cfg.data`` (generating the synthetic set under ``out/data`` if asked) and read both splits."""
     path = Path(cfg.data)
     if cfg.data == "synthetic":
         path = Path(cfg.out) / "data"
         if is_main:
-            prepare_synthetic(
-                path, images=cfg.synth_images, seed=cfg.synth_seed, difficulty=cfg.synth_difficulty, log=log
-            )
+            prepare_synthetic_data(cfg, path, log=log)
         _barrier()
     opts = {"skip_bad": cfg.skip_bad, "allow_outside_root": cfg.allow_outside_root}
     train_data = load_split(path, "train", **opts)
@@ -231,6 +243,51 @@ class RunState:
     scaler: torch.amp.GradScaler | None
     epoch: int = 0  # last finished epoch
     history: list[dict] = dataclasses.field(default_factory=list)
+    ema: ModelEMA | None = None  # the averaged weights that are evaluated, when the run keeps them
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights a run evaluates: the EMA's if it keeps one, else the model's."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+class ModelEMA:
+    """An exponential moving average of a model's weights, updated after every optimizer step.
+
+    ``ema = d * ema + (1 - d) * weights`` over every floating-point parameter and buffer (others are copied),
+    with ``d = min(decay, (1 + updates) / (10 + updates))`` so the first steps' random weights fade fast. Averaging
+    the last few hundred steps' weights smooths the step-to-step noise of the final weights, which is what makes
+    two seeds of one run disagree at evaluation (as in YOLOv5 and Ultralytics, which evaluate an EMA too).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay: expected a value in (0, 1), got {decay!r}")
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = float(decay)
+        self.updates = int(updates)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """Move the average towards ``model``'s current weights by one step."""
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        current = model.state_dict()
+        for name, avg in self.module.state_dict().items():
+            new = current[name].detach()
+            if avg.dtype.is_floating_point:
+                avg.lerp_(new.to(avg.dtype), 1.0 - d)
+            else:
+                avg.copy_(new)
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
 
 
 class RunLockedError(RuntimeError):
@@ -314,6 +371,7 @@ def save_checkpoint(
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "scaler": state.scaler.state_dict() if state.scaler is not None else {},
+        "ema": state.ema.state_dict() if state.ema is not None else {},
         "epoch": state.epoch,
         "step": state.epoch * steps_per_epoch,
         "history": state.history,
@@ -333,8 +391,10 @@ def resume_checkpoint(path: Path, state: RunState, cfg: TrainConfig, fingerprint
     if not path.is_file():
         return False
     ckpt = load_checkpoint(path)
-    saved, now = ckpt["config"], dataclasses.asdict(cfg)
-    diff = [f"{k}={saved.get(k)!r} (now {now.get(k)!r})" for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+    # A setting added after the checkpoint was written had its default then.
+    defaults, now = dataclasses.asdict(TrainConfig()), dataclasses.asdict(cfg)
+    saved = {k: ckpt["config"].get(k, defaults.get(k)) for k in RESUME_KEYS}
+    diff = [f"{k}={saved[k]!r} (now {now.get(k)!r})" for k in RESUME_KEYS if saved[k] != now.get(k)]
     before = ckpt.get("data_fingerprint") or {}
     for split, was in before.items():
         is_now = (fingerprint or {}).get(split, {})
@@ -348,6 +408,8 @@ def resume_checkpoint(path: Path, state: RunState, cfg: TrainConfig, fingerprint
     state.optimizer.load_state_dict(ckpt["optimizer"])
     if state.scaler is not None and ckpt.get("scaler"):
         state.scaler.load_state_dict(ckpt["scaler"])
+    if state.ema is not None:
+        state.ema.load_state_dict(ckpt["ema"])
     torch.set_rng_state(ckpt["rng"])
     state.epoch, state.history = int(ckpt["epoch"]), list(ckpt["history"])
     return True
@@ -433,6 +495,8 @@ def train_one_epoch(
             scaler.update()
         else:
             optimizer.step()
+        if state.ema is not None:
+            state.ema.update(model)
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
@@ -534,6 +598,7 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
         model=model,
         optimizer=torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr),
         scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None,
+        ema=ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
     )
     ddp = model
     if world > 1:
@@ -574,7 +639,7 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
             metrics = {}
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                 metrics, last_preds = evaluate(
-                    model, val_data, imgsz=cfg.imgsz, batch=eval_batch, device=device
+                    state.eval_model, val_data, imgsz=cfg.imgsz, batch=eval_batch, device=device
                 )
             row.update({k: metrics.get(k, float("nan")) for k in (*METRIC_KEYS, "AP90")})
             state.history.append(row)
@@ -589,7 +654,9 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
 
     if is_main:
         if not metrics:  # resumed after the final epoch: evaluate the saved weights
-            metrics, last_preds = evaluate(model, val_data, imgsz=cfg.imgsz, batch=eval_batch, device=device)
+            metrics, last_preds = evaluate(
+                state.eval_model, val_data, imgsz=cfg.imgsz, batch=eval_batch, device=device
+            )
         metrics = {k: metrics[k] for k in _RESULT_KEYS}
         (out / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2) + "\n")
         scores, ious = score_iou_pairs(last_preds, val_data)
@@ -607,10 +674,16 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
 
 
 def evaluate_checkpoint(
-    weights: str | os.PathLike, data: str | None = None, *, skip_bad: bool = False, device: str = "auto"
+    weights: str | os.PathLike,
+    data: str | None = None,
+    *,
+    skip_bad: bool = False,
+    device: str = "auto",
+    ema: bool = True,
 ) -> dict[str, float]:
     """The metrics of :func:`~qfocal.detection.evaluate.evaluate` for a saved run on the val split of ``data``
-    (default: the dataset it was trained on)."""
+    (default: the dataset it was trained on). A run that kept an EMA of its weights (``--ema``) is evaluated on
+    the EMA, as it was during training, unless ``ema=False``."""
     ckpt = load_checkpoint(weights)
     cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
     if data is not None:
@@ -623,5 +696,5 @@ def evaluate_checkpoint(
         )
     dev = _resolve_device(device, 0)
     model = build_model(len(ckpt["class_names"]), cfg).to(dev)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt["ema"]["module"] if ema and ckpt.get("ema") else ckpt["model"])
     return evaluate(model, val_data, imgsz=cfg.imgsz, device=dev)[0]

@@ -1,0 +1,226 @@
+"""What the benchmark uses to measure losses with less noise: an EMA of the weights for evaluation, a larger
+synthetic validation split, and runs trained in parallel processes with one thread count."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+
+import pytest
+import torch
+
+from qfocal.cli import main
+from qfocal.data import generate_dataset
+from qfocal.detection import TrainConfig, compare, load_checkpoint, train
+from qfocal.detection.compare import threads_per_job
+from qfocal.detection.train import ModelEMA, evaluate_checkpoint, prepare_synthetic_data
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    generate_dataset(root, images=10, seed=0, imgsz=64, min_size=6, val_fraction=0.2, mean_objects=3)
+    return root
+
+
+def _cfg(data, out, **kw) -> TrainConfig:
+    base = {
+        "epochs": 1,
+        "imgsz": 64,
+        "batch": 4,
+        "amp": "off",
+        "progress": False,
+        "warmup_iters": 1,
+        "threads": 1,
+        "plots": False,
+    }
+    base.update(kw)
+    return TrainConfig(data=str(data), out=str(out), **base)
+
+
+def test_ema_update_is_the_weighted_average_with_warm_up():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = ModelEMA(model, decay=0.9)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = {k: v.clone().double() for k, v in start.items()}
+    for step in range(1, 31):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model[1].running_mean.add_(1.0)
+            model[1].num_batches_tracked += 1
+        d = min(0.9, (1 + step) / (10 + step))  # the warm-up lets the first steps' weights fade fast
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                expected[k] = d * expected[k] + (1 - d) * v.double()
+            else:
+                expected[k] = v.clone()
+        ema.update(model)
+    assert ema.updates == 30
+    got = ema.module.state_dict()
+    for k, v in expected.items():
+        if v.dtype.is_floating_point:
+            torch.testing.assert_close(got[k].double(), v, rtol=1e-5, atol=1e-5)
+        else:
+            assert torch.equal(got[k], v), k
+    # The average lags the weights: after a drift of 30 per parameter it is far from both ends.
+    assert not torch.allclose(got["0.weight"], model.state_dict()["0.weight"], atol=1.0)
+    assert all(not p.requires_grad for p in ema.module.parameters())
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, -0.1])
+def test_ema_rejects_decay_outside_open_interval(decay):
+    with pytest.raises(ValueError, match=r"decay: expected a value in \(0, 1\)"):
+        ModelEMA(torch.nn.Linear(2, 2), decay)
+
+
+def test_run_with_ema_evaluates_the_average_and_resumes_to_the_same_weights(tiny_data, tmp_path):
+    full = _cfg(tiny_data, tmp_path / "full", loss="qfl", epochs=2, ema_decay=0.9)
+    m_full = train(full, log=lambda m: None)
+    ckpt = load_checkpoint(tmp_path / "full" / "last.pt")
+    assert ckpt["ema"]["updates"] == 4  # 8 training images, batch 4, 2 epochs
+    differs = [k for k, v in ckpt["model"].items() if not torch.equal(v, ckpt["ema"]["module"][k])]
+    assert differs, "the EMA should differ from the weights"
+    # evaluate_checkpoint takes the EMA (what the run reported), or the weights when asked.
+    assert evaluate_checkpoint(tmp_path / "full" / "last.pt", device="cpu")["AP"] == pytest.approx(
+        m_full["AP"]
+    )
+    raw = evaluate_checkpoint(tmp_path / "full" / "last.pt", device="cpu", ema=False)
+    assert set(raw) >= {"AP", "AP90"}
+
+    class Crash(Exception):
+        pass
+
+    def crash(epoch, row):
+        if epoch == 1:
+            raise Crash
+
+    part = dataclasses.replace(full, out=str(tmp_path / "part"))
+    with pytest.raises(Crash):
+        train(part, on_epoch_end=crash, log=lambda m: None)
+    assert train(part, resume=True, log=lambda m: None) == m_full
+    resumed = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert resumed["ema"]["updates"] == 4
+    for k, v in ckpt["ema"]["module"].items():
+        assert torch.equal(v, resumed["ema"]["module"][k]), f"EMA weight {k} differs after resume"
+    # A different decay is another run: resume refuses it.
+    with pytest.raises(ValueError, match=r"ema_decay=0.9 \(now 0.5\)"):
+        train(dataclasses.replace(part, ema_decay=0.5), resume=True, log=lambda m: None)
+
+
+def test_resume_accepts_a_checkpoint_written_before_the_newer_settings(tiny_data, tmp_path):
+    cfg = _cfg(tiny_data, tmp_path, loss="focal", epochs=2)
+
+    def stop(epoch, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_epoch_end=stop, log=lambda m: None)
+    path = tmp_path / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    for key in ("synth_val", "ema_decay"):  # an older qfocal did not know them
+        del ckpt["config"][key]
+    torch.save(ckpt, path)
+    train(cfg, resume=True, log=lambda m: None)
+    assert load_checkpoint(path)["epoch"] == 2
+
+
+def test_synth_val_sets_the_validation_split_and_keeps_the_training_images(tmp_path):
+    kw = {"synth_images": 12, "synth_seed": 3, "synth_difficulty": "easy"}
+    small = prepare_synthetic_data(TrainConfig(**kw), tmp_path / "a", log=lambda m: None)
+    large = prepare_synthetic_data(TrainConfig(**kw, synth_val=8), tmp_path / "b", log=lambda m: None)
+    count = lambda root, split: len(list((root / "images" / split).glob("*.png")))  # noqa: E731
+    assert (count(small, "train"), count(small, "val")) == (9, 3)
+    assert (count(large, "train"), count(large, "val")) == (4, 8)
+    # The generator seeds each image by (seed, split, index): the shared training images are identical.
+    for name in ("000000.png", "000003.png"):
+        assert (small / "images" / "train" / name).read_bytes() == (
+            large / "images" / "train" / name
+        ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("synth_val", 400, r"synth_val: expected 0 \(a quarter\) or fewer than synth_images \(400\)"),
+        ("synth_val", -1, "synth_val"),
+        ("ema_decay", 1.0, r"ema_decay: expected a value in \[0, 1\)"),
+    ],
+)
+def test_config_refuses_bad_noise_settings(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_threads_per_job_shares_the_cores(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert threads_per_job(0, 2) == 4
+    assert threads_per_job(0, 3) == 2
+    assert threads_per_job(0, 16) == 1
+    assert threads_per_job(3, 2) == 3  # an explicit count wins
+
+
+def test_parallel_compare_equals_the_serial_one(tiny_data, tmp_path):
+    base = _cfg(tiny_data, tmp_path)
+    kw = {"losses": ["focal", "qfl"], "seeds": [0, 1], "log": lambda m: None}
+    serial = compare(base, out=tmp_path / "serial", **kw)
+    parallel = compare(base, out=tmp_path / "parallel", jobs=2, **kw)
+    # Runs are recorded in plan order (seed, then loss) whichever finished first, with the same results.
+    order = [(r["loss"], r["seed"]) for r in parallel["runs"]]
+    assert order == [("focal", 0), ("qfl", 0), ("focal", 1), ("qfl", 1)]
+    assert [r["AP"] for r in parallel["runs"]] == [r["AP"] for r in serial["runs"]]
+    assert parallel["jobs"] == 2 and parallel["threads"] == 1
+    saved = json.loads((tmp_path / "parallel" / "compare.json").read_text())
+    assert saved["jobs"] == 2 and "delta_vs_baseline" in saved["summary"]["qfl"]
+    assert "2 runs at a time x 1 threads per run" in (tmp_path / "parallel" / "compare.md").read_text()
+    assert all(r["seconds"] > 0 for r in parallel["runs"])
+    # Resumed, the finished runs are reused and keep the seconds they took.
+    again = compare(base, out=tmp_path / "parallel", jobs=2, resume=True, **kw)
+    assert [r["seconds"] for r in again["runs"]] == pytest.approx([r["seconds"] for r in parallel["runs"]])
+
+
+@pytest.mark.parametrize("jobs", [0, 1.5, True])
+def test_compare_refuses_bad_jobs(tiny_data, tmp_path, jobs):
+    with pytest.raises(ValueError, match="jobs: expected an integer >= 1"):
+        compare(_cfg(tiny_data, tmp_path), losses=["focal"], seeds=[0], out=tmp_path / "c", jobs=jobs)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compare", "--ema", "1"], "argument --ema: expected a number in [0, 1)"),
+        (["compare", "--jobs", "0"], "argument --jobs: expected an integer >= 1"),
+        (["compare", "--synth-val", "-3"], "argument --synth-val: expected an integer >= 0"),
+        (
+            ["train", "--synth-val", "500"],
+            "synth_val: expected 0 (a quarter) or fewer than synth_images (400)",
+        ),
+        (["compare", "--framework", "ultralytics", "--jobs", "2"], "--jobs: an option of the FCOS harness"),
+    ],
+)
+def test_cli_refuses_bad_noise_options(argv, message, capsys, tmp_path):
+    try:
+        code = main([*argv, "--out", str(tmp_path / "o")])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_bench_preset_lays_its_settings_under_the_command_line(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_compare(cfg, **kw):
+        seen.update(cfg=cfg, **kw)
+        return {"table": "", "wall_s": 0.0}
+
+    monkeypatch.setattr(importlib.import_module("qfocal.detection.compare"), "compare", fake_compare)
+    assert main(["compare", "--preset", "bench", "--seeds", "2", "--out", str(tmp_path / "b")]) == 0
+    cfg = seen["cfg"]
+    assert (cfg.epochs, cfg.eval_every, cfg.synth_images, cfg.synth_val) == (36, 36, 1250, 800)
+    assert cfg.synth_difficulty == "easy" and seen["jobs"] == 2
+    assert seen["losses"] == ["focal", "focal_noctr", "qfl", "vfl", "gfl"]
+    assert list(seen["seeds"]) == [0, 1]  # given explicitly: wins over the preset's
