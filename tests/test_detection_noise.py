@@ -220,7 +220,7 @@ def test_bench_preset_lays_its_settings_under_the_command_line(monkeypatch, tmp_
     monkeypatch.setattr(importlib.import_module("qfocal.detection.compare"), "compare", fake_compare)
     assert main(["compare", "--preset", "bench", "--seeds", "2", "--out", str(tmp_path / "b")]) == 0
     cfg = seen["cfg"]
-    assert (cfg.epochs, cfg.eval_every, cfg.synth_images, cfg.synth_val) == (36, 36, 1250, 800)
+    assert (cfg.epochs, cfg.eval_every, cfg.synth_images, cfg.synth_val) == (9, 9, 2600, 800)
     assert cfg.synth_difficulty == "easy" and seen["jobs"] == 2
     assert seen["losses"] == ["focal", "focal_noctr", "qfl", "vfl", "gfl"]
     assert list(seen["seeds"]) == [0, 1]  # given explicitly: wins over the preset's
