@@ -120,7 +120,7 @@ def test_resume_accepts_a_checkpoint_written_before_the_newer_settings(tiny_data
         train(cfg, on_epoch_end=stop, log=lambda m: None)
     path = tmp_path / "last.pt"
     ckpt = torch.load(path, weights_only=True)
-    for key in ("synth_val", "ema_decay"):  # an older qfocal did not know them
+    for key in ("synth_val", "ema_decay", "box_bias"):  # an older qfocal did not know them
         del ckpt["config"][key]
     torch.save(ckpt, path)
     train(cfg, resume=True, log=lambda m: None)
@@ -179,6 +179,7 @@ def test_parallel_compare_equals_the_serial_one(tiny_data, tmp_path):
     # Resumed, the finished runs are reused and keep the seconds they took.
     again = compare(base, out=tmp_path / "parallel", jobs=2, resume=True, **kw)
     assert [r["seconds"] for r in again["runs"]] == pytest.approx([r["seconds"] for r in parallel["runs"]])
+    assert again["wall_s"] > parallel["wall_s"]  # the first session's wall time is counted in
 
 
 @pytest.mark.parametrize("jobs", [0, 1.5, True])
@@ -224,3 +225,38 @@ def test_bench_preset_lays_its_settings_under_the_command_line(monkeypatch, tmp_
     assert cfg.synth_difficulty == "easy" and seen["jobs"] == 2
     assert seen["losses"] == ["focal", "focal_noctr", "qfl", "vfl", "gfl"]
     assert list(seen["seeds"]) == [0, 1]  # given explicitly: wins over the preset's
+
+
+@pytest.mark.parametrize("loss", ["focal", "qfl", "vfl", "focal_noctr"])
+def test_box_bias_starts_the_box_sides_on_the_live_side_of_their_relu(loss, tiny_data, tmp_path):
+    """torchvision's bias 0 leaves a large share of the box-side outputs clipped to 0 by the ReLU at
+    initialisation (no gradient there: a side can die); ``box_bias=1`` starts every side at one anchor size."""
+    from qfocal.detection.train import build_model
+
+    images = [torch.rand(3, 64, 64) for _ in range(2)]
+
+    def sides(model):
+        seen = {}
+        model.head.regression_head.register_forward_hook(lambda m, i, o: seen.update(out=o))
+        with torch.no_grad():
+            model.eval()(images)
+        out = seen["out"]
+        return out[0] if isinstance(out, tuple) else out  # torchvision's head also returns centerness
+
+    torch.manual_seed(0)
+    default = build_model(3, _cfg(tiny_data, tmp_path, loss=loss))
+    assert float(default.head.regression_head.bbox_reg.bias.abs().max()) == 0.0  # torchvision's init
+    assert (sides(default) == 0).float().mean() > 0.2
+    torch.manual_seed(0)
+    lifted = build_model(3, _cfg(tiny_data, tmp_path, loss=loss, box_bias=1.0))
+    assert (sides(lifted) > 0.5).float().mean() > 0.99
+
+
+def test_box_bias_is_a_setting_of_the_run(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="box_bias: expected a finite number"):
+        TrainConfig(box_bias=float("nan")).validate()
+    cfg = _cfg(tiny_data, tmp_path, loss="qfl", box_bias=1.0)
+    train(cfg, log=lambda m: None)
+    assert load_checkpoint(tmp_path / "last.pt")["config"]["box_bias"] == 1.0
+    with pytest.raises(ValueError, match=r"box_bias=1.0 \(now 0.0\)"):
+        train(dataclasses.replace(cfg, box_bias=0.0), resume=True, log=lambda m: None)

@@ -27,7 +27,7 @@ FCOS_LOSSES = ("focal", "qfl", "vfl")  # qfocal compare's default losses (framew
 # bench: the regime where the detector localises well enough for the losses' difference in localisation quality
 # to decide the ranking (focal reaches > 50 % AP50), sized for 90 minutes on 2 CPU cores (benchmarks/DETECT.md):
 # 1800 training images seen 9 times (450 seen 24 or 36 times left the models 2x noisier), 800 validation images
-# evaluated once at the end, two 1-thread runs at a time (1.5x the runs per hour), 10 seeds.
+# evaluated once at the end, two 1-thread runs at a time (1.5x the runs per hour), 7 seeds (8 would take about 93 min).
 PRESETS = {
     "demo": DEMO,
     "bench": {
@@ -38,7 +38,7 @@ PRESETS = {
         "eval_every": 9,
         "imgsz": 128,
         "batch": 16,
-        "seeds": tuple(range(10)),
+        "seeds": tuple(range(7)),
         "losses": ("focal", "focal_noctr", "qfl", "vfl", "gfl"),
         "jobs": 2,
     },
@@ -144,6 +144,13 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
         "(default 0: the weights themselves)",
     )
     p.add_argument(
+        "--box-bias",
+        type=float,
+        default=d.box_bias,
+        help="initial bias of the box-side outputs (default 0, torchvision's; 1 starts them at one anchor size, "
+        "away from the dead side of their ReLU; no effect on gfl)",
+    )
+    p.add_argument(
         "--synth-difficulty",
         default=d.synth_difficulty,
         choices=("hard", "easy"),
@@ -190,6 +197,7 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         synth_difficulty=args.synth_difficulty,
         synth_val=args.synth_val,
         ema_decay=args.ema,
+        box_bias=args.box_bias,
         ddp_timeout=args.ddp_timeout,
         allow_outside_root=args.allow_outside_root,
         skip_bad=args.skip_bad,
@@ -333,6 +341,7 @@ _FCOS_ONLY = (
     "preset",
     "synth_val",
     "ema",
+    "box_bias",
     "jobs",
 )
 
@@ -538,7 +547,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=tuple(PRESETS),
         default=None,
         help="a named configuration: demo (the demo's) or bench (the benchmark regime: easy data, 5 heads, "
-        "10 seeds, 2 runs at a time, about 85 min on 2 cores); options given explicitly override it",
+        "7 seeds, 2 runs at a time, about 82 min on 2 cores); options given explicitly override it",
     )
 
     d = add_command(

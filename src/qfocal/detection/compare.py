@@ -199,7 +199,8 @@ def compare(
     runs are not timed or computed with different thread counts. ``jobs > 1`` trains that many runs at once, each
     in its own process with ``threads`` threads (0 = the CPU's cores divided among the jobs): on a 2-core CPU two
     1-thread runs do about 1.5x the work of one 2-thread run. ``resume=True`` reuses finished runs (their
-    ``metrics.json``) and resumes unfinished ones.
+    ``metrics.json``, and the seconds they took) and resumes unfinished ones; ``wall_s`` then adds the wall time
+    of the earlier sessions (each up to its last finished run) to this one's.
 
     The first loss is the baseline: for every other loss the per-seed differences of :data:`COMPARE_KEYS` (the
     COCO APs, AP90, the score-IoU Spearman and Pearson correlations) are averaged over the seeds both finished,
@@ -252,6 +253,8 @@ def _train_run(cfg: TrainConfig, resume: bool) -> tuple[dict, float]:
 
 def _compare(base, losses, seeds, out, resume, jobs, log) -> dict:
     t_start = time.perf_counter()
+    # Resumed: the runs reused keep the seconds they took, and the wall clock counts the earlier sessions too.
+    before, spent = _previous_seconds(out / "compare.json") if resume else ({}, 0.0)
     data = base.data
     if data == "synthetic":
         data = str(prepare_synthetic_data(base, out / "data", log=log))
@@ -263,34 +266,37 @@ def _compare(base, losses, seeds, out, resume, jobs, log) -> dict:
     finished: dict[tuple[int, str], tuple[dict, float]] = {}
     result: dict = {}
 
-    def record(seed: int, loss: str, metrics: dict, dt: float) -> None:
+    def summarise() -> None:
         nonlocal result
+        summary, seconds, runs = _collect(plan, finished, losses)
+        wall = spent + time.perf_counter() - t_start
+        result = _write_summary(out, base, losses, seeds, threads, jobs, summary, seconds, runs, wall)
+
+    def record(seed: int, loss: str, metrics: dict, dt: float, write: bool = True) -> None:
         finished[(seed, loss)] = (metrics, dt)
         values = {k: _as_float(metrics.get(k)) for k in COMPARE_KEYS}
         log(
             f"{loss} seed {seed}: AP {values['AP']:.4f} AP50 {values['AP50']:.4f} AP90 {values['AP90']:.4f} "
             f"score-IoU Spearman {values['score_iou_spearman']:.3f} ({dt:.0f} s)"
         )
-        summary, seconds, runs = _collect(plan, finished, losses)
-        result = _write_summary(
-            out, base, losses, seeds, threads, jobs, summary, seconds, runs, time.perf_counter() - t_start
-        )
+        if write:
+            summarise()
 
-    before = _previous_seconds(out / "compare.json") if resume else {}
     todo = []
     for seed, loss in plan:
         run_dir = out / f"{loss}-s{seed}"
         cfg = dataclasses.replace(base, data=data, loss=loss, seed=seed, out=str(run_dir), threads=threads)
-        if (
-            jobs > 1
-        ):  # one progress bar per process would garble the terminal; each run logs its epochs instead
+        # One progress bar per process would garble the terminal: parallel runs log their epochs instead.
+        if jobs > 1:
             cfg = dataclasses.replace(cfg, progress=False)
         done = run_dir / "metrics.json"
         if resume and done.is_file() and (run_dir / "history.csv").is_file():
             log(f"{loss} seed {seed}: reusing {done}")
-            record(seed, loss, json.loads(done.read_text()), before.get((loss, seed), math.nan))
+            record(seed, loss, json.loads(done.read_text()), before.get((loss, seed), math.nan), write=False)
         else:
             todo.append(cfg)
+    if finished:  # the reused runs' summary, written once
+        summarise()
     if jobs == 1:
         for cfg in todo:
             t0 = time.perf_counter()
@@ -309,13 +315,15 @@ def _compare(base, losses, seeds, out, resume, jobs, log) -> dict:
     return result
 
 
-def _previous_seconds(path: Path) -> dict[tuple[str, int], float]:
-    """The seconds each run took, from the ``compare.json`` of an interrupted compare (reused runs keep them)."""
+def _previous_seconds(path: Path) -> tuple[dict[tuple[str, int], float], float]:
+    """From the ``compare.json`` of an interrupted compare: the seconds each finished run took, and the wall
+    seconds spent so far (nothing if there is none or it cannot be read)."""
     try:
-        runs = json.loads(path.read_text())["runs"]
-        return {(r["loss"], int(r["seed"])): float(r["seconds"]) for r in runs if r.get("seconds")}
+        saved = json.loads(path.read_text())
+        runs = {(r["loss"], int(r["seed"])): float(r["seconds"]) for r in saved["runs"] if r.get("seconds")}
+        return runs, float(saved.get("wall_s") or 0.0)
     except (OSError, ValueError, KeyError, TypeError):
-        return {}
+        return {}, 0.0
 
 
 def _collect(plan, finished, losses):

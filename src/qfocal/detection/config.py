@@ -4,6 +4,7 @@ line can describe its options without loading torchvision or the data readers.""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from .._names import loss_name
 
@@ -43,6 +44,7 @@ RESUME_KEYS = (
     "warmup_iters",
     "eval_every",
     "ema_decay",
+    "box_bias",
 )
 
 
@@ -74,9 +76,8 @@ class TrainConfig:
     synth_seed: int = 0
     synth_difficulty: str = "hard"
     synth_val: int = 0  # validation images of the synthetic set (0: a quarter of synth_images)
-    ema_decay: float = (
-        0.0  # evaluate an exponential moving average of the weights (0: the weights themselves)
-    )
+    ema_decay: float = 0.0  # evaluate an EMA of the weights with this decay (0: the weights themselves)
+    box_bias: float = 0.0  # initial bias of the ReLU'd box-side outputs (0: torchvision's; see fcos_tiny)
     model_size: str = "tiny"
     progress: bool = True
     plots: bool = True
@@ -110,6 +111,8 @@ class TrainConfig:
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay: expected a value in [0, 1) (0 = no EMA), got {self.ema_decay!r}")
+        if not math.isfinite(self.box_bias):
+            raise ConfigError(f"box_bias: expected a finite number, got {self.box_bias!r}")
         if self.imgsz % 32:
             raise ConfigError(
                 f"imgsz: expected a multiple of 32 (the stride of the coarsest level), got {self.imgsz}"

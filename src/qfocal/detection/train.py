@@ -72,7 +72,9 @@ _RESULT_KEYS = (*METRIC_KEYS, *QUALITY_KEYS, "score_iou_n")
 
 def build_model(num_classes: int, cfg: TrainConfig) -> torch.nn.Module:
     """The detector of a run: :func:`qfocal.integrations.torchvision.fcos_tiny` with the run's loss and size."""
-    return fcos_tiny(num_classes, loss=cfg.loss, imgsz=cfg.imgsz, **MODEL_SIZES[cfg.model_size])
+    return fcos_tiny(
+        num_classes, loss=cfg.loss, imgsz=cfg.imgsz, box_bias=cfg.box_bias, **MODEL_SIZES[cfg.model_size]
+    )
 
 
 _DEFAULT_THREADS = torch.get_num_threads()

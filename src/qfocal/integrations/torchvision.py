@@ -15,6 +15,7 @@ Users with their own backbone build ``QualityFCOS(backbone, num_classes, head=Qu
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
@@ -317,6 +318,7 @@ def fcos_tiny(
     beta: float = 2.0,
     alpha: float = 0.75,
     gamma: float = 2.0,
+    box_bias: float = 0.0,
 ) -> FCOS:
     """A small FCOS for training from scratch: :class:`TinyBackbone` + FPN (P3-P7) + a light FCOS head.
 
@@ -332,6 +334,11 @@ def fcos_tiny(
         score_thresh, nms_thresh, detections_per_img: post-processing, as in ``FCOS`` (0.05 keeps the low-score
             detections COCO AP needs).
         beta: QFL exponent; alpha, gamma: VFL parameters.
+        box_bias: initial bias of the box-side outputs of the heads that pass them through a ReLU (all but
+            ``"gfl"``, whose sides are the expectation of a distribution). torchvision's 0 starts them on the
+            ReLU's kink; with AdamW a side's channel then sometimes goes negative everywhere in the first epoch and
+            never recovers (its box loss stays high, AP collapses). 1 starts every side at one anchor size, where
+            mmdetection's FCOS (``exp(0)``) starts.
 
     Returns:
         An ``FCOS`` (``loss="focal"``) or :class:`QualityFCOS`: ``model(images, targets)`` gives the loss dict in
@@ -367,8 +374,11 @@ def fcos_tiny(
         "nms_thresh": nms_thresh,
         "detections_per_img": detections_per_img,
     }
+    if not math.isfinite(box_bias):
+        raise ValueError(f"box_bias: expected a finite number, got {box_bias!r}")
     if loss == "focal":
         head = FocalFCOSHead(fpn_channels, 1, num_classes, head_convs)
+        nn.init.constant_(head.regression_head.bbox_reg.bias, box_bias)
         return FCOS(backbone, num_classes, head=head, **common)
     head = QualityFCOSHead(
         fpn_channels,
@@ -381,4 +391,6 @@ def fcos_tiny(
         gamma=gamma,
         reg_max=GFL_REG_MAX if loss == "gfl" else 0,
     )
+    if loss != "gfl":
+        nn.init.constant_(head.regression_head.bbox_reg.bias, box_bias)
     return QualityFCOS(backbone, num_classes, head=head, **common)
