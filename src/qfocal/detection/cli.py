@@ -547,7 +547,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=tuple(PRESETS),
         default=None,
         help="a named configuration: demo (the demo's) or bench (the benchmark regime: easy data, 5 heads, "
-        "7 seeds, 2 runs at a time, about 82 min on 2 cores); options given explicitly override it",
+        "7 seeds, 2 runs at a time, about 85 min on 2 cores); options given explicitly override it",
     )
 
     d = add_command(
