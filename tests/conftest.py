@@ -124,3 +124,29 @@ def mmdet_losses():
     from .mmdet_oracle import load
 
     return load()
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A 10-image synthetic dataset (8 train / 2 val, 64 px) for one-epoch trainer runs."""
+    from qfocal.data import generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate_dataset(root, images=10, seed=0, imgsz=64, min_size=6, val_fraction=0.2, mean_objects=3)
+    return root
+
+
+def tiny_config(data, out, **kw):
+    """A :class:`~qfocal.detection.TrainConfig` of one quick epoch on :func:`tiny_data` (overrides in ``kw``)."""
+    from qfocal.detection import TrainConfig
+
+    base = {
+        "epochs": 1,
+        "imgsz": 64,
+        "batch": 4,
+        "amp": "off",
+        "progress": False,
+        "warmup_iters": 1,
+        "threads": 1,
+    }
+    return TrainConfig(data=str(data), out=str(out), **{**base, **kw})

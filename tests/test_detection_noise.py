@@ -11,32 +11,15 @@ import pytest
 import torch
 
 from qfocal.cli import main
-from qfocal.data import generate_dataset
 from qfocal.detection import TrainConfig, compare, load_checkpoint, train
 from qfocal.detection.compare import threads_per_job
 from qfocal.detection.train import ModelEMA, evaluate_checkpoint, prepare_synthetic_data
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    generate_dataset(root, images=10, seed=0, imgsz=64, min_size=6, val_fraction=0.2, mean_objects=3)
-    return root
+from .conftest import tiny_config
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
-    base = {
-        "epochs": 1,
-        "imgsz": 64,
-        "batch": 4,
-        "amp": "off",
-        "progress": False,
-        "warmup_iters": 1,
-        "threads": 1,
-        "plots": False,
-    }
-    base.update(kw)
-    return TrainConfig(data=str(data), out=str(out), **base)
+    return tiny_config(data, out, plots=False, **kw)
 
 
 def test_ema_update_is_the_weighted_average_with_warm_up():

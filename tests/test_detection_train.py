@@ -11,7 +11,6 @@ import torch
 
 from qfocal import quality_focal_loss, varifocal_loss
 from qfocal.cli import main
-from qfocal.data import generate_dataset
 from qfocal.detection import (
     METRIC_KEYS,
     QUALITY_KEYS,
@@ -23,6 +22,8 @@ from qfocal.detection import (
 )
 from qfocal.detection.train import amp_dtype
 from qfocal.integrations.torchvision import FocalFCOSHead, QualityFCOS, QualityFCOSHead, fcos_tiny
+
+from .conftest import tiny_config
 
 # What train returns and writes to metrics.json.
 RESULT_KEYS = [*METRIC_KEYS, *QUALITY_KEYS, "score_iou_n"]
@@ -41,25 +42,8 @@ def _spy_compute_loss(model) -> dict:
     return seen
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    generate_dataset(root, images=10, seed=0, imgsz=64, min_size=6, val_fraction=0.2, mean_objects=3)
-    return root
-
-
 def _cfg(data, out, **kw) -> TrainConfig:
-    base = {
-        "epochs": 1,
-        "imgsz": 64,
-        "batch": 4,
-        "amp": "off",
-        "progress": False,
-        "warmup_iters": 1,
-        "threads": 1,
-    }
-    base.update(kw)
-    return TrainConfig(data=str(data), out=str(out), **base)
+    return tiny_config(data, out, **kw)
 
 
 @pytest.mark.parametrize("loss", ["focal", "qfl", "vfl"])
