@@ -12,8 +12,15 @@ import torch
 
 from qfocal.cli import main
 from qfocal.detection import TrainConfig, compare, load_checkpoint, train
-from qfocal.detection.compare import threads_per_job
-from qfocal.detection.train import ModelEMA, evaluate_checkpoint, prepare_synthetic_data
+from qfocal.detection.compare import PRETRAIN_SEED, threads_per_job
+from qfocal.detection.train import (
+    CheckpointError,
+    ModelEMA,
+    build_model,
+    evaluate_checkpoint,
+    load_backbone,
+    prepare_synthetic_data,
+)
 
 from .conftest import tiny_config
 
@@ -182,6 +189,12 @@ def test_compare_refuses_bad_jobs(tiny_data, tmp_path, jobs):
             "synth_val: expected 0 (a quarter) or fewer than synth_images (400)",
         ),
         (["compare", "--framework", "ultralytics", "--jobs", "2"], "--jobs: an option of the FCOS harness"),
+        (
+            ["compare", "--framework", "yolov5", "--pretrain-epochs", "2"],
+            "--pretrain-epochs: an option of the FCOS harness",
+        ),
+        (["compare", "--pretrain-epochs", "-1"], "argument --pretrain-epochs: expected an integer >= 0"),
+        (["train", "--init", "no/such.pt"], "--init: expected a qfocal checkpoint file, got 'no/such.pt'"),
     ],
 )
 def test_cli_refuses_bad_noise_options(argv, message, capsys, tmp_path):
@@ -204,8 +217,9 @@ def test_bench_preset_lays_its_settings_under_the_command_line(monkeypatch, tmp_
     monkeypatch.setattr(importlib.import_module("qfocal.detection.compare"), "compare", fake_compare)
     assert main(["compare", "--preset", "bench", "--seeds", "2", "--out", str(tmp_path / "b")]) == 0
     cfg = seen["cfg"]
-    assert (cfg.epochs, cfg.eval_every, cfg.synth_images, cfg.synth_val) == (9, 9, 2600, 800)
+    assert (cfg.epochs, cfg.eval_every, cfg.synth_images, cfg.synth_val) == (6, 6, 2600, 800)
     assert cfg.synth_difficulty == "easy" and seen["jobs"] == 2
+    assert cfg.box_bias == 1.0 and seen["pretrain_epochs"] == 9
     assert seen["losses"] == ["focal", "focal_noctr", "qfl", "vfl", "gfl"]
     assert list(seen["seeds"]) == [0, 1]  # given explicitly: wins over the preset's
 
@@ -243,3 +257,71 @@ def test_box_bias_is_a_setting_of_the_run(tiny_data, tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["config"]["box_bias"] == 1.0
     with pytest.raises(ValueError, match=r"box_bias=1.0 \(now 0.0\)"):
         train(dataclasses.replace(cfg, box_bias=0.0), resume=True, log=lambda m: None)
+
+
+_BODY = "backbone.body."
+
+
+def test_init_copies_the_backbone_body_and_nothing_else(tiny_data, tmp_path):
+    cfg = _cfg(tiny_data, tmp_path / "a", loss="focal")
+    train(cfg, log=lambda m: None)
+    trained = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    torch.manual_seed(5)
+    model = build_model(3, dataclasses.replace(cfg, loss="gfl"))
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    copied = load_backbone(model, tmp_path / "a" / "last.pt")
+    after = model.state_dict()
+    body = [k for k in after if k.startswith(_BODY)]
+    assert copied == len(body) > 10
+    for k in body:
+        assert torch.equal(after[k], trained[k]), k
+    assert any(not torch.equal(fresh[k], trained[k]) for k in body)  # it did change something
+    for k in after:  # the FPN and the (other loss's) head keep their own initialisation
+        if not k.startswith(_BODY):
+            assert torch.equal(after[k], fresh[k]), k
+
+
+def test_init_refuses_a_backbone_of_another_size(tiny_data, tmp_path):
+    cfg = _cfg(tiny_data, tmp_path / "a", loss="focal")
+    train(cfg, log=lambda m: None)
+    small = build_model(3, dataclasses.replace(cfg, model_size="small"))
+    with pytest.raises(CheckpointError, match="its backbone does not fit this model"):
+        load_backbone(small, tmp_path / "a" / "last.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint file there"):
+        load_backbone(small, tmp_path / "missing.pt")
+
+
+def test_compare_pretrains_one_backbone_on_other_data_and_starts_every_run_from_it(tmp_path):
+    base = TrainConfig(
+        data="synthetic", synth_images=12, synth_difficulty="easy", epochs=1, imgsz=64, batch=4, amp="off",
+        progress=False, plots=False, warmup_iters=1, threads=1, box_bias=1.0,
+    )  # fmt: skip
+    out = tmp_path / "c"
+    logs = []
+    result = compare(base, losses=["focal", "qfl"], seeds=[0], out=out, pretrain_epochs=1, log=logs.append)
+    ckpt = out / "pretrain" / "last.pt"
+    pre = load_checkpoint(ckpt)["config"]
+    assert (pre["loss"], pre["seed"], pre["synth_seed"], pre["epochs"]) == ("focal", PRETRAIN_SEED, 1, 1)
+    # Its own synthetic set: another generator seed than the compare's data.
+    assert "seed=1" in (out / "pretrain" / "data" / ".complete").read_text()
+    assert "seed=0" in (out / "data" / ".complete").read_text()
+    assert result["config"]["init"] == str(ckpt)
+    for loss in ("focal", "qfl"):
+        run = load_checkpoint(out / f"{loss}-s0" / "last.pt")
+        assert run["config"]["init"] == str(ckpt)
+    # Resumed: the finished pretraining is reused, not trained again.
+    stamp = ckpt.stat().st_mtime_ns
+    logs.clear()
+    compare(
+        base, losses=["focal", "qfl"], seeds=[0], out=out, pretrain_epochs=1, resume=True, log=logs.append
+    )
+    assert ckpt.stat().st_mtime_ns == stamp
+    assert any("pretrained backbone: reusing" in m for m in logs)
+
+
+@pytest.mark.parametrize("epochs", [-1, 1.5, True])
+def test_compare_refuses_bad_pretrain_epochs(tiny_data, tmp_path, epochs):
+    with pytest.raises(ValueError, match="pretrain_epochs: expected an integer >= 0"):
+        compare(
+            _cfg(tiny_data, tmp_path), losses=["focal"], seeds=[0], out=tmp_path / "c", pretrain_epochs=epochs
+        )

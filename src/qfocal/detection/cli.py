@@ -26,21 +26,25 @@ FCOS_LOSSES = ("focal", "qfl", "vfl")  # qfocal compare's default losses (framew
 # `qfocal compare --preset NAME`: settings laid under the command line (an option given explicitly wins).
 # bench: the regime where the detector localises well enough for the losses' difference in localisation quality
 # to decide the ranking (focal reaches > 50 % AP50), sized for 90 minutes on 2 CPU cores (benchmarks/DETECT.md):
-# 1800 training images seen 9 times (450 seen 24 or 36 times left the models 2x noisier), 800 validation images
-# evaluated once at the end, two 1-thread runs at a time (1.5x the runs per hour), 7 seeds (8 would take about 93 min).
+# a backbone pretrained once (a focal detector, 9 epochs on a second synthetic set) under every run, since
+# features learned from scratch moved whole models by +-2 AP per seed; then 1800 training images seen 6 times,
+# 800 validation images evaluated once at the end, box sides started at 1 (no dead-ReLU collapse), two 1-thread
+# runs at a time (1.5x the runs per hour), 10 seeds.
 PRESETS = {
     "demo": DEMO,
     "bench": {
         "synth_images": 2600,
         "synth_val": 800,
         "synth_difficulty": "easy",
-        "epochs": 9,
-        "eval_every": 9,
+        "epochs": 6,
+        "eval_every": 6,
         "imgsz": 128,
         "batch": 16,
-        "seeds": tuple(range(7)),
+        "seeds": tuple(range(10)),
         "losses": ("focal", "focal_noctr", "qfl", "vfl", "gfl"),
         "jobs": 2,
+        "box_bias": 1.0,
+        "pretrain_epochs": 9,
     },
 }
 
@@ -150,6 +154,13 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
         "away from the dead side of their ReLU; no effect on gfl)",
     )
     p.add_argument(
+        "--init",
+        default=d.init,
+        metavar="CHECKPOINT",
+        help="start the backbone from this qfocal checkpoint's (a pretrained backbone; FPN and head from "
+        "scratch); default: all from scratch",
+    )
+    p.add_argument(
         "--synth-difficulty",
         default=d.synth_difficulty,
         choices=("hard", "easy"),
@@ -174,6 +185,10 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
     """The run's config from the command line, validated before any expensive work (usage errors: exit 2)."""
     if args.amp == "fp16" and (args.device == "cpu" or not _cuda_available()):
         raise CommandError("--amp fp16: fp16 autocast is for CUDA; use bf16 or off on the CPU", usage=True)
+    if args.init and not Path(args.init).is_file():
+        raise CommandError(
+            f"--init: expected a qfocal checkpoint file, got {args.init!r} (no such file)", usage=True
+        )
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out: expected a folder, got the existing file {out}", usage=True)
@@ -197,6 +212,7 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         synth_val=args.synth_val,
         ema_decay=args.ema,
         box_bias=args.box_bias,
+        init=args.init,
         ddp_timeout=args.ddp_timeout,
         allow_outside_root=args.allow_outside_root,
         skip_bad=args.skip_bad,
@@ -341,7 +357,9 @@ _FCOS_ONLY = (
     "synth_val",
     "ema",
     "box_bias",
+    "init",
     "jobs",
+    "pretrain_epochs",
 )
 
 
@@ -374,6 +392,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         out=args.out,
         resume=args.resume,
         jobs=args.jobs,
+        pretrain_epochs=args.pretrain_epochs,
     )
     print(result["table"])
     print(f"\n{args.out}/compare.md, compare.json, compare.png; wall {result['wall_s']:.0f} s")
@@ -542,11 +561,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "shared among them); on 2 cores, --jobs 2 does about 1.5x the runs per hour",
     )
     c.add_argument(
+        "--pretrain-epochs",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="FCOS: first train one focal-loss detector N epochs on a second synthetic set (your training data "
+        "for --data PATH) under OUT/pretrain, and start every run's backbone from it (default 0: from scratch)",
+    )
+    c.add_argument(
         "--preset",
         choices=tuple(PRESETS),
         default=None,
-        help="a named configuration: demo (the demo's) or bench (the benchmark regime: easy data, 5 heads, "
-        "7 seeds, 2 runs at a time, about 85 min on 2 cores); options given explicitly override it",
+        help="a named configuration: demo (the demo's) or bench (the benchmark regime: easy data, a "
+        "pretrained backbone, 5 heads, 10 seeds, 2 runs at a time, about 90 min on 2 cores); options given explicitly override it",
     )
 
     d = add_command(

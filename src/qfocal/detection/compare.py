@@ -190,6 +190,7 @@ def compare(
     out: str | Path = "runs/compare",
     resume: bool = False,
     jobs: int = 1,
+    pretrain_epochs: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train ``base`` once per loss and seed under ``out/{loss}-s{seed}`` and summarise.
@@ -205,6 +206,12 @@ def compare(
     The first loss is the baseline: for every other loss the per-seed differences of :data:`COMPARE_KEYS` (the
     COCO APs, AP90, the score-IoU Spearman and Pearson correlations) are averaged over the seeds both finished,
     with a Student-t 95 % interval (:func:`qfocal.detection.stats.paired_deltas`).
+
+    ``pretrain_epochs > 0`` first trains one focal-loss detector (seed :data:`PRETRAIN_SEED`) for that many
+    epochs under ``out/pretrain``, on a second synthetic set (``synth_seed + 1``, same size; the training data
+    itself for user data), and starts every run's backbone from it (``TrainConfig.init``), the part ImageNet
+    weights play for a real detector: the runs then differ in loss and seed only above the same features. A
+    ``base.init`` given takes its place.
 
     Writes, after every run: ``out/compare.md`` (mean ± std table; paired-difference table and one line per loss
     saying which intervals exclude 0), ``out/compare.json`` (config, thread count, every run's metrics, and per
@@ -226,11 +233,15 @@ def compare(
             )
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs: expected an integer >= 1 (runs trained at once), got {jobs!r}")
+    if isinstance(pretrain_epochs, bool) or not isinstance(pretrain_epochs, int) or pretrain_epochs < 0:
+        raise ConfigError(
+            f"pretrain_epochs: expected an integer >= 0 (0: no pretrained backbone), got {pretrain_epochs!r}"
+        )
     if log is None:
         log = lambda msg: print(msg, flush=True)  # noqa: E731
     out = Path(out)
     with run_lock(out):
-        return _compare(base, losses, seeds, out, resume, jobs, log)
+        return _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log)
 
 
 def threads_per_job(requested: int, jobs: int) -> int:
@@ -251,13 +262,48 @@ def _train_run(cfg: TrainConfig, resume: bool) -> tuple[dict, float]:
     return metrics, time.perf_counter() - t0
 
 
-def _compare(base, losses, seeds, out, resume, jobs, log) -> dict:
+# The seed of the pretraining run of ``compare(pretrain_epochs=...)``: apart from the seeds a compare is given.
+PRETRAIN_SEED = 10_000
+
+
+def pretrain_backbone(base: TrainConfig, epochs: int, out: Path, resume: bool, log) -> str:
+    """Train the focal-loss detector whose backbone starts every run of a compare; return its checkpoint path.
+    With ``resume`` a finished one (``metrics.json`` beside ``last.pt``) is reused, an unfinished one resumed."""
+    run_dir = out / "pretrain"
+    ckpt = run_dir / "last.pt"
+    if resume and (run_dir / "metrics.json").is_file() and ckpt.is_file():
+        log(f"pretrained backbone: reusing {ckpt}")
+        return str(ckpt)
+    cfg = dataclasses.replace(
+        base,
+        loss="focal",
+        seed=PRETRAIN_SEED,
+        epochs=epochs,
+        eval_every=epochs,
+        synth_seed=base.synth_seed + 1,
+        out=str(run_dir),
+        threads=threads_per_job(base.threads, 1),
+        init="",
+        plots=False,
+    )
+    log(f"pretraining the backbone: focal loss, {epochs} epochs, seed {PRETRAIN_SEED}, in {run_dir}")
+    t0 = time.perf_counter()
+    metrics = train(cfg, resume=resume, log=lambda msg: log(f"[pretrain] {msg}"))
+    log(
+        f"pretrained backbone: AP {metrics['AP']:.4f} on its own val split ({time.perf_counter() - t0:.0f} s)"
+    )
+    return str(ckpt)
+
+
+def _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log) -> dict:
     t_start = time.perf_counter()
     # Resumed: the runs reused keep the seconds they took, and the wall clock counts the earlier sessions too.
     before, spent = _previous_seconds(out / "compare.json") if resume else ({}, 0.0)
     data = base.data
     if data == "synthetic":
         data = str(prepare_synthetic_data(base, out / "data", log=log))
+    if pretrain_epochs and not base.init:
+        base = dataclasses.replace(base, init=pretrain_backbone(base, pretrain_epochs, out, resume, log))
     threads = threads_per_job(base.threads, jobs)
     at_once = f"{jobs} runs at a time, " if jobs > 1 else ""
     log(f"compare: {len(losses)} losses x {len(seeds)} seeds, {at_once}{threads} thread(s) per run")

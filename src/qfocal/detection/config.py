@@ -45,6 +45,7 @@ RESUME_KEYS = (
     "eval_every",
     "ema_decay",
     "box_bias",
+    "init",
 )
 
 
@@ -78,6 +79,7 @@ class TrainConfig:
     synth_val: int = 0  # validation images of the synthetic set (0: a quarter of synth_images)
     ema_decay: float = 0.0  # evaluate an EMA of the weights with this decay (0: the weights themselves)
     box_bias: float = 0.0  # initial bias of the ReLU'd box-side outputs (0: torchvision's; see fcos_tiny)
+    init: str = ""  # a qfocal checkpoint whose backbone (body) weights start the model ("": from scratch)
     model_size: str = "tiny"
     progress: bool = True
     plots: bool = True
@@ -113,6 +115,8 @@ class TrainConfig:
             raise ConfigError(f"ema_decay: expected a value in [0, 1) (0 = no EMA), got {self.ema_decay!r}")
         if not math.isfinite(self.box_bias):
             raise ConfigError(f"box_bias: expected a finite number, got {self.box_bias!r}")
+        if not isinstance(self.init, str):
+            raise ConfigError(f"init: expected a checkpoint path or '', got {self.init!r}")
         if self.imgsz % 32:
             raise ConfigError(
                 f"imgsz: expected a multiple of 32 (the stride of the coarsest level), got {self.imgsz}"

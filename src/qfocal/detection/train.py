@@ -46,6 +46,7 @@ __all__ = [
     "TrainConfig",
     "build_model",
     "data_fingerprint",
+    "load_backbone",
     "load_checkpoint",
     "prepare_synthetic_data",
     "resume_checkpoint",
@@ -166,6 +167,33 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if missing:
         raise CheckpointError(f"{path}: not a checkpoint written by qfocal train (no {', '.join(missing)})")
     return ckpt
+
+
+_BACKBONE_PREFIX = "backbone.body."
+
+
+def load_backbone(model: torch.nn.Module, path: str | os.PathLike) -> int:
+    """Copy the backbone body (the CNN under the FPN) of the checkpoint at ``path`` into ``model``; the FPN and
+    the head keep their initialisation. This is the harness's pretrained backbone: a detector trained elsewhere
+    (``qfocal compare --pretrain-epochs``) plays the part ImageNet weights play for a real detector, so runs
+    that differ only in their loss and seed start from the same features. Returns the tensors copied.
+
+    Raises:
+        CheckpointError: ``path`` is not a qfocal checkpoint, or its backbone does not fit ``model`` (another
+            ``model_size``).
+    """
+    state = load_checkpoint(path)["model"]
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(_BACKBONE_PREFIX)}
+    theirs = {k: v for k, v in state.items() if k.startswith(_BACKBONE_PREFIX)}
+    if set(own) != set(theirs) or any(own[k].shape != theirs[k].shape for k in own):
+        raise CheckpointError(
+            f"{path}: its backbone does not fit this model (another --model-size?): expected {len(own)} "
+            f"backbone tensors of this model's shapes, got {len(theirs)}"
+        )
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(theirs[k])
+    return len(own)
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -595,7 +623,11 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
     torch.set_num_threads(threads)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(train_data.num_classes, cfg).to(device)
+    model = build_model(train_data.num_classes, cfg)
+    if cfg.init:
+        load_backbone(model, cfg.init)
+        log(f"backbone from {cfg.init}")
+    model = model.to(device)
     state = RunState(
         model=model,
         optimizer=torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr),
