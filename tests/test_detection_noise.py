@@ -294,7 +294,7 @@ def test_init_refuses_a_backbone_of_another_size(tiny_data, tmp_path):
 def test_compare_pretrains_one_backbone_on_other_data_and_starts_every_run_from_it(tmp_path):
     base = TrainConfig(
         data="synthetic", synth_images=12, synth_difficulty="easy", epochs=1, imgsz=64, batch=4, amp="off",
-        progress=False, plots=False, warmup_iters=1, threads=1, box_bias=1.0,
+        progress=False, plots=False, warmup_iters=1, threads=0, box_bias=1.0,
     )  # fmt: skip
     out = tmp_path / "c"
     logs = []
@@ -309,6 +309,8 @@ def test_compare_pretrains_one_backbone_on_other_data_and_starts_every_run_from_
     for loss in ("focal", "qfl"):
         run = load_checkpoint(out / f"{loss}-s0" / "last.pt")
         assert run["config"]["init"] == str(ckpt)
+        # One thread count, resolved once by the compare, for the pretraining and the runs (--threads 0 = auto).
+        assert run["config"]["threads"] == pre["threads"] == result["threads"] >= 1
     # Resumed: the finished pretraining is reused, not trained again.
     stamp = ckpt.stat().st_mtime_ns
     logs.clear()
@@ -325,3 +327,42 @@ def test_compare_refuses_bad_pretrain_epochs(tiny_data, tmp_path, epochs):
         compare(
             _cfg(tiny_data, tmp_path), losses=["focal"], seeds=[0], out=tmp_path / "c", pretrain_epochs=epochs
         )
+
+
+_ORPHAN_SCRIPT = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from qfocal.detection.compare import exit_with_parent
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+        initializer=exit_with_parent, initargs=(os.getpid(), 0.1),
+    )
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 120)
+    time.sleep(0.5)
+    os._exit(0)  # killed: no pool shutdown
+"""
+
+
+def test_parallel_workers_do_not_outlive_a_killed_compare(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "killed.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    worker = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, 9)
+    pytest.fail(f"worker {worker} still ran 20 s after its compare was killed")

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -254,6 +255,22 @@ def threads_per_job(requested: int, jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
+def exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    """A worker's initializer: a daemon thread ends the worker process once ``parent`` is gone.
+
+    A compare killed from outside (SIGTERM, SIGKILL, a closed terminal) cannot shut its pool down, and the
+    spawned workers would train on as orphans, each holding a core and its memory; a killed run then loses only
+    its current epoch (its ``last.pt`` stays), which ``--resume`` continues.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _train_run(cfg: TrainConfig, resume: bool) -> tuple[dict, float]:
     """One run of a parallel compare, in a worker process: its metrics and seconds; its log lines name the run."""
     tag = f"[{cfg.loss} s{cfg.seed}]"
@@ -268,7 +285,10 @@ PRETRAIN_SEED = 10_000
 
 def pretrain_backbone(base: TrainConfig, epochs: int, out: Path, resume: bool, log) -> str:
     """Train the focal-loss detector whose backbone starts every run of a compare; return its checkpoint path.
-    With ``resume`` a finished one (``metrics.json`` beside ``last.pt``) is reused, an unfinished one resumed."""
+
+    It trains with ``base.threads`` threads (the compare's count per run, fixed by the compare rather than by
+    the machine's load, so the same command gives the same backbone). With ``resume`` a finished one
+    (``metrics.json`` beside ``last.pt``) is reused, an unfinished one resumed."""
     run_dir = out / "pretrain"
     ckpt = run_dir / "last.pt"
     if resume and (run_dir / "metrics.json").is_file() and ckpt.is_file():
@@ -282,7 +302,6 @@ def pretrain_backbone(base: TrainConfig, epochs: int, out: Path, resume: bool, l
         eval_every=epochs,
         synth_seed=base.synth_seed + 1,
         out=str(run_dir),
-        threads=threads_per_job(base.threads, 1),
         init="",
         plots=False,
     )
@@ -302,9 +321,12 @@ def _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log) -> di
     data = base.data
     if data == "synthetic":
         data = str(prepare_synthetic_data(base, out / "data", log=log))
-    if pretrain_epochs and not base.init:
-        base = dataclasses.replace(base, init=pretrain_backbone(base, pretrain_epochs, out, resume, log))
     threads = threads_per_job(base.threads, jobs)
+    if pretrain_epochs and not base.init:
+        pre = dataclasses.replace(
+            base, threads=threads
+        )  # the runs' thread count: the same backbone every time
+        base = dataclasses.replace(base, init=pretrain_backbone(pre, pretrain_epochs, out, resume, log))
     at_once = f"{jobs} runs at a time, " if jobs > 1 else ""
     log(f"compare: {len(losses)} losses x {len(seeds)} seeds, {at_once}{threads} thread(s) per run")
     # Seeds outside, losses inside: an interrupted compare has balanced results, written after every run.
@@ -350,7 +372,12 @@ def _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log) -> di
             record(cfg.seed, cfg.loss, metrics, time.perf_counter() - t0)
         return result
     # Separate processes (spawned: a forked OpenMP runtime can hang), each with its own torch thread pool.
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    )
     try:
         started = {pool.submit(_train_run, cfg, resume): cfg for cfg in todo}
         for future in as_completed(started):
