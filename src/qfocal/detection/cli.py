@@ -29,7 +29,7 @@ FCOS_LOSSES = ("focal", "qfl", "vfl")  # qfocal compare's default losses (framew
 # a backbone pretrained once (a focal detector, 9 epochs on a second synthetic set) under every run, since
 # features learned from scratch moved whole models by +-2 AP per seed; then 1800 training images seen 6 times,
 # 800 validation images evaluated once at the end, box sides started at 1 (no dead-ReLU collapse), two 1-thread
-# runs at a time (1.5x the runs per hour), 8 seeds (10 would take about 95 min).
+# runs at a time (1.5x the runs per hour), 8 seeds (10 would take about 87 min).
 PRESETS = {
     "demo": DEMO,
     "bench": {

@@ -279,6 +279,11 @@ def _train_run(cfg: TrainConfig, resume: bool) -> tuple[dict, float]:
     return metrics, time.perf_counter() - t0
 
 
+def _finished(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` finished: :func:`train` writes ``metrics.json`` last, beside its history."""
+    return (run_dir / "metrics.json").is_file() and (run_dir / "history.csv").is_file()
+
+
 # The seed of the pretraining run of ``compare(pretrain_epochs=...)``: apart from the seeds a compare is given.
 PRETRAIN_SEED = 10_000
 
@@ -287,11 +292,11 @@ def pretrain_backbone(base: TrainConfig, epochs: int, out: Path, resume: bool, l
     """Train the focal-loss detector whose backbone starts every run of a compare; return its checkpoint path.
 
     It trains with ``base.threads`` threads (the compare's count per run, fixed by the compare rather than by
-    the machine's load, so the same command gives the same backbone). With ``resume`` a finished one
-    (``metrics.json`` beside ``last.pt``) is reused, an unfinished one resumed."""
+    the machine's load, so the same command gives the same backbone). With ``resume`` a finished one is reused,
+    an unfinished one resumed."""
     run_dir = out / "pretrain"
     ckpt = run_dir / "last.pt"
-    if resume and (run_dir / "metrics.json").is_file() and ckpt.is_file():
+    if resume and _finished(run_dir):
         log(f"pretrained backbone: reusing {ckpt}")
         return str(ckpt)
     cfg = dataclasses.replace(
@@ -323,9 +328,8 @@ def _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log) -> di
         data = str(prepare_synthetic_data(base, out / "data", log=log))
     threads = threads_per_job(base.threads, jobs)
     if pretrain_epochs and not base.init:
-        pre = dataclasses.replace(
-            base, threads=threads
-        )  # the runs' thread count: the same backbone every time
+        # Pretrained with the runs' thread count, not the machine's load: the same backbone every time.
+        pre = dataclasses.replace(base, threads=threads)
         base = dataclasses.replace(base, init=pretrain_backbone(pre, pretrain_epochs, out, resume, log))
     at_once = f"{jobs} runs at a time, " if jobs > 1 else ""
     log(f"compare: {len(losses)} losses x {len(seeds)} seeds, {at_once}{threads} thread(s) per run")
@@ -357,8 +361,8 @@ def _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log) -> di
         # One progress bar per process would garble the terminal: parallel runs log their epochs instead.
         if jobs > 1:
             cfg = dataclasses.replace(cfg, progress=False)
-        done = run_dir / "metrics.json"
-        if resume and done.is_file() and (run_dir / "history.csv").is_file():
+        if resume and _finished(run_dir):
+            done = run_dir / "metrics.json"
             log(f"{loss} seed {seed}: reusing {done}")
             record(seed, loss, json.loads(done.read_text()), before.get((loss, seed), math.nan), write=False)
         else:
