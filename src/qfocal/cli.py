@@ -26,7 +26,7 @@ _COMMAND_MODULES = {
     "qfocal.bench.cli": ((), ("bench",)),
     "qfocal.detection.cli": (
         ("numpy", "PIL", "torchvision", "pycocotools"),
-        ("data", "train", "evaluate", "compare", "demo"),
+        ("data", "train", "evaluate", "compare", "pretrain", "demo"),
     ),
     "qfocal.integrations.cli": ((), ("yolov5-train", "ultralytics-train")),
 }

@@ -26,8 +26,9 @@ import torch
 from .._names import loss_name
 from .config import HARNESS_LOSSES, ConfigError, TrainConfig
 from .evaluate import METRIC_KEYS, QUALITY_KEYS, json_ready
+from .facts import run_facts
 from .stats import is_percent_metric, noise_line, paired_deltas, significance_line
-from .train import pick_threads, prepare_synthetic_data, run_lock, train
+from .train import amp_dtype, pick_threads, prepare_synthetic_data, resolve_device, run_lock, train
 
 __all__ = [
     "COMPARE_KEYS",
@@ -450,7 +451,12 @@ def _write_summary(out, base, losses, seeds, threads, jobs, summary, seconds, ru
     """Write compare.md / .json / .png (:func:`write_compare`) and compare_score_iou.png for the runs finished so
     far; return the JSON content."""
     at_once = f"{jobs} runs at a time x " if jobs > 1 else ""
-    machine = f"{platform.machine()}, {at_once}{threads} threads per run, torch {torch.__version__}"
+    dev = resolve_device(base.device, 0)
+    facts = run_facts(threads=threads, dtype=amp_dtype(base.amp, dev), device=dev)
+    machine = (
+        f"{platform.machine()} {facts['cpu']}, {at_once}{threads} threads per run, autocast {facts['autocast']}, "
+        f"torch {torch.__version__}"
+    )
     finished = f"{len(runs)} of {len(losses) * len(seeds)} runs"
     header = (
         f"COCO val metrics in percent (score-IoU ρ: Spearman correlation of score and IoU of the detections on an "
@@ -475,7 +481,7 @@ def _write_summary(out, base, losses, seeds, threads, jobs, summary, seconds, ru
         wall=wall,
         header=header,
         title=title,
-        extra={"jobs": jobs},
+        extra={"jobs": jobs, "facts": facts},
     )
     from .plots import plot_compare_score_iou
 

@@ -307,3 +307,48 @@ def significance_line(loss: str, baseline: str, deltas: Mapping[str, Mapping]) -
     if rest and sig:
         parts.append(f"includes 0: {', '.join(rest)}")
     return f"{loss} vs {baseline} ({seeds}): " + "; ".join(parts)
+
+
+def verdict_lines(
+    deltas: Mapping[str, Mapping[str, Mapping]], baseline: str, metric: str = "AP", *, n_max: int = 1000
+) -> list[str]:
+    """The answer of a compare in plain sentences, one per loss, built from its :func:`paired_deltas` of
+    ``metric``: by how much the loss beats (or trails) ``baseline`` and whether the 95 % interval excludes 0;
+    where it does not, how many seeds would settle it at the measured paired sd (:func:`seeds_for_halfwidth`
+    with the measured mean as the half-width), or that no feasible number would.
+
+    Example:
+        >>> d = {"gfl": {"AP": {"mean": 2.3, "ci95_low": 2.0, "ci95_high": 2.6, "n": 4}}}
+        >>> verdict_lines(d, "focal")[0]
+        'gfl beats focal by 2.3 AP points (95 % interval +2.0 to +2.6, 4 seeds): the interval excludes 0.'
+    """
+    lines = []
+    points = "points" if is_percent_metric(metric) else "(own units)"
+    for loss, per_metric in deltas.items():
+        d = per_metric.get(metric)
+        n = 0 if d is None else int(d["n"])
+        if n < 2:
+            lines.append(f"{loss} vs {baseline}: fewer than 2 paired seeds, no interval yet.")
+            continue
+        k = _digits(metric)
+        mean, lo, hi = float(d["mean"]), float(d["ci95_low"]), float(d["ci95_high"])
+        interval = f"95 % interval {lo:+.{k}f} to {hi:+.{k}f}, {n} seeds"
+        if excludes_zero(d):
+            verb = "beats" if mean > 0 else "trails"
+            lines.append(
+                f"{loss} {verb} {baseline} by {abs(mean):.{k}f} {metric} {points} ({interval}): "
+                "the interval excludes 0."
+            )
+            continue
+        sd = paired_sd(d)
+        need = seeds_for_halfwidth(sd, abs(mean), n_max=n_max) if abs(mean) > 0 else n_max
+        settle = (
+            f"at the measured paired sd ({sd:.{k}f}) about {need} seeds would settle a difference of this size"
+            if need < n_max
+            else "the difference is too small against the noise for any practical number of seeds"
+        )
+        lines.append(
+            f"{loss} vs {baseline}: {mean:+.{k}f} {metric} {points} ({interval}): not settled, the interval "
+            f"includes 0; {settle}."
+        )
+    return lines

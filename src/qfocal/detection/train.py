@@ -31,8 +31,10 @@ import torch.distributed as dist
 from ..data.dataset import DetectionDataset, load_split
 from ..data.synth import prepare_synthetic
 from ..integrations.torchvision import fcos_tiny
+from .backbone import CheckpointError, load_backbone
 from .config import AMP_CHOICES, MODEL_SIZES, RESUME_KEYS, ConfigError, TrainConfig
 from .evaluate import METRIC_KEYS, QUALITY_KEYS, evaluate, json_ready
+from .facts import run_facts
 from .quality import score_iou_pairs
 
 __all__ = [
@@ -60,10 +62,6 @@ __all__ = [
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; the last checkpoint on disk is the last good one."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, damaged, or not one that :func:`train` wrote."""
 
 
 _CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "history", "rng", "config", "class_names")
@@ -169,39 +167,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-_BACKBONE_PREFIX = "backbone.body."
-
-
-def load_backbone(model: torch.nn.Module, path: str | os.PathLike) -> int:
-    """Copy the backbone body (the CNN under the FPN) of the checkpoint at ``path`` into ``model``; the FPN and
-    the head keep their initialisation. This is the harness's pretrained backbone: a detector trained elsewhere
-    (``qfocal compare --pretrain-epochs``) plays the part ImageNet weights play for a real detector, so runs
-    that differ only in their loss and seed start from the same features. Returns the tensors copied.
-
-    Raises:
-        CheckpointError: ``path`` is not a qfocal checkpoint, or its backbone does not fit ``model`` (another
-            ``model_size``).
-    """
-    state = load_checkpoint(path)["model"]
-    own = {k: v for k, v in model.state_dict().items() if k.startswith(_BACKBONE_PREFIX)}
-    theirs = {k: v for k, v in state.items() if k.startswith(_BACKBONE_PREFIX)}
-    if set(own) != set(theirs) or any(own[k].shape != theirs[k].shape for k in own):
-        raise CheckpointError(
-            f"{path}: its backbone does not fit this model (another --model-size?): expected {len(own)} "
-            f"backbone tensors of this model's shapes, got {len(theirs)}"
-        )
-    with torch.no_grad():
-        for k, v in own.items():
-            v.copy_(theirs[k])
-    return len(own)
-
-
 def _dist_info() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _resolve_device(spec: str, local_rank: int) -> torch.device:
+def resolve_device(spec: str, local_rank: int) -> torch.device:
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(spec)
@@ -571,7 +542,7 @@ def train(
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if not is_main:
         log = lambda msg: None  # noqa: E731
-    device = _resolve_device(cfg.device, local_rank)
+    device = resolve_device(cfg.device, local_rank)
     own_group = False
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
@@ -692,6 +663,8 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
                 state.eval_model, val_data, imgsz=cfg.imgsz, batch=eval_batch, device=device
             )
         metrics = {k: metrics[k] for k in _RESULT_KEYS}
+        facts = run_facts(threads=threads, dtype=dtype, device=device)
+        (out / "facts.json").write_text(json.dumps(facts, indent=2) + "\n")
         (out / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2) + "\n")
         scores, ious = score_iou_pairs(last_preds, val_data)
         np.savez_compressed(
@@ -728,7 +701,7 @@ def evaluate_checkpoint(
         raise ConfigError(
             f"{weights}: trained on classes {ckpt['class_names']}, the data has {val_data.class_names}"
         )
-    dev = _resolve_device(device, 0)
+    dev = resolve_device(device, 0)
     model = build_model(len(ckpt["class_names"]), cfg).to(dev)
     model.load_state_dict(ckpt["ema"]["module"] if ema and ckpt.get("ema") else ckpt["model"])
     return evaluate(model, val_data, imgsz=cfg.imgsz, device=dev)[0]
