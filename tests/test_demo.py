@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,7 +62,7 @@ def test_a_damaged_shipped_backbone_is_one_line_error(tmp_path):
     _one_line(str(info.value))
     # A truncated file does not load at all.
     truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(open(bb.demo_backbone(), "rb").read()[:5000])
+    truncated.write_bytes(Path(bb.demo_backbone()).read_bytes()[:5000])
     with pytest.raises(bb.CheckpointError, match="damaged, or not a backbone") as info:
         bb.read_backbone(truncated)
     _one_line(str(info.value))
