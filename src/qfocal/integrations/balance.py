@@ -348,7 +348,9 @@ def term_gradient_yolov5(
     saved = getattr(model, "hyp", None)
     try:
         model.hyp = {**(saved or {}), **(hyp or {})}
-        value = dict(zip(YOLOV5_TERMS, yolov5.ComputeLoss(model, log=False).terms(preds, targets), strict=True))[term]
+        value = dict(
+            zip(YOLOV5_TERMS, yolov5.ComputeLoss(model, log=False).terms(preds, targets), strict=True)
+        )[term]
     finally:
         model.hyp = saved
     if not value.requires_grad:
@@ -394,7 +396,8 @@ def term_gradient_ultralytics(
             out = model(batch["img"])
         out = out[1] if isinstance(out, tuple) else out
         preds = {
-            k: v.detach().float().requires_grad_(True) if k in ("boxes", "scores") else v for k, v in out.items()
+            k: v.detach().float().requires_grad_(True) if k in ("boxes", "scores") else v
+            for k, v in out.items()
         }
         loss = ultralytics.DetectionLoss(model, **criterion)(dict(preds), batch)[0]
     finally:
