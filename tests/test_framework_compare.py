@@ -330,7 +330,7 @@ def _cli(argv: list[str], capsys) -> tuple[int, str]:
         (["--framework", "yolov5", "--model", "nope.yaml"], "model: expected a YOLOv5 model yaml"),
         (["--framework", "ultralytics", "--model", "nope.yaml"], "model: expected an Ultralytics model yaml"),
         (["--framework", "yolov5", "--lr", "0.1"], "--lr: an option of the FCOS harness"),
-        (["--framework", "ultralytics", "--preset", "demo"], "--preset: an option of the FCOS harness"),
+        (["--framework", "ultralytics", "--preset", "demo"], "--preset demo: a preset of the FCOS harness"),
         (["--framework", "yolov5", "--data", "nowhere.yaml"], "data: expected 'synthetic'"),
         (["--model", "yolov5n.yaml"], "--model: for --framework yolov5 or ultralytics"),
         (["--losses", "bce"], "argument --losses: expected one of focal"),  # FCOS: its own heads only

@@ -96,7 +96,7 @@ _DEFAULT_MODEL = {"yolov5": "yolov5n.yaml", "ultralytics": "yolov8n.yaml"}
 _PACKAGE = {"yolov5": "yolov5", "ultralytics": "ultralytics"}
 # The term a variant sets by default, those it may set, and the first column of the tables (which says so).
 _TERM = {"yolov5": "obj", "ultralytics": "cls"}
-_TERMS = {"yolov5": ("obj", "cls"), "ultralytics": ("cls",)}
+_TERMS = {"yolov5": ("obj", "cls")}
 _LABEL = {
     ("yolov5", "obj"): "obj loss (cls: bce)",
     ("yolov5", "cls"): "cls loss (obj: bce)",
@@ -335,12 +335,14 @@ def plan_framework_compare(
     _whole("threads", threads, 0, "0 = auto")
     _whole("jobs", jobs, 1, "runs trained at once")
     _whole("pretrain_epochs", pretrain_epochs, 0, "0: no pretraining")
-    term = _TERM[framework] if term is None else str(term).strip().lower()
-    if term not in _TERMS[framework]:
-        why = " (Ultralytics has no objectness term)" if framework == "ultralytics" else ""
+    if framework == "ultralytics" and term is not None:  # one term only: a term given is a YOLOv5 setting
         raise ConfigError(
-            f"term: expected {' or '.join(_TERMS[framework])} for {framework}{why}, got {term!r}"
+            f"term: expected none for ultralytics (its variants always set cls_loss; it has no objectness term), "
+            f"got {term!r}"
         )
+    term = _TERM[framework] if term is None else str(term).strip().lower()
+    if term not in _TERMS.get(framework, (term,)):
+        raise ConfigError(f"term: expected obj or cls for {framework}, got {term!r}")
     too_long = [v.name for v in variants if v.warmup >= epochs]
     if too_long:
         raise ConfigError(
@@ -429,7 +431,7 @@ def compare_framework(
             ``synth_seed``, ``synth_difficulty``) or a YOLO data yaml (or a folder holding ``data.yaml``).
         model: the model yaml; default ``yolov5n.yaml`` / ``yolov8n.yaml`` (not with ``weights``).
         term: the term a variant sets: YOLOv5 ``"obj"`` (default; classification BCE) or ``"cls"`` (objectness
-            BCE); Ultralytics ``"cls"`` only.
+            BCE). Ultralytics takes none (its variants always set the classification term).
         epochs, imgsz, batch: the frameworks' ``epochs``, ``imgsz``, ``batch_size`` / ``batch``.
         device: ``auto`` (the first GPU if any, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         threads: CPU threads of every run (0 = auto: :func:`qfocal.detection.compare.threads_per_job`, the cores
@@ -505,7 +507,7 @@ def _pretrain(plan: FrameworkPlan, s: dict, keys, out: Path, threads: int, resum
     """Train (or, with ``resume``, reuse) the BCE model every run fine-tunes from; return its final weights."""
     framework, epochs = plan.framework, s["pretrain_epochs"]
     pre = {**s, "epochs": epochs, "pretrain_epochs": 0, "init": None, "init_sha256": None, "plots": False}
-    if s["data"] == pre["data"] and pre["synth_seed"] is not None and Path(s["data"]).parent == out / "data":
+    if plan.settings["data"] == "synthetic":  # a second set of the same size and difficulty
         root = prepare_synthetic(
             out / "pretrain-data",
             images=s["synth_images"],
