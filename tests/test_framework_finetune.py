@@ -296,9 +296,10 @@ def _fine_tune(framework: str, tmp_path: Path, monkeypatch) -> None:
     assert record["settings"]["loss"] == "bce" and record["settings"]["data"] == str(data.resolve())
 
     # every run starts from the pretrained weights: the live model at the start equals the checkpoint
-    assert len(starts) == 2
+    assert len(starts) == 3  # the pretraining (from the yaml), then the two fine-tune runs
     expected = _checkpoint_state(pretrained)
-    for state in starts:
+    assert any(not torch.equal(starts[0][k], expected[k]) for k in expected if "conv.weight" in k)
+    for state in starts[1:]:
         shared = [k for k in expected if k in state and "num_batches_tracked" not in k]
         assert len(shared) > 100
         for key in shared:
@@ -327,19 +328,15 @@ def _fine_tune(framework: str, tmp_path: Path, monkeypatch) -> None:
     assert (
         any("pretraining: reusing" in line for line in logs) and sum("reusing" in line for line in logs) == 3
     )
-    assert len(starts) == 2 and again["start"]["sha256"] == sha
+    assert len(starts) == 3 and again["start"]["sha256"] == sha
     with pytest.raises(
         ConfigError, match=r"pretrain/metrics\.json was trained with other settings: epochs 1 \(now 2\)"
     ):
         compare_framework(framework, **{**kwargs, "pretrain_epochs": 2}, resume=True)
 
     # the user's checkpoint: every run starts from it
-    user = compare_framework(
-        framework,
-        **{**kwargs, "pretrain_epochs": 0, "losses": ["bce"], "epochs": 1},
-        weights=pretrained,
-        out=tmp_path / "user",
-    )
+    user_kwargs = {**kwargs, "pretrain_epochs": 0, "losses": ["bce"], "epochs": 1, "out": tmp_path / "user"}
+    user = compare_framework(framework, **user_kwargs, weights=pretrained)
     assert (
         user["start"]["sha256"] == sha and "fine-tuned from" in (tmp_path / "user" / "compare.md").read_text()
     )
