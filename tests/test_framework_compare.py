@@ -105,13 +105,16 @@ def _check_outputs(out: Path, result: dict, label: str) -> None:
     assert delta["mAP50-95"]["mean"] == pytest.approx(2.0)
     assert "delta_vs_baseline" not in on_disk["summary"]["bce"]
     assert on_disk["summary"]["qfl@1"]["mean"]["mAP50"] == pytest.approx(0.21)
-    assert on_disk["variants"]["qfl@1"] == {"loss": "qfl", "gain": 1.0}
-    assert on_disk["variants"]["qfl"] == {"loss": "qfl", "gain": "auto"}
+    assert on_disk["variants"]["qfl@1"] == {"loss": "qfl", "gain": 1.0, "warmup": 0}
+    assert on_disk["variants"]["qfl"] == {"loss": "qfl", "gain": "auto", "warmup": 0}
     assert set(result) == set(on_disk)
     md = (out / "compare.md").read_text()
-    assert f"| {label} | seeds | mAP50 | mAP50-95 | train s/run |" in md
-    assert "| qfl | 2 | 32.5 ± 1.4 | 12.5 ± 0.7 |" in md
-    assert f"| {label} − bce | n | mAP50 | mAP50-95 |" in md
+    columns = "mAP50 | mAP50-95 | P | R | score-IoU ρ | PR start | PR end"
+    assert f"| {label} | seeds | {columns} | train s/run |" in md
+    # a stand-in trainer has no model to measure: the diagnostics are n/a, the framework's numbers are there
+    assert "| qfl | 2 | 32.5 ± 1.4 | 12.5 ± 0.7 | 0.60 ± 0.00 | 0.50 ± 0.00 | n/a | n/a | n/a |" in md
+    assert f"| {label} − bce | n | {columns} |" in md
+    assert "from scratch" in md and "fine-tuned" not in md
     assert "| qfl | 2 | +2.0 [" in md and "- qfl vs bce (n=2 seeds)" in md
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for variant in on_disk["losses"]:
@@ -327,7 +330,7 @@ def _cli(argv: list[str], capsys) -> tuple[int, str]:
         (["--framework", "yolov5", "--model", "nope.yaml"], "model: expected a YOLOv5 model yaml"),
         (["--framework", "ultralytics", "--model", "nope.yaml"], "model: expected an Ultralytics model yaml"),
         (["--framework", "yolov5", "--lr", "0.1"], "--lr: an option of the FCOS harness"),
-        (["--framework", "ultralytics", "--preset", "demo"], "--preset: an option of the FCOS harness"),
+        (["--framework", "ultralytics", "--preset", "demo"], "--preset demo: a preset of the FCOS harness"),
         (["--framework", "yolov5", "--data", "nowhere.yaml"], "data: expected 'synthetic'"),
         (["--model", "yolov5n.yaml"], "--model: for --framework yolov5 or ultralytics"),
         (["--losses", "bce"], "argument --losses: expected one of focal"),  # FCOS: its own heads only
@@ -390,17 +393,25 @@ def _tiny(framework: str, tmp_path: Path) -> tuple[dict, float]:
         ("qfl", 1),
     ]
     for run in result["runs"]:
-        for key in FRAMEWORK_METRICS.keys:
+        for key in ("mAP50", "mAP50-95", "precision", "recall"):
             assert run[key] is not None and 0.0 <= run[key] <= 1.0, run
+        # the diagnostics of a real run: the framework's own validation predictions, the gradient on a fixed batch
+        rho = run["score_iou_spearman"]
+        assert rho is None or -1.0 <= rho <= 1.0, run  # None: fewer than two predictions on an object
+        assert run["pr_start"] >= 1.0 and run["pr_end"] >= 1.0, run
+        assert run["run_facts"]["autocast"] == "fp32" and run["run_facts"]["torch_threads"] == 1, run
         run_dir = out / f"{run['loss']}-s{run['seed']}"
         assert Path(run["dir"]) == run_dir.resolve() and (run_dir / "metrics.json").is_file()
         assert (run_dir / "weights" / "best.pt").is_file(), (
             "the framework must train into OUT/<variant>-s<seed>"
         )
     delta = result["summary"]["qfl"]["delta_vs_baseline"]
-    assert set(delta) == {"mAP50", "mAP50-95"} and all(d["n"] == 2 for d in delta.values())
+    assert set(delta) == set(FRAMEWORK_METRICS.keys) and delta["mAP50"]["n"] == 2
     md = (out / "compare.md").read_text()
-    assert "| mAP50 | mAP50-95 |" in md and "− bce | n | mAP50 | mAP50-95 |" in md
+    assert (
+        "| mAP50 | mAP50-95 | P | R | score-IoU ρ | PR start | PR end |" in md and "− bce | n | mAP50 |" in md
+    )
+    assert result["config"]["run_facts"]["autocast"] == ["fp32"] and result["start"] == {"from": "scratch"}
     assert (out / "compare.png").stat().st_size > 1000
     assert not torch.are_deterministic_algorithms_enabled(), "the frameworks' init_seeds switch must not leak"
     return result, seconds

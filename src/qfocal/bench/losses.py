@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._cli import device_arg
+from .._machine import cpu_model
 
 DEFAULT_SHAPES = ((134400, 80), (40000, 1203), (4096, 20))
 QUICK_SHAPES = ((4096, 20),)
@@ -413,13 +414,7 @@ def command_line(args: argparse.Namespace, prog: str) -> str:
 
 
 def _machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    text = f"{cpu}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
+    text = f"{cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
     if device.type == "cuda":
         text += f"; GPU {torch.cuda.get_device_name(device)}"
     return text

@@ -42,6 +42,17 @@ FCOS_LOSSES = ("focal", "qfl", "vfl")  # qfocal compare's default losses (framew
 # features learned from scratch moved whole models by +-2 AP per seed; then 1800 training images seen 6 times,
 # 800 validation images evaluated once at the end, box sides started at 1 (no dead-ReLU collapse), two 1-thread
 # runs at a time (1.5x the runs per hour), 8 seeds (10 would take about 87 min).
+# yolov5-finetune / ultralytics-finetune: the framework compare in the fine-tune regime (placeholders to be tuned
+# after piloting): one BCE model pretrained 30 epochs on a second synthetic set, then every variant fine-tuned 10
+# epochs from it, 6 seeds, two 1-thread runs at a time; threads pinned so that results do not depend on the load.
+_FINETUNE = {
+    "synth_difficulty": "easy",
+    "pretrain_epochs": 30,
+    "epochs": 10,
+    "seeds": tuple(range(6)),
+    "jobs": 2,
+    "threads": 1,
+}
 PRESETS = {
     "demo": DEMO,
     "bench": {
@@ -57,6 +68,12 @@ PRESETS = {
         "jobs": 2,
         "box_bias": 1.0,
         "pretrain_epochs": 9,
+    },
+    "yolov5-finetune": {"framework": "yolov5", **_FINETUNE, "losses": ("bce", "focal", "qfl", "vfl")},
+    "ultralytics-finetune": {
+        "framework": "ultralytics",
+        **_FINETUNE,
+        "losses": ("bce", "qfl", "vfl", "qfl-warmup3"),
     },
 }
 
@@ -367,19 +384,39 @@ _FCOS_ONLY = (
     "skip_bad",
     "allow_outside_root",
     "no_progress",
-    "preset",
     "synth_val",
     "ema",
     "box_bias",
     "init",
-    "jobs",
-    "pretrain_epochs",
 )
 
 
+def _preset_for_framework(args: argparse.Namespace) -> None:
+    """``--preset``: a framework's preset sets ``--framework`` (and refuses another one); an FCOS preset refuses
+    ``--framework yolov5|ultralytics``."""
+    if args.preset is None:
+        return
+    wanted = PRESETS[args.preset].get("framework", "fcos")
+    if args.framework not in ("fcos", wanted) or (wanted == "fcos" and args.framework != "fcos"):
+        owner = "the FCOS harness" if wanted == "fcos" else f"--framework {wanted}"
+        raise CommandError(
+            f"--preset {args.preset}: a preset of {owner}, not taken with --framework {args.framework}",
+            usage=True,
+        )
+    if wanted != "fcos":
+        _apply_preset(args)
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
+    _preset_for_framework(args)
     if args.framework != "fcos":
         return _compare_framework(args)
+    for option, value in (("--term", args.term), ("--weights", args.weights)):
+        if value is not None:
+            raise CommandError(
+                f"{option}: for --framework yolov5 or ultralytics; the FCOS harness takes --init for a backbone",
+                usage=True,
+            )
     if args.model is not None:
         raise CommandError(
             "--model: for --framework yolov5 or ultralytics; the FCOS harness takes --model-size", usage=True
@@ -433,11 +470,15 @@ def _compare_framework(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             data=cfg.data,
             model=args.model,
+            term=args.term,
             epochs=cfg.epochs,
             imgsz=cfg.imgsz,
             batch=cfg.batch,
             device=cfg.device,
             threads=cfg.threads,
+            jobs=args.jobs,
+            pretrain_epochs=args.pretrain_epochs,
+            weights=args.weights,
             synth_images=cfg.synth_images,
             synth_seed=cfg.synth_seed,
             synth_difficulty=cfg.synth_difficulty,
@@ -602,8 +643,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="comma list; the first is the baseline. FCOS: focal, qfl (= qfocal), vfl (= varifocal), gfl, "
         "focal_noctr (default focal,qfl,vfl). YOLOv5 / Ultralytics: bce, focal, qfl, vfl, each balanced to BCE "
-        "(gain auto) or with @GAIN, @1 or -unbalanced = unbalanced (default bce,qfl,vfl); YOLOv5 sets the "
-        "objectness loss (classification stays BCE), Ultralytics the classification loss",
+        "(gain auto) or with @GAIN, @1 or -unbalanced = unbalanced, and optionally -warmupK (K epochs of BCE "
+        "first, e.g. qfl-warmup3) (default bce,qfl,vfl); they set the term of --term",
+    )
+    c.add_argument(
+        "--term",
+        choices=("obj", "cls"),
+        default=None,
+        help="with --framework yolov5: the term the losses set, obj (objectness, the default; classification "
+        "BCE) or cls (classification; objectness BCE; e.g. with --train-arg label_smoothing=0.1). Not taken with "
+        "ultralytics (its losses always set the classification term)",
+    )
+    c.add_argument(
+        "--weights",
+        default=None,
+        metavar="CKPT",
+        help="with --framework yolov5 / ultralytics: fine-tune every run from this checkpoint of the framework "
+        "(checked before any training; not with --pretrain-epochs)",
     )
     c.add_argument(
         "--train-arg",
@@ -621,7 +677,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--jobs",
         type=_positive_int,
         default=1,
-        help="FCOS: runs trained at once, each in its own process with --threads threads (default 0 = the cores "
+        help="runs trained at once, each in its own process with --threads threads (default 0 = the cores "
         "shared among them); on 2 cores, --jobs 2 does about 1.5x the runs per hour",
     )
     c.add_argument(
@@ -629,16 +685,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_non_negative_int,
         default=0,
         metavar="N",
-        help="FCOS: first train one focal-loss detector N epochs on a second synthetic set (your training data "
-        "for --data PATH) under OUT/pretrain, and start every run's backbone from it (default 0: from scratch)",
+        help="first train one model N epochs on a second synthetic set (your training data for --data PATH) "
+        "under OUT/pretrain: FCOS a focal-loss detector whose backbone starts every run; YOLOv5 / Ultralytics a "
+        "BCE model every run fine-tunes from (default 0: from scratch)",
     )
     c.add_argument(
         "--preset",
         choices=tuple(PRESETS),
         default=None,
-        help="a named configuration: demo (the demo's) or bench (the benchmark regime: easy data, a pretrained "
-        "backbone, 5 heads, 8 seeds, 2 runs at a time, about 80 min on 2 cores); options given explicitly "
-        "override it",
+        help="a named configuration: demo (the demo's), bench (the benchmark regime: easy data, a pretrained "
+        "backbone, 5 heads, 8 seeds, 2 runs at a time, about 80 min on 2 cores), yolov5-finetune or "
+        "ultralytics-finetune (the framework compare fine-tuned from a BCE model pretrained on a second set; "
+        "they set --framework); options given explicitly override it",
     )
 
     r = add_command(

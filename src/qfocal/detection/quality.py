@@ -2,7 +2,8 @@
 
 Quality-aware losses (QFL, VFL) train the classification score to be the IoU of the box, so that NMS and AP's
 ranking keep the best-localised box; the GFL and VarifocalNet papers show it as a score-vs-IoU scatter. Here:
-:func:`score_iou_pairs` matches every detection to its best same-class ground-truth box,
+:func:`score_iou_pairs` matches every detection to its best same-class ground-truth box (one image:
+:func:`match_scores`),
 :func:`score_iou_metrics` gives the Spearman and Pearson correlations of score and IoU, and
 :func:`mean_iou_per_score_bin` the curve the plots draw. AP at IoU 0.9 (``AP90``, the strict-localisation AP)
 is computed with the COCO APs in :func:`qfocal.detection.evaluate.coco_metrics`.
@@ -20,6 +21,7 @@ from ..data.records import DetectionData
 __all__ = [
     "MIN_IOU",
     "box_iou",
+    "match_scores",
     "mean_iou_per_score_bin",
     "pearson",
     "score_iou_metrics",
@@ -85,17 +87,46 @@ def score_iou_pairs(
                 f"predictions: image {rec.image_id}: expected as many boxes, scores and labels, got "
                 f"{len(boxes)}, {len(score)}, {len(label)}"
             )
-        if not len(boxes) or not len(rec.labels):
-            continue
-        iou = box_iou(boxes, rec.boxes)
-        iou[label[:, None] != np.asarray(rec.labels)[None, :]] = 0.0
-        best = iou.max(axis=1)
-        keep = best > min_iou
-        scores.append(score[keep])
-        ious.append(best[keep])
+        s, i = match_scores(boxes, score, label, rec.boxes, rec.labels, min_iou=min_iou)
+        scores.append(s)
+        ious.append(i)
     if not scores:
         return np.zeros(0), np.zeros(0)
     return np.concatenate(scores), np.concatenate(ious)
+
+
+def match_scores(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_labels: np.ndarray,
+    *,
+    min_iou: float = MIN_IOU,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`score_iou_pairs` for one image: the ``(score, IoU)`` of each detection whose best IoU with a
+    same-class ground-truth box exceeds ``min_iou``.
+
+    Args:
+        boxes: ``(K, 4)`` detections ``[x1, y1, x2, y2]``; scores ``(K,)``; labels ``(K,)`` integer classes.
+        gt_boxes: ``(M, 4)`` ground truth in the same coordinates (any common scale and offset: IoU ignores them);
+            gt_labels ``(M,)``.
+        min_iou: in [0, 1).
+
+    Returns:
+        ``(scores, ious)``: float64 arrays of equal length ``(P,)``, ``P <= K``.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    gt_labels = np.asarray(gt_labels).reshape(-1).astype(np.int64)
+    if not len(boxes) or not len(gt_labels):
+        return np.zeros(0), np.zeros(0)
+    iou = box_iou(boxes, gt_boxes)
+    iou[labels[:, None] != gt_labels[None, :]] = 0.0
+    best = iou.max(axis=1)
+    keep = best > min_iou
+    return scores[keep], best[keep]
 
 
 def _rank(x: np.ndarray) -> np.ndarray:

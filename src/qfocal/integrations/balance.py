@@ -35,7 +35,8 @@ bit-identical to the framework's. YOLOv5's own ``fl_gamma > 0`` focal loss (a te
 
 Tools: :func:`measure_yolov5` and :func:`measure_ultralytics` return, for a real model and one batch, each term's
 value and the norm of its gradient with respect to the head outputs it acts on, for several criteria on the same
-predictions. :class:`BalanceLog` appends such measurements to a CSV along a training run (callbacks for both
+predictions. :func:`term_gradient_yolov5` and :func:`term_gradient_ultralytics` return that gradient itself, and
+:func:`participation_ratio` how many of its elements carry it. :class:`BalanceLog` appends such measurements to a CSV along a training run (callbacks for both
 frameworks). :func:`plot_balance` draws them (matplotlib, imported on use).
 """
 
@@ -64,8 +65,11 @@ __all__ = [
     "matched_gain",
     "measure_ultralytics",
     "measure_yolov5",
+    "participation_ratio",
     "plot_balance",
     "read_log",
+    "term_gradient_ultralytics",
+    "term_gradient_yolov5",
     "ultralytics_batch",
     "yolo_batch",
 ]
@@ -287,6 +291,124 @@ def grad_ratios(
     result."""
     ref = measured[reference][f"{term}_grad"]
     return {label: m[f"{term}_grad"] / ref if ref else math.nan for label, m in measured.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Where a term's gradient goes: the participation ratio
+# ----------------------------------------------------------------------------------------------------------
+def participation_ratio(grad: Tensor) -> float:
+    """The effective number of elements that carry a gradient: ``PR = (sum g^2)^2 / sum g^4`` over its elements.
+
+    One element carrying the whole gradient gives 1, ``n`` equal elements give ``n``; a focusing loss (QFL, focal)
+    that concentrates the gradient on a few anchors lowers it. Computed in float64.
+
+    Args:
+        grad: a gradient of any shape (flattened); elements are taken as they are (signs do not matter).
+
+    Returns:
+        the ratio in ``[1, grad.numel()]``; nan for an empty or all-zero gradient.
+
+    Example:
+        >>> participation_ratio(torch.tensor([0.0, 3.0, 0.0]))
+        1.0
+        >>> participation_ratio(torch.full((4, 5), -0.1))
+        20.0
+    """
+    g2 = grad.detach().double().reshape(-1).square()
+    s2 = float(g2.sum())
+    if not math.isfinite(s2) or s2 == 0.0:
+        return math.nan
+    return s2 * s2 / float(g2.square().sum())
+
+
+def term_gradient_yolov5(
+    model: nn.Module, images: Tensor, targets: Tensor, term: str, *, hyp: Mapping[str, Any] | None = None
+) -> Tensor:
+    """The gradient of one term of qfocal's YOLOv5 :class:`~qfocal.integrations.yolov5.ComputeLoss` with respect
+    to the logits it acts on, every level concatenated: the objectness channel for ``"obj"``, the class channels
+    for ``"cls"`` (``"box"``: the 4 box channels).
+
+    Args:
+        model: a YOLOv5 ``DetectionModel`` with ``model.hyp`` (laid under ``hyp``). One training-mode forward is run
+            without a graph; BatchNorm statistics and the mode are restored.
+        images, targets: as :func:`measure_yolov5`, on the model's device.
+        term: ``"box"``, ``"obj"`` or ``"cls"``.
+        hyp: keys over ``model.hyp``: the criteria and gains the term is computed with.
+
+    Returns:
+        a 1-D float tensor (zeros where the term sends nothing).
+    """
+    from . import yolov5
+
+    if term not in YOLOV5_TERMS:
+        raise ValueError(f"term: expected one of {', '.join(YOLOV5_TERMS)}, got {term!r}")
+    with _measuring(model), torch.no_grad():
+        out = model(images)
+    preds = [p.detach().float().requires_grad_(True) for p in out]
+    saved = getattr(model, "hyp", None)
+    try:
+        model.hyp = {**(saved or {}), **(hyp or {})}
+        value = dict(
+            zip(YOLOV5_TERMS, yolov5.ComputeLoss(model, log=False).terms(preds, targets), strict=True)
+        )[term]
+    finally:
+        model.hyp = saved
+    if not value.requires_grad:
+        return torch.cat([p[..., YOLOV5_TERMS[term]].detach().reshape(-1) * 0 for p in preds])
+    grads = torch.autograd.grad(value.sum(), preds, allow_unused=True)
+    return torch.cat(
+        [
+            (torch.zeros_like(p) if g is None else g)[..., YOLOV5_TERMS[term]].reshape(-1)
+            for p, g in zip(preds, grads, strict=True)
+        ]
+    )
+
+
+def term_gradient_ultralytics(
+    model: nn.Module, batch: Mapping[str, Any], term: str = "cls", **criterion: Any
+) -> Tensor:
+    """The gradient of one term of qfocal's Ultralytics :class:`~qfocal.integrations.ultralytics.DetectionLoss`
+    with respect to the head output it acts on: the class logits for ``"cls"``, the box distribution for ``"box"``
+    and ``"dfl"``.
+
+    Args:
+        model: an Ultralytics ``DetectionModel`` (``model.args`` gives the gains; Ultralytics' defaults when unset).
+            One training-mode forward is run without a graph; BatchNorm statistics and the mode are restored.
+        batch: Ultralytics' batch dict (:func:`ultralytics_batch`), on the model's device.
+        term: ``"box"``, ``"cls"`` or ``"dfl"``.
+        **criterion: :class:`~qfocal.integrations.ultralytics.DetectionLoss`'s keyword arguments (``cls_loss``,
+            ``cls_gain``, options).
+
+    Returns:
+        a 1-D float tensor.
+    """
+    from . import ultralytics
+
+    if term not in ULTRALYTICS_TERMS:
+        raise ValueError(f"term: expected one of {', '.join(ULTRALYTICS_TERMS)}, got {term!r}")
+    saved = getattr(model, "args", None)
+    if saved is None:
+        from ultralytics.cfg import get_cfg
+
+        model.args = get_cfg()
+    try:
+        with _measuring(model), torch.no_grad():
+            out = model(batch["img"])
+        out = out[1] if isinstance(out, tuple) else out
+        preds = {
+            k: v.detach().float().requires_grad_(True) if k in ("boxes", "scores") else v
+            for k, v in out.items()
+        }
+        loss = ultralytics.DetectionLoss(model, **criterion)(dict(preds), batch)[0]
+    finally:
+        if saved is None:
+            del model.args
+    k = list(ULTRALYTICS_TERMS).index(term)
+    output = preds[ULTRALYTICS_TERMS[term]]
+    if not loss[k].requires_grad:
+        return torch.zeros(output.numel())
+    (grad,) = torch.autograd.grad(loss[k], output, allow_unused=True)
+    return (torch.zeros_like(output) if grad is None else grad).reshape(-1)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -326,6 +326,28 @@ class ComputeLoss:
         if log:
             LOGGER.info(f"qfocal ComputeLoss: {self.describe()}")
 
+    def set_criterion(self, term: str, loss: str, gain: float | str | None = AUTO) -> None:
+        """Train ``term`` (``"obj"`` or ``"cls"``) with criterion ``loss`` and balance ``gain`` from the next call
+        on, its options read from ``self.hyp`` as at construction (``bce``'s ``auto`` is exactly 1). For schedules
+        such as a BCE warm-up (TOOD): a callback at an epoch's start switches the criterion of a running
+        training.
+
+        Raises:
+            ValueError: an unknown term, loss or gain.
+        """
+        if term not in ("obj", "cls"):
+            raise ValueError(f"term: expected 'obj' or 'cls', got {term!r}")
+        kind = _check_loss_name(f"{term}_loss", loss)
+        value = check_gain(gain, what=f"{term}_gain")
+        if value is None and kind == "bce":
+            value = 1.0
+        reference = self._bce_obj if term == "obj" else self._bce_cls
+        criterion = build_criterion(kind, reference, self.hyp)
+        if term == "obj":
+            self.BCEobj, self.obj_loss, self.obj_gain = criterion, kind, value
+        else:
+            self.BCEcls, self.cls_loss, self.cls_gain = criterion, kind, value
+
     def describe(self) -> str:
         """``"obj_loss=qfl(beta=2.0, alpha=None) x auto (BCE's gradient norm), cls_loss=bce"``."""
         return (
@@ -529,8 +551,14 @@ def _dataset_path_compat(patches: _Patches, package: str) -> None:
 
 
 @contextlib.contextmanager
-def patch_train(train_module: ModuleType | None = None, *, offline_mode: bool = True) -> Iterator[ModuleType]:
-    """Within the block, YOLOv5's ``train.py`` builds qfocal's :class:`ComputeLoss`; restored on exit.
+def patch_train(
+    train_module: ModuleType | None = None,
+    *,
+    offline_mode: bool = True,
+    compute_loss: Callable[..., ComputeLoss] | None = None,
+) -> Iterator[ModuleType]:
+    """Within the block, YOLOv5's ``train.py`` builds qfocal's :class:`ComputeLoss` (or ``compute_loss``: a
+    subclass, or a function of ``(model, autobalance=False)`` returning one); restored on exit.
 
     Only the name ``ComputeLoss`` in the train module is rebound (train.py looks it up there). Also for the
     block: with ``offline_mode``, YOLOv5's downloaders (:func:`qfocal.integrations.offline`); a data yaml without
@@ -560,7 +588,7 @@ def patch_train(train_module: ModuleType | None = None, *, offline_mode: bool = 
         preserved_torch_state(),
     ):
         try:
-            patches.setattr(module, "ComputeLoss", ComputeLoss)
+            patches.setattr(module, "ComputeLoss", compute_loss or ComputeLoss)
             _numpy_compat(patches, _package_of(module))
             _pillow_compat(patches, _package_of(module))
             _dataset_path_compat(patches, _package_of(module))
@@ -680,6 +708,7 @@ def train(
     train_module: ModuleType | None = None,
     offline_mode: bool = True,
     callbacks: Mapping[str, Any] | None = None,
+    compute_loss: Callable[..., ComputeLoss] | None = None,
     **opts: Any,
 ) -> argparse.Namespace:
     """Train with YOLOv5's own ``train.run`` and qfocal's :class:`ComputeLoss`, offline by default.
@@ -694,6 +723,7 @@ def train(
         offline_mode: no downloads or installs during training (:func:`qfocal.integrations.offline`).
         callbacks: YOLOv5 events to functions (or lists of them), e.g.
             :meth:`qfocal.integrations.balance.BalanceLog.yolov5_callbacks`.
+        compute_loss: what ``train.py`` builds its loss with (:func:`patch_train`); default :class:`ComputeLoss`.
         **opts: any other ``train.py`` option by its ``opt`` name: ``epochs``, ``imgsz``, ``batch_size``,
             ``device``, ``workers``, ``project``, ``name``, ``exist_ok``, ``noplots``, ``label_smoothing`` ...
 
@@ -714,7 +744,7 @@ def train(
         patches = _Patches()
         try:
             patches.setattr(sys, "argv", sys.argv[:1])  # train.run parses sys.argv for its defaults
-            with patch_train(module, offline_mode=offline_mode):
+            with patch_train(module, offline_mode=offline_mode, compute_loss=compute_loss):
                 if not callbacks:
                     return module.run(data=str(data), cfg=str(cfg), hyp=hyp_path, weights=weights, **opts)
                 # train.run with our callbacks: run() passes none to main()
