@@ -189,7 +189,10 @@ def test_compare_refuses_bad_jobs(tiny_data, tmp_path, jobs):
             "synth_val: expected 0 (a quarter) or fewer than synth_images (400)",
         ),
         # --jobs and --pretrain-epochs are taken by the framework compare too (tests/test_framework_finetune.py)
-        (["compare", "--framework", "ultralytics", "--box-bias", "1"], "--box-bias: an option of the FCOS harness"),
+        (
+            ["compare", "--framework", "ultralytics", "--box-bias", "1"],
+            "--box-bias: an option of the FCOS harness",
+        ),
         (["compare", "--framework", "yolov5", "--init", "x.pt"], "--init: an option of the FCOS harness"),
         (["compare", "--pretrain-epochs", "-1"], "argument --pretrain-epochs: expected an integer >= 0"),
         (["train", "--init", "no/such.pt"], "--init: expected a qfocal checkpoint file, got 'no/such.pt'"),

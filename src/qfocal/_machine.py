@@ -4,22 +4,38 @@ torch thread count, the torch and framework versions and the resolved autocast d
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
-__all__ = ["cpu_model", "package_version", "run_facts"]
+__all__ = ["autocast_name", "cpu_model", "package_version", "run_facts"]
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``'s first ``model name``), else ``platform.processor()``, else the
-    machine type (``x86_64``)."""
+    machine type (``x86_64``), with ``+avx512_bf16`` / ``+amx_bf16`` when the CPU has them (they decide what
+    ``--amp auto`` picks, and so the numbers of a run)."""
+    name, flags = "", []
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
         for line in fh:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+            if not name and line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif not flags and line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+            if name and flags:
+                break
+    name = name or platform.processor() or platform.machine()
+    return name + "".join(f" +{f}" for f in ("avx512_bf16", "amx_bf16") if f in flags)
+
+
+def autocast_name(dtype: torch.dtype | None) -> str:
+    """``"fp32"`` for no autocast (``None`` or float32), ``"bf16"``, ``"fp16"``."""
+    return {None: "fp32", torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+        dtype, str(dtype)
+    )
 
 
 def package_version(package: str) -> str:
@@ -30,13 +46,16 @@ def package_version(package: str) -> str:
         return "unknown"
 
 
-def run_facts(*, autocast: str, framework: str | None = None, device: str | None = None) -> dict:
+def run_facts(
+    *, autocast: str, framework: str | None = None, device: str | None = None, threads: int | None = None
+) -> dict:
     """The facts every recorded run carries.
 
     Args:
         autocast: the resolved autocast dtype the run computed in: ``"fp32"`` (none), ``"fp16"`` or ``"bf16"``.
         framework: the distribution whose version to record (``"yolov5"``, ``"ultralytics"``), if any.
         device: the device the run used (``"cpu"``, ``"0"``...); a GPU's name is added for CUDA devices.
+        threads: the torch threads of each run (default: this process's count now).
 
     Returns:
         ``{"autocast", "cpu", "torch_threads", "torch", "framework", "framework_version", "device", "gpu"}``, the
@@ -45,14 +64,16 @@ def run_facts(*, autocast: str, framework: str | None = None, device: str | None
     facts = {
         "autocast": autocast,
         "cpu": cpu_model(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if threads is None else int(threads),
         "torch": torch.__version__,
     }
     if framework is not None:
         facts["framework"] = framework
         facts["framework_version"] = package_version(framework)
     if device is not None:
-        facts["device"] = device
+        facts["device"] = device = str(device)
+        if device.startswith("cuda"):
+            device = device.partition(":")[2] or "0"
         if device != "cpu" and torch.cuda.is_available():
             index = int(device.split(",")[0]) if device.split(",")[0].isdigit() else 0
             facts["gpu"] = torch.cuda.get_device_name(index)

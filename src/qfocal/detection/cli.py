@@ -573,8 +573,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"- {line}")
     facts = result["facts"]
     print(
-        f"\nRun facts: {facts['cpu']}, {facts['threads']} thread(s) per run, autocast {facts['autocast']}, torch "
-        f"{facts['torch']}, qfocal {facts['qfocal']}."
+        f"\nRun facts: {facts['cpu']}, {facts['torch_threads']} thread(s) per run, autocast {facts['autocast']}, "
+        f"torch {facts['torch']}."
     )
     print(f"demo finished in {time.perf_counter() - t:.0f} s; plots and per-run results under {args.out}")
     return 0

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._machine import autocast_name, run_facts
 from .._names import loss_name
 from .config import HARNESS_LOSSES, ConfigError, TrainConfig
 from .evaluate import METRIC_KEYS, QUALITY_KEYS, json_ready
-from .facts import run_facts
 from .stats import is_percent_metric, noise_line, paired_deltas, significance_line
 from .train import amp_dtype, pick_threads, prepare_synthetic_data, resolve_device, run_lock, train
 
@@ -452,7 +452,7 @@ def _write_summary(out, base, losses, seeds, threads, jobs, summary, seconds, ru
     far; return the JSON content."""
     at_once = f"{jobs} runs at a time x " if jobs > 1 else ""
     dev = resolve_device(base.device, 0)
-    facts = run_facts(threads=threads, dtype=amp_dtype(base.amp, dev), device=dev)
+    facts = run_facts(autocast=autocast_name(amp_dtype(base.amp, dev)), device=str(dev), threads=threads)
     machine = (
         f"{platform.machine()} {facts['cpu']}, {at_once}{threads} threads per run, autocast {facts['autocast']}, "
         f"torch {torch.__version__}"

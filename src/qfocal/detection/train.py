@@ -28,13 +28,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .._machine import autocast_name, run_facts
 from ..data.dataset import DetectionDataset, load_split
 from ..data.synth import prepare_synthetic
 from ..integrations.torchvision import fcos_tiny
 from .backbone import CheckpointError, load_backbone
 from .config import AMP_CHOICES, MODEL_SIZES, RESUME_KEYS, ConfigError, TrainConfig
 from .evaluate import METRIC_KEYS, QUALITY_KEYS, evaluate, json_ready
-from .facts import run_facts
 from .quality import score_iou_pairs
 
 __all__ = [
@@ -663,7 +663,7 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
                 state.eval_model, val_data, imgsz=cfg.imgsz, batch=eval_batch, device=device
             )
         metrics = {k: metrics[k] for k in _RESULT_KEYS}
-        facts = run_facts(threads=threads, dtype=dtype, device=device)
+        facts = run_facts(autocast=autocast_name(dtype), device=str(device), threads=threads)
         (out / "facts.json").write_text(json.dumps(facts, indent=2) + "\n")
         (out / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2) + "\n")
         scores, ious = score_iou_pairs(last_preds, val_data)
