@@ -390,3 +390,25 @@ def test_tiny_parallel_runs_in_plan_order(tmp_path):
         result["jobs"] == 2
         and "2 runs at a time x 1 threads per run" in (tmp_path / "cmp" / "compare.md").read_text()
     )
+
+
+def test_pretrain_images_sizes_the_second_synthetic_set(tmp_path, network_guard):
+    """--pretrain-images: the pretraining's synthetic set has its own size (a large set, then a small one to
+    fine-tune on); its record and every run's start say so, and it is refused without a pretraining."""
+    pytest.importorskip("ultralytics")
+    out = tmp_path / "cmp"
+    result = compare_framework(
+        "ultralytics", losses=["bce"], seeds=[0], synth_images=8, pretrain_images=12, pretrain_epochs=1,
+        synth_difficulty="easy", epochs=1, imgsz=64, batch=4, device="cpu", threads=1, plots=False, out=out,
+        log=lambda _: None,
+    )  # fmt: skip
+    pre_images = sorted((out / "pretrain-data" / "images").rglob("*.png"))
+    run_images = sorted((out / "data" / "images").rglob("*.png"))
+    assert (len(pre_images), len(run_images)) == (12, 8)
+    record = json.loads((out / "pretrain" / "metrics.json").read_text())
+    assert record["settings"]["synth_images"] == 12 and record["settings"]["synth_seed"] == 1
+    assert "pretrained 1 epochs on a second set of 12 images" in (out / "compare.md").read_text()
+    assert result["config"]["pretrain_images"] == 12
+    assert network_guard == [], network_guard
+    with pytest.raises(ConfigError, match="pretrain_images: expected pretrain_epochs > 0 with it"):
+        compare_framework("ultralytics", pretrain_images=12, out=tmp_path / "x", train_fn=FakeUltralytics())

@@ -411,7 +411,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     _preset_for_framework(args)
     if args.framework != "fcos":
         return _compare_framework(args)
-    for option, value in (("--term", args.term), ("--weights", args.weights)):
+    for option, value in (
+        ("--term", args.term),
+        ("--weights", args.weights),
+        ("--pretrain-images", args.pretrain_images or None),
+    ):
         if value is not None:
             raise CommandError(
                 f"{option}: for --framework yolov5 or ultralytics; the FCOS harness takes --init for a backbone",
@@ -478,6 +482,7 @@ def _compare_framework(args: argparse.Namespace) -> int:
             threads=cfg.threads,
             jobs=args.jobs,
             pretrain_epochs=args.pretrain_epochs,
+            pretrain_images=args.pretrain_images,
             weights=args.weights,
             synth_images=cfg.synth_images,
             synth_seed=cfg.synth_seed,
@@ -688,6 +693,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="first train one model N epochs on a second synthetic set (your training data for --data PATH) "
         "under OUT/pretrain: FCOS a focal-loss detector whose backbone starts every run; YOLOv5 / Ultralytics a "
         "BCE model every run fine-tunes from (default 0: from scratch)",
+    )
+    c.add_argument(
+        "--pretrain-images",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="with --framework yolov5 / ultralytics and --pretrain-epochs: the images of the second synthetic set "
+        "(default 0: as many as --synth-images)",
     )
     c.add_argument(
         "--preset",

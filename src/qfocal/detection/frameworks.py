@@ -294,6 +294,7 @@ def plan_framework_compare(
     threads: int = 0,
     jobs: int = 1,
     pretrain_epochs: int = 0,
+    pretrain_images: int = 0,
     weights: str | Path | None = None,
     synth_images: int = 400,
     synth_seed: int = 0,
@@ -335,6 +336,11 @@ def plan_framework_compare(
     _whole("threads", threads, 0, "0 = auto")
     _whole("jobs", jobs, 1, "runs trained at once")
     _whole("pretrain_epochs", pretrain_epochs, 0, "0: no pretraining")
+    _whole("pretrain_images", pretrain_images, 0, "0: as many as synth_images")
+    if pretrain_images and not pretrain_epochs:
+        raise ConfigError(
+            f"pretrain_images: expected pretrain_epochs > 0 with it, got pretrain_images={pretrain_images}"
+        )
     if framework == "ultralytics" and term is not None:  # one term only: a term given is a YOLOv5 setting
         raise ConfigError(
             f"term: expected none for ultralytics (its variants always set cls_loss; it has no objectness term), "
@@ -392,6 +398,7 @@ def plan_framework_compare(
         "threads": threads,
         "jobs": jobs,
         "pretrain_epochs": pretrain_epochs,
+        "pretrain_images": pretrain_images or synth_images,
         "weights": None if weights is None else str(weights),
         "synth_images": synth_images,
         "synth_seed": synth_seed,
@@ -441,8 +448,10 @@ def compare_framework(
             recorded in plan order whatever order they finish in.
         pretrain_epochs: 0 (from the model yaml) or N: first train one BCE model N epochs (seed
             :data:`PRETRAIN_SEED`, alone, with the runs' thread count) under ``out/pretrain`` on a second
-            synthetic set (``synth_seed + 1``, same size and difficulty, under ``out/pretrain-data``; the training
-            data itself for user data), and fine-tune every run from its final weights.
+            synthetic set (``synth_seed + 1``, same difficulty, under ``out/pretrain-data``; the training data
+            itself for user data), and fine-tune every run from its final weights.
+        pretrain_images: the size of that second synthetic set (default 0: ``synth_images``); a pretraining set
+            larger than the fine-tuning one is the usual case (COCO, then the user's data).
         weights: fine-tune every run from this checkpoint of the framework (checked before any training; not with
             ``pretrain_epochs``).
         plots: let the framework draw its own plots (``compare.png`` is always written).
@@ -507,15 +516,17 @@ def _pretrain(plan: FrameworkPlan, s: dict, keys, out: Path, threads: int, resum
     """Train (or, with ``resume``, reuse) the BCE model every run fine-tunes from; return its final weights."""
     framework, epochs = plan.framework, s["pretrain_epochs"]
     pre = {**s, "epochs": epochs, "pretrain_epochs": 0, "init": None, "init_sha256": None, "plots": False}
-    if plan.settings["data"] == "synthetic":  # a second set of the same size and difficulty
+    if plan.settings["data"] == "synthetic":  # a second set of the same difficulty, pretrain_images large
         root = prepare_synthetic(
             out / "pretrain-data",
-            images=s["synth_images"],
+            images=s["pretrain_images"],
             seed=s["synth_seed"] + 1,
             difficulty=s["synth_difficulty"],
             log=log,
         )
-        pre.update(data=str(root / "data.yaml"), synth_seed=s["synth_seed"] + 1)
+        pre.update(
+            data=str(root / "data.yaml"), synth_seed=s["synth_seed"] + 1, synth_images=s["pretrain_images"]
+        )
     variant, run_dir = Variant("bce"), out / "pretrain"
     expected = {**_expected(pre, keys, PRETRAIN_SEED, variant), "term": s["term"]}
     done = run_dir / "metrics.json"
@@ -695,7 +706,10 @@ def _start(s: dict) -> tuple[str, dict]:
         return "from scratch", {"from": "scratch"}
     sha = s["init_sha256"]
     if s["pretrain_epochs"]:
-        words = f"fine-tuned from a BCE model pretrained {s['pretrain_epochs']} epochs on a second set (sha256 {sha[:12]})"
+        words = (
+            f"fine-tuned from a BCE model pretrained {s['pretrain_epochs']} epochs on a second set of "
+            f"{s['pretrain_images']} images (sha256 {sha[:12]})"
+        )
     else:
         words = f"fine-tuned from {s['init']} (sha256 {sha[:12]})"
     return words, {"from": s["init"], "sha256": sha, "pretrain_epochs": s["pretrain_epochs"]}
