@@ -205,9 +205,10 @@ def test_presets_pin_the_fine_tune_settings(tmp_path, monkeypatch, capsys):
         assert main(["compare", "--preset", preset, "--out", str(tmp_path / preset)]) == 0
         plan = plans[-1]
         assert plan.framework == preset.split("-")[0]
-        assert [v.name for v in plan.variants] == losses and plan.seeds == tuple(range(6))
+        assert [v.name for v in plan.variants] == losses and plan.seeds == tuple(range(8))
         s = plan.settings
         assert (s["pretrain_epochs"], s["epochs"], s["jobs"], s["threads"]) == (30, 10, 2, 1)
+        assert (s["synth_images"], s["pretrain_images"], s["plots"]) == (800, 2000, False)
         assert s["synth_difficulty"] == "easy"
     assert (
         main(
