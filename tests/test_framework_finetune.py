@@ -20,7 +20,7 @@ from qfocal.detection.framework_runs import Probe, file_sha256
 from qfocal.detection.frameworks import PRETRAIN_SEED, Variant, compare_framework, parse_variant
 from qfocal.integrations.balance import participation_ratio
 
-from .test_framework_compare import FakeUltralytics, FakeYOLOv5
+from .test_framework_compare import FakeUltralytics, FakeYOLOv5, _cli
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -143,14 +143,6 @@ def test_bad_fine_tune_settings_are_refused_before_training(tmp_path, checkpoint
         compare_framework(framework, out=tmp_path / "cmp", train_fn=fake, **{"epochs": 3, **kwargs})
     assert "\n" not in str(info.value)
     assert fake.calls == [] and not (tmp_path / "cmp").exists()
-
-
-def _cli(argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

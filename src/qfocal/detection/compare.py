@@ -272,6 +272,17 @@ def exit_with_parent(parent: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """The pool of a parallel compare: ``jobs`` separate processes (spawned: a forked OpenMP runtime can hang),
+    each with its own torch thread pool, each ending itself once this process is gone (:func:`exit_with_parent`)."""
+    return ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    )
+
+
 def _train_run(cfg: TrainConfig, resume: bool) -> tuple[dict, float]:
     """One run of a parallel compare, in a worker process: its metrics and seconds; its log lines name the run."""
     tag = f"[{cfg.loss} s{cfg.seed}]"
@@ -376,13 +387,7 @@ def _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log) -> di
             metrics = train(cfg, resume=resume, log=log)
             record(cfg.seed, cfg.loss, metrics, time.perf_counter() - t0)
         return result
-    # Separate processes (spawned: a forked OpenMP runtime can hang), each with its own torch thread pool.
-    pool = ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=exit_with_parent,
-        initargs=(os.getpid(),),
-    )
+    pool = worker_pool(jobs)
     try:
         started = {pool.submit(_train_run, cfg, resume): cfg for cfg in todo}
         for future in as_completed(started):

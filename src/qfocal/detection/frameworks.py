@@ -43,13 +43,11 @@ import dataclasses
 import importlib.util
 import json
 import math
-import multiprocessing
-import os
 import re
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +56,7 @@ import torch
 from .._machine import cpu_model
 from .._names import describe_losses, loss_name
 from ..data.synth import prepare_synthetic
-from .compare import PRETRAIN_SEED, CompareMetrics, exit_with_parent, threads_per_job, write_compare
+from .compare import PRETRAIN_SEED, CompareMetrics, threads_per_job, worker_pool, write_compare
 from .config import ConfigError
 from .evaluate import json_ready
 from .framework_runs import (  # noqa: F401  (parse_train_arg, check_train_args: part of this module's API)
@@ -628,13 +626,7 @@ def _compare(plan: FrameworkPlan, out: Path, resume: bool, log) -> dict:
             metrics, dt = run_one(framework, plan.train_fn, variant, seed, run_dir, s, threads)
             finish(seed, variant, run_dir, expected, metrics, dt)
         return result
-    # Separate processes (spawned: a forked OpenMP runtime can hang), each with its own torch thread pool.
-    pool = ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=exit_with_parent,
-        initargs=(os.getpid(),),
-    )
+    pool = worker_pool(jobs)
     try:
         started = {
             pool.submit(
