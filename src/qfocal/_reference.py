@@ -90,9 +90,15 @@ def alpha_factor(t: Tensor, alpha: float | None) -> Tensor | float:
 
 
 def _bce(x: Tensor, t: Tensor, pos_weight: Tensor | None) -> Tensor:
-    if pos_weight is not None:
-        pos_weight = pos_weight.to(x.dtype)
-    return F.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight, reduction="none")
+    """BCE with logits as ``-(w t log sigmoid(x) + (1 - t) log sigmoid(-x))``, ``w = pos_weight`` (or 1).
+
+    Two non-negative terms, each accurate to rounding (``logsigmoid`` is ``min(x, 0) - log1p(exp(-|x|))``, and
+    its derivative ``sigmoid(-x)`` is computed without cancellation), so the loss keeps its relative precision
+    at any logit. torch's ``binary_cross_entropy_with_logits`` computes ``(1 - t) x - log sigmoid(x)``, which
+    cancels for ``t = 0`` at very negative ``x``: 1.5 % off at -11 in fp32 and 0 below about -16 (fp64: -37).
+    """
+    pos = t if pos_weight is None else t * pos_weight.to(x.dtype)
+    return -(pos * F.logsigmoid(x) + (1.0 - t) * F.logsigmoid(-x))
 
 
 def _elementwise(spec: LossSpec, x: Tensor, t: Tensor, pos_weight: Tensor | None) -> Tensor:
