@@ -155,3 +155,204 @@ def test_bce_exact_in_triton_kernel_under_interpreter():
     assert proc.returncode == 0, f"interpreter run failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
     worst = float(proc.stdout.split("TRITON-BCE")[1].split()[0])
     assert worst <= _BCE_RTOL[torch.float32], f"triton fp32: BCE relative error {worst:.2e}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. Forward-mode autodiff and functorch: the fused backends give the reference's answer
+# ----------------------------------------------------------------------------------------------------------
+_FUSED = ("eager", "inductor", "auto")
+
+
+def _losses():
+    return {
+        "qfl": lambda x, t: qfocal.quality_focal_loss(x, t, beta=1.5, alpha=0.25),
+        "focal": lambda x, t: qfocal.sigmoid_focal_loss(x, t, gamma=2.0, reduction="sum"),
+        "vfl": lambda x, t: qfocal.varifocal_loss(x, t, gamma=0.5, reduction="mean"),
+    }
+
+
+def _xt(shape=(6, 7), contiguous=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if contiguous:
+        x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+        t = torch.rand(shape, generator=g, dtype=torch.float64) * (torch.rand(shape, generator=g) < 0.4)
+    else:  # transposed views
+        x = (torch.randn(shape[::-1], generator=g, dtype=torch.float64) * 3).t()
+        t = (
+            torch.rand(shape[::-1], generator=g, dtype=torch.float64)
+            * (torch.rand(shape[::-1], generator=g) < 0.4)
+        ).t()
+        assert not x.is_contiguous() and not t.is_contiguous()
+    return x, t
+
+
+@pytest.fixture
+def auto_uses_inductor_at_once(monkeypatch):
+    """``auto`` on the CPU compiles from the first call of any size (its switch mid-run is what broke jvp)."""
+    monkeypatch.setenv("QFOCAL_INDUCTOR_MIN_NUMEL", "1")
+    monkeypatch.setenv("QFOCAL_INDUCTOR_WARMUP", "0")
+
+
+def _with_backend(backend, fn):
+    def run(*args):
+        with qfocal.backend(backend):
+            return fn(*args)
+
+    return run
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "transposed"])
+@pytest.mark.parametrize("backend", _FUSED)
+def test_jvp_and_forward_ad_through_fused_backends(backend, contiguous, auto_uses_inductor_at_once):
+    import torch.autograd.forward_ad as fwAD
+
+    x, t = _xt(contiguous=contiguous)
+    dx = torch.randn_like(x)
+    dt = torch.rand_like(t) * 0.1
+    for name, fn in _losses().items():
+        ref = torch.func.jvp(_with_backend("reference", fn), (x, t), (dx, dt))
+        for _ in range(2):  # twice: "auto" must not change its answer between calls
+            got = torch.func.jvp(_with_backend(backend, fn), (x, t), (dx, dt))
+            assert_close(got[0], ref[0], f"{backend} {name} jvp primal")
+            assert_close(got[1], ref[1], f"{backend} {name} jvp tangent (logits and target)")
+        assert ref[1].abs() > 0, f"{name}: a zero tangent proves nothing"
+        # torch.autograd.forward_ad, logits' tangent only
+        with fwAD.dual_level():
+            with qfocal.backend("reference"):
+                want = fwAD.unpack_dual(fn(fwAD.make_dual(x, dx), t)).tangent
+            with qfocal.backend(backend):
+                have = fwAD.unpack_dual(fn(fwAD.make_dual(x, dx), t)).tangent
+        assert have is not None, f"{backend} {name}: forward_ad lost the tangent"
+        assert_close(have, want, f"{backend} {name} forward_ad tangent")
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "transposed"])
+@pytest.mark.parametrize("backend", _FUSED)
+def test_functorch_grad_hessian_vmap_through_fused_backends(backend, contiguous, auto_uses_inductor_at_once):
+    x, t = _xt(contiguous=contiguous)
+    for name, fn in _losses().items():
+        ref_fn, fused_fn = _with_backend("reference", fn), _with_backend(backend, fn)
+        # torch.func.grad against plain autograd of the reference
+        leaf = x.clone().requires_grad_()
+        ref_fn(leaf, t).backward()
+        assert_close(torch.func.grad(fused_fn)(x, t), leaf.grad, f"{backend} {name} func.grad")
+        # hessian (of a small slice) and vmap over rows, logits and targets both batched
+        xs, ts = x[:3, :4], t[:3, :4]
+        assert_close(
+            torch.func.hessian(fused_fn)(xs, ts), torch.func.hessian(ref_fn)(xs, ts), f"{name} hessian"
+        )
+        assert_close(
+            torch.func.vmap(fused_fn)(x, t),
+            torch.stack([ref_fn(a, b) for a, b in zip(x, t, strict=True)]),
+            f"{name} vmap",
+        )
+        per_row = torch.stack([torch.func.grad(ref_fn)(a, b) for a, b in zip(x, t, strict=True)])
+        assert_close(
+            torch.func.vmap(torch.func.grad(fused_fn))(x, t), per_row, f"{backend} {name} vmap(grad)"
+        )
+
+
+def test_vmap_sparse_target_and_dfl():
+    """The sparse (labels, scores) target and DFL have no data-dependent shapes either."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 6, 5, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 6, (4, 6), generator=g)
+    scores = torch.rand(4, 6, generator=g, dtype=torch.float64)
+    for backend in ("reference", "eager"):
+        with qfocal.backend(backend):
+            got = torch.func.vmap(lambda a, b, c: qfocal.quality_focal_loss(a, (b, c)))(x, labels, scores)
+            want = torch.stack(
+                [qfocal.quality_focal_loss(a, (b, c)) for a, b, c in zip(x, labels, scores, strict=True)]
+            )
+        assert_close(got, want, f"{backend} vmap of sparse QFL")
+    d = torch.randn(3, 8, 17, generator=g, dtype=torch.float64)
+    y = torch.rand(3, 8, generator=g, dtype=torch.float64) * 15.9
+    got = torch.func.vmap(qfocal.distribution_focal_loss)(d, y)
+    assert_close(
+        got,
+        torch.stack([qfocal.distribution_focal_loss(a, b) for a, b in zip(d, y, strict=True)]),
+        "vmap of DFL",
+    )
+
+
+def test_value_checks_step_aside_under_vmap_only():
+    x, t = _xt()
+    bad = t.clone()
+    bad[0, 0] = 5.0
+    with pytest.raises(ValueError, match=r"target: expected values in \[0, 1\]"):
+        torch.func.grad(lambda a: qfocal.quality_focal_loss(a, bad))(x)  # grad reads values: still checked
+    assert qfocal.value_checks_enabled()
+    seen = []
+    torch.func.vmap(lambda a: seen.append(qfocal.value_checks_enabled()) or a.sum())(x)
+    assert seen == [False]
+    assert qfocal.value_checks_enabled()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. Non-contiguous inputs under torch.compile: the fake kernel declares the strides the real one returns
+# ----------------------------------------------------------------------------------------------------------
+def _layouts():
+    g = torch.Generator().manual_seed(0)
+    yield "contiguous", torch.randn(6, 7, generator=g)
+    yield "transposed", torch.randn(7, 6, generator=g).t()
+    yield "permuted", torch.randn(2, 5, 3, 4, generator=g).permute(0, 2, 3, 1)
+    yield "channels_last", torch.randn(2, 3, 4, 5, generator=g).to(memory_format=torch.channels_last)
+    yield "sliced", torch.randn(6, 14, generator=g)[:, ::2]
+
+
+@pytest.mark.parametrize("need_grad", [True, False])
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_fused_op_opcheck_on_every_layout(reduction, need_grad):
+    from qfocal.ops import fused_loss_op
+
+    for name, x in _layouts():
+        t = torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
+        kwargs = dict(
+            target=t, labels=None, scores=None, pos_weight=None, weight=None, avg_factor=None,
+            kind="qfl", exponent=2.0, alpha=-1.0, iou_weighted=True, reduction=reduction, avg_value=-1.0,
+            need_grad=need_grad, impl="eager",
+        )  # fmt: skip
+        torch.library.opcheck(fused_loss_op, (x.requires_grad_(need_grad),), kwargs)
+        loss, grad = fused_loss_op(x, **kwargs)
+        if reduction == "none":
+            assert loss.stride() == torch.empty_like(x).stride(), f"{name}: loss strides {loss.stride()}"
+        if need_grad:
+            assert grad.stride() == torch.empty_like(x).stride(), f"{name}: grad strides {grad.stride()}"
+
+
+def _compiled_vs_reference(backend, x, t, reduction="none"):
+    def f(a, b):
+        return qfocal.quality_focal_loss(a, b, reduction=reduction, beta=1.5, alpha=0.25)
+
+    results = []
+    for name, fn in (("reference", f), (backend, torch.compile(f, fullgraph=True))):
+        leaf = x.detach().clone().requires_grad_()
+        with qfocal.backend(name):
+            out = fn(leaf, t)
+        (out * 1.3).sum().backward()
+        results.append((out.detach(), leaf.grad))
+    (ref, ref_grad), (got, grad) = results
+    assert_close(got, ref, f"compiled {backend} loss")
+    assert_close(grad, ref_grad, f"compiled {backend} grad", atol=1e-5 * ref_grad.abs().max().item() + 1e-6)
+
+
+def test_compile_with_fused_op_on_non_contiguous_inputs():
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(force_disable_caches=True):  # a cached graph would hide a stale fake
+        for _, x in _layouts():
+            t = torch.rand(x.shape, generator=torch.Generator().manual_seed(2))
+            for reduction in ("none", "mean"):
+                _compiled_vs_reference("eager", x, t, reduction)
+
+
+def test_compile_default_backend_on_large_permuted_input():
+    """``auto`` picks Inductor under torch.compile from 2**18 elements: a permuted input of that size."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 128, 64, 16, generator=g).permute(
+        0, 3, 1, 2
+    )  # (2, 16, 128, 64) = 2**18, channels-last-like
+    t = torch.rand(2, 128, 64, 16, generator=g).permute(0, 3, 1, 2) * 0.5
+    assert x.numel() >= qfocal.ops.inductor_min_numel() and not x.is_contiguous()
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(force_disable_caches=True):
+        _compiled_vs_reference("auto", x, t, "sum")

@@ -38,10 +38,27 @@ def set_value_checks(enabled: bool) -> bool:
 def value_checks_enabled() -> bool:
     """Whether the value-range checks (targets in [0, 1], labels in range) run.
 
-    Never while ``torch.compile`` traces: a check reads tensor values on the host, a graph break. Check the
-    targets outside the compiled region with :func:`check_target` instead.
+    Never while ``torch.compile`` traces (a check reads tensor values on the host, a graph break) nor inside
+    ``torch.func.vmap`` (whose batched values cannot be read). Check the targets outside the compiled or
+    vmapped region with :func:`check_target` instead.
     """
-    return _value_checks and not torch.compiler.is_compiling()
+    return _value_checks and not torch.compiler.is_compiling() and not _vmap_active()
+
+
+def _vmap_active() -> bool:
+    """Whether a ``torch.func.vmap`` is active: its batched tensors cannot be read on the host, so a value check
+    would fail as under torch.compile (check the targets outside with :func:`check_target`). Other functorch
+    transforms (grad, jvp) read values fine and keep the checks."""
+    current_level = getattr(torch._C._functorch, "maybe_current_level", None)
+    if current_level is None or current_level() is None:
+        return False
+    try:
+        from torch._functorch.pyfunctorch import TransformType, retrieve_all_functorch_interpreters
+    except ImportError:  # a torch without these names: treat any transform as a vmap
+        return True
+    return any(
+        interpreter.key() == TransformType.Vmap for interpreter in retrieve_all_functorch_interpreters()
+    )
 
 
 @contextlib.contextmanager

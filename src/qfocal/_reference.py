@@ -118,12 +118,13 @@ def _elementwise(spec: LossSpec, x: Tensor, t: Tensor, pos_weight: Tensor | None
 
 
 def densify(labels: Tensor, scores: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
-    """The dense (N, C) target equivalent to mmdetection's (labels, scores); label C (or < 0) is background."""
-    c = shape[1]
-    target = torch.zeros(shape, dtype=dtype, device=scores.device)
-    pos = (labels >= 0) & (labels < c)
-    rows = pos.nonzero().squeeze(1)
-    return target.index_put((rows, labels[rows].long()), scores[rows].to(dtype))
+    """The dense (N, C) target equivalent to mmdetection's (labels, scores); label C (or < 0) is background.
+
+    Built by comparison, not by indexing: no data-dependent shape, so it works under ``torch.func.vmap``, and it
+    is the construction of the fused math (:mod:`qfocal.ops._math`).
+    """
+    cols = torch.arange(shape[1], device=scores.device)
+    return torch.where(labels.unsqueeze(-1) == cols, scores.to(dtype).unsqueeze(-1), 0.0)
 
 
 def weight_reduce(
