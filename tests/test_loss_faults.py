@@ -12,9 +12,11 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
+from torch import nn
 
 import qfocal
 
@@ -356,3 +358,48 @@ def test_compile_default_backend_on_large_permuted_input():
     torch._dynamo.reset()
     with torch._inductor.config.patch(force_disable_caches=True):
         _compiled_vs_reference("auto", x, t, "sum")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. The YOLOv5 drop-ins broadcast the wrapped BCE's weight as torch (and YOLOv5) do
+# ----------------------------------------------------------------------------------------------------------
+def _yolov5_loss_module():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # yolov5 imports pkg_resources
+        from yolov5.utils import loss as y5loss
+    return y5loss
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("shape", [(5, 5), (7, 5), (3, 5), (2, 4, 5)], ids=["N==C", "N>C", "N<C", "3-D"])
+@pytest.mark.parametrize("cls", ["QFocalLoss", "FocalLoss"])
+def test_yolov5_drop_ins_broadcast_bce_weight_per_class(cls, shape, reduction):
+    y5loss = _yolov5_loss_module()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    t = torch.rand(shape, generator=g, dtype=torch.float64) * (torch.rand(shape, generator=g) < 0.5)
+    c = shape[-1]
+    for weight in (
+        torch.linspace(0.2, 2.0, c, dtype=torch.float64),  # (C,): per class, by broadcasting
+        torch.rand(shape[-2], 1, generator=g, dtype=torch.float64),  # (N, 1): per anchor
+        torch.tensor(0.7, dtype=torch.float64),  # 0-dim
+    ):
+        pos_weight = torch.linspace(0.5, 3.0, c, dtype=torch.float64)
+        grads = []
+        values = []
+        for make in (getattr(y5loss, cls), getattr(qfocal, cls)):
+            criterion = make(
+                nn.BCEWithLogitsLoss(weight=weight, pos_weight=pos_weight, reduction=reduction),
+                gamma=1.5,
+                alpha=0.25,
+            )
+            leaf = x.clone().requires_grad_()
+            value = criterion(leaf, t)
+            (
+                value * torch.linspace(0.5, 1.5, value.numel(), dtype=value.dtype).view_as(value)
+            ).sum().backward()
+            values.append(value.detach())
+            grads.append(leaf.grad)
+        what = f"{cls} {tuple(shape)} weight {tuple(weight.shape)} {reduction}"
+        assert_close(values[1], values[0], f"{what} value")
+        assert_close(grads[1], grads[0], f"{what} d/dlogits")

@@ -189,7 +189,9 @@ class DistributionFocalLoss(_Loss):
 
 
 class _YOLOv5Wrapper(nn.Module):
-    """Common part of the YOLOv5 drop-ins: read, never write, the wrapped ``nn.BCEWithLogitsLoss``."""
+    """Common part of the YOLOv5 drop-ins: read, never write, the wrapped ``nn.BCEWithLogitsLoss``, and follow
+    its broadcasting: its ``weight`` and ``pos_weight`` broadcast to the logits by torch's rules, as in YOLOv5
+    (unlike the functions' weight rule, where a weight one dimension short is per anchor)."""
 
     def __init__(self, loss_fcn: nn.BCEWithLogitsLoss | None, gamma: float, alpha: float | None) -> None:
         super().__init__()
@@ -206,11 +208,16 @@ class _YOLOv5Wrapper(nn.Module):
         """The wrapped BCE's reduction, which these losses honour (YOLOv5 overwrote it with "none")."""
         return self.loss_fcn.reduction
 
-    def _kwargs(self) -> dict:
+    def _kwargs(self, pred: Tensor) -> dict:
+        weight = self.loss_fcn.weight
+        if isinstance(weight, Tensor) and weight.dim() < pred.dim():
+            # nn.BCEWithLogitsLoss broadcasts its weight by torch's rules (a (C,) weight is per class, whatever
+            # N is); the functions would read a weight one dimension short as per anchor, so align it first.
+            weight = weight.reshape((1,) * (pred.dim() - weight.dim()) + tuple(weight.shape))
         return {
             "alpha": self.alpha,
             "pos_weight": self.loss_fcn.pos_weight,
-            "weight": self.loss_fcn.weight,
+            "weight": weight,
             "reduction": self.loss_fcn.reduction,
         }
 
@@ -237,7 +244,7 @@ class QFocalLoss(_YOLOv5Wrapper):
     loss_fn = staticmethod(quality_focal_loss)
 
     def forward(self, pred: Tensor, true: Tensor) -> Tensor:
-        return self.loss_fn(pred, true, beta=self.gamma, **self._kwargs())
+        return self.loss_fn(pred, true, beta=self.gamma, **self._kwargs(pred))
 
 
 class FocalLoss(_YOLOv5Wrapper):
@@ -259,7 +266,7 @@ class FocalLoss(_YOLOv5Wrapper):
     loss_fn = staticmethod(sigmoid_focal_loss)
 
     def forward(self, pred: Tensor, true: Tensor) -> Tensor:
-        return self.loss_fn(pred, true, gamma=self.gamma, **self._kwargs())
+        return self.loss_fn(pred, true, gamma=self.gamma, **self._kwargs(pred))
 
 
 _BY_NAME = {
