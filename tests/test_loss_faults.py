@@ -403,3 +403,75 @@ def test_yolov5_drop_ins_broadcast_bce_weight_per_class(cls, shape, reduction):
         what = f"{cls} {tuple(shape)} weight {tuple(weight.shape)} {reduction}"
         assert_close(values[1], values[0], f"{what} value")
         assert_close(grads[1], grads[0], f"{what} d/dlogits")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 5. The sparse (labels, scores) target and the equivalent dense target give the same bits on every backend
+# ----------------------------------------------------------------------------------------------------------
+def _sparse_and_dense(seed: int, n: int = 10, c: int = 5, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    pred = (torch.randn(n, c, generator=g) * 2).to(dtype)
+    labels = torch.randint(0, c + 1, (n,), generator=g)  # c = background
+    scores = torch.rand(n, generator=g).to(dtype)
+    dense = torch.zeros(n, c, dtype=dtype)
+    pos = (labels >= 0) & (labels < c)
+    dense[pos.nonzero().squeeze(1), labels[pos]] = scores[pos]
+    return pred, labels, scores, dense
+
+
+def _sparse_dense_bits(backend: str, seeds, **kw) -> list[str]:
+    """The cases where the sparse and the dense target differ in any bit of the loss or the gradient."""
+    differ = []
+    size = {k: kw.pop(k) for k in ("n", "c") if k in kw}
+    for seed in seeds:
+        pred, labels, scores, dense = _sparse_and_dense(seed, **size)
+        for reduction in ("none", "mean", "sum"):
+            if reduction == "sum" and "avg_factor" in kw:
+                continue
+            for need_grad in (False, True):
+                out = []
+                for target in ((labels, scores), dense):
+                    leaf = pred.clone().requires_grad_(need_grad)
+                    with qfocal.backend(backend):
+                        loss = qfocal.quality_focal_loss(leaf, target, reduction=reduction, **kw)
+                    if need_grad:
+                        loss.sum().backward()
+                    out.append((loss.detach(), leaf.grad))
+                (a, ga), (b, gb) = out
+                if not torch.equal(a, b) or (need_grad and not torch.equal(ga, gb)):
+                    differ.append(f"seed {seed} {reduction} grad={need_grad}")
+    return differ
+
+
+@pytest.mark.parametrize("backend", ["reference", "eager", "inductor", "fused"])
+def test_sparse_and_dense_targets_bit_equal(backend):
+    differ = _sparse_dense_bits(backend, range(25))
+    assert not differ, f"{backend}: sparse and dense targets differ in {len(differ)} cases: {differ[:5]}"
+    weight = torch.rand(10, generator=torch.Generator().manual_seed(9))
+    differ = _sparse_dense_bits(backend, range(5), beta=1.5, alpha=0.25, weight=weight, avg_factor=3.0)
+    assert not differ, f"{backend} with weight/avg_factor: {differ[:5]}"
+    differ = _sparse_dense_bits(backend, range(3), n=300, c=81, pos_weight=torch.linspace(0.5, 2, 81))
+    assert not differ, f"{backend} 300 x 81 with pos_weight: {differ[:5]}"
+
+
+_TRITON_SPARSE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {root!r})
+    import torch
+    from tests.test_loss_faults import _sparse_dense_bits
+    differ = _sparse_dense_bits("triton", range(6)) + _sparse_dense_bits("triton", range(2), n=300, c=81)
+    assert not differ, differ[:5]
+    print("TRITON-SPARSE-OK")
+    """
+)
+
+
+def test_sparse_and_dense_targets_bit_equal_in_triton_kernel_under_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", QFOCAL_BACKEND="auto")
+    script = _TRITON_SPARSE_SCRIPT.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and "TRITON-SPARSE-OK" in proc.stdout, f"{proc.stdout}\n{proc.stderr[-3000:]}"

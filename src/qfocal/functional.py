@@ -86,7 +86,8 @@ def quality_focal_loss(
         target: either a dense float tensor shaped like ``logits`` with values in [0, 1] (the IoU-aware
             classification score of each anchor and class, 0 for negatives), or mmdetection's pair
             ``(labels, scores)``: ``labels`` integer ``(N,)`` with classes in ``[0, C)`` for positives and ``C``
-            for background, ``scores`` float ``(N,)`` in [0, 1]. Both give the same result.
+            for background, ``scores`` float ``(N,)`` in [0, 1]. Both give the same bits, values and gradients,
+            on every backend.
         beta: exponent of ``|t - sigmoid(x)|``, ``>= 0``; 0 gives (alpha-weighted) BCE.
         alpha: balance between positives and negatives in [0, 1], or ``None`` for none (the paper).
         pos_weight: ``pos_weight`` of :func:`torch.nn.functional.binary_cross_entropy_with_logits`,

@@ -79,7 +79,8 @@ def fused_loss_and_grad(
     tiny = torch.finfo(cdtype).tiny
     x = x.to(cdtype)
     if labels is not None:
-        # Sparse QFL target: t[i, j] = scores[i] where labels[i] == j; never materialised when compiled.
+        # Sparse QFL target: t[i, j] = scores[i] where labels[i] == j, as _reference.densify (the same values);
+        # the Inductor implementation receives it densified (see _op._forward_impl)
         cols = torch.arange(x.shape[-1], device=x.device)
         t = torch.where(labels.unsqueeze(-1) == cols, scores.to(cdtype).unsqueeze(-1), 0.0)
     else:

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
 from .._names import FUSED_IMPLS
-from .._reference import AVG_EPS, LossSpec, reference_loss
+from .._reference import AVG_EPS, LossSpec, densify, reference_loss
 from ._inductor import inductor_loss_and_grad
 from ._math import fused_loss_and_grad
 
@@ -63,6 +63,12 @@ def _forward_impl(
     """
     reduce = reduction != "none"
     scale = _scale(logits, reduction, avg_factor, avg_value)
+    if impl == "inductor" and labels is not None:
+        # Inductor generates different code (vectorisation, reduction order) for the sparse and the dense graph,
+        # which then differ in the last bit: build the dense target, as the reference does, so that both forms
+        # run the same compiled code and give the same bits. Eager and Triton compute t in place, identically.
+        target = densify(labels, scores, logits.shape, scores.dtype)
+        labels = scores = None
     has_alpha = alpha >= 0
     alpha_offset = 1.0 - alpha if has_alpha else 1.0
     alpha_slope = 2.0 * alpha - 1.0 if has_alpha else 0.0
