@@ -475,3 +475,42 @@ def test_sparse_and_dense_targets_bit_equal_in_triton_kernel_under_interpreter()
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0 and "TRITON-SPARSE-OK" in proc.stdout, f"{proc.stdout}\n{proc.stderr[-3000:]}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 6. DFL keeps the fractional part of a float64 target with float32 logits, as mmdetection does
+# ----------------------------------------------------------------------------------------------------------
+def _dfl_case(n_rows=64, bins=17, seed=6, below=False):
+    """fp32 logits, fp64 targets within 1e-9..1e-6 of an integer, the bin across it holding about that mass:
+    there the gradient ``softmax - weight`` is as small as the fractional part, and as sensitive to it."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randint(1, bins - 2, (n_rows,), generator=g).double()
+    frac = 10 ** (-9 + 3 * torch.rand(n_rows, generator=g, dtype=torch.float64))
+    y = k - frac if below else k + frac
+    near = (k - 1 if below else k + 1).long()  # the bin whose weight is the fractional part
+    x = torch.randn(n_rows, bins, generator=g, dtype=torch.float64)
+    rest = x.scatter(1, near[:, None], -torch.inf).logsumexp(1)
+    share = 2 + 3 * torch.rand(n_rows, generator=g, dtype=torch.float64)  # softmax - weight: no cancellation
+    x[torch.arange(n_rows), near] = torch.log(share * frac) + rest
+    return x.float(), y, near
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["just-above", "just-below"])
+def test_dfl_float64_target_with_float32_logits_like_mmdet(below, mmdet_losses):
+    x, y, near = _dfl_case(below=below)
+    rows = torch.arange(len(y))
+
+    def grad_of(fn, logits, target):
+        leaf = logits.clone().requires_grad_()
+        value = fn(leaf, target, reduction="none")
+        value.sum().backward()
+        return value.detach().double(), leaf.grad.double()
+
+    truth_value, truth = grad_of(qfocal.distribution_focal_loss, x.double(), y)  # all in float64
+    mmdet = mmdet_losses.gfocal_loss.distribution_focal_loss
+    for name, fn in (("qfocal", qfocal.distribution_focal_loss), ("mmdet", mmdet)):
+        value, grad = grad_of(fn, x, y)
+        err = ((grad - truth)[rows, near].abs() / truth[rows, near].abs()).max().item()
+        assert err < 1e-5, f"{name}: relative error {err:.2e} of d/dlogits at the bin across the integer"
+        assert_close(value, truth_value, f"{name} DFL value", rtol=1e-6, atol=0.0)
+    assert qfocal.distribution_focal_loss(x, y).dtype == torch.float32  # the logits' dtype, as documented
