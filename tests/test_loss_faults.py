@@ -514,3 +514,63 @@ def test_dfl_float64_target_with_float32_logits_like_mmdet(below, mmdet_losses):
         assert err < 1e-5, f"{name}: relative error {err:.2e} of d/dlogits at the bin across the integer"
         assert_close(value, truth_value, f"{name} DFL value", rtol=1e-6, atol=0.0)
     assert qfocal.distribution_focal_loss(x, y).dtype == torch.float32  # the logits' dtype, as documented
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 7. TorchScript: one clear line naming what works instead
+# ----------------------------------------------------------------------------------------------------------
+class _CallsFunction(nn.Module):
+    def forward(self, x, t):
+        return qfocal.sigmoid_focal_loss(x, t)
+
+
+class _HoldsModule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.criterion = qfocal.QualityFocalLoss()
+
+    def forward(self, x, t):
+        return self.criterion(x, t)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        qfocal.quality_focal_loss,
+        qfocal.sigmoid_focal_loss,
+        qfocal.varifocal_loss,
+        qfocal.distribution_focal_loss,
+        qfocal.quality_focal_loss_with_prob,
+        qfocal.py_focal_loss_with_prob,
+        qfocal.QualityFocalLoss(),
+        qfocal.VarifocalLoss(),
+        qfocal.DistributionFocalLoss(),
+        qfocal.QFocalLoss(),
+        qfocal.FocalLoss(),
+        _CallsFunction(),
+        _HoldsModule(),
+    ],
+    ids=lambda o: getattr(o, "__name__", type(o).__name__),
+)
+def test_torchscript_fails_with_one_line_naming_the_supported_paths(obj):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own deprecation warning of torch.jit.script
+        with pytest.raises(RuntimeError) as info:
+            torch.jit.script(obj)
+    message = str(info.value)
+    assert "\n" not in message.strip(), f"more than one line:\n{message}"
+    assert "torch.jit.script" in message and "torch.compile" in message and "torch.export" in message, message
+    assert "qfocal." in message, message
+
+
+def test_torch_export_works():
+    x, t = _xt()
+
+    class Model(nn.Module):
+        def forward(self, a, b):
+            return qfocal.quality_focal_loss(a, b) + qfocal.distribution_focal_loss(a, b[:, 0] * 5)
+
+    for backend in ("reference", "eager"):
+        with qfocal.backend(backend):
+            program = torch.export.export(Model(), (x, t))
+            assert_close(program.module()(x, t), Model()(x, t), f"{backend} exported")

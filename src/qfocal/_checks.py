@@ -11,7 +11,7 @@ import contextlib
 import functools
 import numbers
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -298,3 +298,18 @@ def _check_dense_target(target: object, logits: Tensor) -> Tensor:
     _check_same_shape("target", target, "logits", logits)
     _check_in_unit_interval("target", target)
     return target
+
+
+def torchscript_message(name: str) -> str:
+    """The one line a ``torch.jit.script`` of a qfocal loss fails with."""
+    return (
+        f"{name} cannot be scripted: qfocal does not support torch.jit.script (deprecated by PyTorch); "
+        "use torch.compile or torch.export, which it supports"
+    )
+
+
+def refuse_torchscript(fn: Callable) -> Callable:
+    """Mark ``fn`` so that ``torch.jit.script(fn)`` fails with :func:`torchscript_message` (torch reads the
+    attribute ``__script_unsupported``) instead of a parser error about keyword-only arguments."""
+    setattr(fn, "__script_unsupported", torchscript_message(f"qfocal.{fn.__name__}"))
+    return fn

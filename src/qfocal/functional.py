@@ -37,6 +37,7 @@ from ._checks import (
     _check_sparse_target,
     _check_tensor,
     _check_weight,
+    refuse_torchscript,
     value_checks_enabled,
 )
 from ._names import loss_name
@@ -292,6 +293,17 @@ def distribution_focal_loss(
         weight = _check_broadcast_tensor("weight", weight, target.shape, logits)
     loss = distribution_focal_elementwise(logits, target)
     return weight_reduce(loss, weight, reduction, avg_factor).to(logits.dtype)
+
+
+for _loss in (
+    quality_focal_loss,
+    sigmoid_focal_loss,
+    varifocal_loss,
+    distribution_focal_loss,
+    quality_focal_loss_with_prob,
+    py_focal_loss_with_prob,
+):
+    refuse_torchscript(_loss)
 
 
 def loss_function(name: str):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ._checks import _check_alpha, _check_exponent, _check_reduction
+from ._checks import _check_alpha, _check_exponent, _check_reduction, torchscript_message
 from ._names import loss_name
 from .functional import distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 
@@ -42,6 +42,9 @@ class _Loss(nn.Module):
 
     def _hparams(self) -> dict:
         raise NotImplementedError
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(torchscript_message(f"qfocal.{type(self).__name__}"))
 
     def forward(
         self,
@@ -202,6 +205,9 @@ class _YOLOv5Wrapper(nn.Module):
         self.loss_fcn = loss_fcn
         self.gamma = _check_exponent("gamma", gamma)
         self.alpha = _check_alpha(alpha)
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(torchscript_message(f"qfocal.{type(self).__name__}"))
 
     @property
     def reduction(self) -> str:
