@@ -622,3 +622,168 @@ def test_mmdet_losses_build_with_mmcv_lite_through_the_readme_registries():
         timeout=300,
     )
     assert proc.returncode == 0 and "MMDET-BUILD-OK" in proc.stdout, f"{proc.stdout}\n{proc.stderr[-3000:]}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 9. Smaller input checks: float8, loss_weight, integers beyond float range
+# ----------------------------------------------------------------------------------------------------------
+_FLOAT8 = [getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n)]
+
+
+def _calls(x, t, probs=None, dfl_target=None, **kw):
+    """Every public loss: logits ``x`` (N, C) with the dense target ``t``, probabilities ``probs`` (default
+    ``sigmoid(x)``) for the ``_with_prob`` forms, and ``dfl_target`` (N,) for DFL on ``x`` as (N, C) bins."""
+    probs = torch.sigmoid(x.float()).to(x.dtype) if probs is None else probs
+    dfl_target = t[:, 0].float() * (x.shape[1] - 1.5) if dfl_target is None else dfl_target
+    return {
+        "quality_focal_loss": lambda: qfocal.quality_focal_loss(x, t, **kw),
+        "sigmoid_focal_loss": lambda: qfocal.sigmoid_focal_loss(x, t, **kw),
+        "varifocal_loss": lambda: qfocal.varifocal_loss(x, t, **kw),
+        "quality_focal_loss_with_prob": lambda: qfocal.quality_focal_loss_with_prob(probs, t, **kw),
+        "py_focal_loss_with_prob": lambda: qfocal.py_focal_loss_with_prob(probs, t, **kw),
+        "distribution_focal_loss": lambda: qfocal.distribution_focal_loss(x, dfl_target, **kw),
+    }
+
+
+@pytest.mark.parametrize("dtype", _FLOAT8, ids=str)
+def test_float8_inputs_refused_in_one_line(dtype):
+    g = torch.Generator().manual_seed(8)
+    x, t = torch.rand(4, 5, generator=g), torch.rand(4, 5, generator=g) * 0.5
+    y = t[:, 0] * 3.5
+    for where, kwargs in {
+        "logits": {"x": x.to(dtype), "t": t, "probs": x.to(dtype), "dfl_target": y},
+        "target": {"x": x, "t": t.to(dtype), "probs": x, "dfl_target": y.to(dtype)},
+    }.items():
+        for name, call in _calls(**kwargs).items():
+            with pytest.raises(TypeError) as info:
+                call()
+            message = str(info.value)
+            assert "\n" not in message and "float16, bfloat16, float32, float64" in message, (name, message)
+            assert str(dtype) in message, (name, where, message)
+    for key in ("weight", "pos_weight"):
+        with pytest.raises(TypeError, match=rf"{key}: expected a floating-point tensor \(float16, bfloat16"):
+            qfocal.quality_focal_loss(x, t, **{key: torch.ones(5).to(dtype)})
+    with pytest.raises(TypeError, match=r"scores: expected a floating-point tensor \(float16, bfloat16"):
+        qfocal.quality_focal_loss(x, (torch.tensor([0, 1, 5, 2]), torch.rand(4).to(dtype)))
+
+
+def _loss_modules(**kw):
+    return [
+        lambda: qfocal.QualityFocalLoss(**kw),
+        lambda: qfocal.SigmoidFocalLoss(**kw),
+        lambda: qfocal.VarifocalLoss(**kw),
+        lambda: qfocal.DistributionFocalLoss(**kw),
+        lambda: qfocal.build_loss("qfl", **kw),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "text"),
+    [
+        (float("nan"), ValueError, "loss_weight: expected a number, got nan"),
+        (float("inf"), ValueError, "loss_weight: expected a finite number, got inf"),
+        (-float("inf"), ValueError, "loss_weight: expected a finite number, got -inf"),
+        (10**400, ValueError, "loss_weight: expected a finite number, got a int too large for a float"),
+        ("1.0", TypeError, "loss_weight: expected a real number, got str"),
+        (None, TypeError, "loss_weight: expected a real number, got NoneType"),
+        (True, TypeError, "loss_weight: expected a real number, got bool"),
+        (torch.tensor(1.0), TypeError, "loss_weight: expected a real number, got Tensor"),
+    ],
+    ids=["nan", "inf", "-inf", "10**400", "str", "None", "bool", "tensor"],
+)
+def test_loss_weight_validated_in_every_module(value, error, text):
+    for build in _loss_modules(loss_weight=value):
+        with pytest.raises(error, match=text.replace("(", r"\(").replace(")", r"\)")):
+            build()
+    assert qfocal.QualityFocalLoss(loss_weight=2).loss_weight == 2.0  # an int is fine
+    assert qfocal.DistributionFocalLoss(loss_weight=-0.5).loss_weight == -0.5  # mmdetection allows any finite
+
+
+_HUGE = 10**400
+
+
+def test_huge_ints_are_one_line_value_errors_in_functions():
+    x, t = _xt()
+    p = torch.sigmoid(x)
+    cases = {
+        "beta": [
+            lambda: qfocal.quality_focal_loss(x, t, beta=_HUGE),
+            lambda: qfocal.quality_focal_loss_with_prob(p, t, beta=_HUGE),
+        ],
+        "gamma": [
+            lambda: qfocal.sigmoid_focal_loss(x, t, gamma=_HUGE),
+            lambda: qfocal.varifocal_loss(x, t, gamma=_HUGE),
+            lambda: qfocal.py_focal_loss_with_prob(p, t, gamma=_HUGE),
+        ],
+        "alpha": [
+            lambda: qfocal.quality_focal_loss(x, t, alpha=_HUGE),
+            lambda: qfocal.sigmoid_focal_loss(x, t, alpha=_HUGE),
+            lambda: qfocal.sigmoid_focal_loss(x, t, alpha=-_HUGE),  # not "negative disables" silently
+            lambda: qfocal.varifocal_loss(x, t, alpha=_HUGE),
+            lambda: qfocal.quality_focal_loss_with_prob(p, t, alpha=_HUGE),
+            lambda: qfocal.py_focal_loss_with_prob(p, t, alpha=_HUGE),
+        ],
+        "avg_factor": [call for call in _calls(x, t, avg_factor=_HUGE).values()],
+    }
+    for name, calls in cases.items():
+        for call in calls:
+            with pytest.raises(ValueError) as info:
+                call()
+            message = str(info.value)
+            assert message.startswith(f"{name}: expected a finite number") and "\n" not in message, message
+
+
+def test_huge_ints_are_one_line_value_errors_in_modules_and_integrations():
+    from qfocal.integrations._gain import check_gain
+    from qfocal.integrations.yolov5 import criterion_options
+
+    cases = {
+        "beta": [lambda: qfocal.QualityFocalLoss(beta=_HUGE)],
+        "gamma": [
+            lambda: qfocal.SigmoidFocalLoss(gamma=_HUGE),
+            lambda: qfocal.VarifocalLoss(gamma=_HUGE),
+            lambda: qfocal.QFocalLoss(gamma=_HUGE),
+            lambda: qfocal.FocalLoss(gamma=_HUGE),
+        ],
+        "alpha": [
+            lambda: qfocal.QualityFocalLoss(alpha=_HUGE),
+            lambda: qfocal.SigmoidFocalLoss(alpha=_HUGE),
+            lambda: qfocal.VarifocalLoss(alpha=_HUGE),
+            lambda: qfocal.QFocalLoss(alpha=_HUGE),
+            lambda: qfocal.FocalLoss(alpha=_HUGE),
+        ],
+        "hyp['qfl_beta']": [lambda: criterion_options("qfl", {"qfl_beta": _HUGE})],
+        "hyp['fl_alpha']": [lambda: criterion_options("focal", {"fl_alpha": _HUGE})],
+        "gain": [lambda: check_gain(_HUGE)],
+    }
+    for name, calls in cases.items():
+        for call in calls:
+            with pytest.raises(ValueError) as info:
+                call()
+            message = str(info.value)
+            assert message.startswith(f"{name}: expected") and "\n" not in message, message
+            assert "finite" in message, message
+
+
+def test_huge_ints_and_loss_weight_in_the_mmdet_plugin():
+    pytest.importorskip("mmengine")
+    pytest.importorskip("mmdet")
+    from qfocal.integrations import mmdet as plugin
+
+    for build in (
+        lambda: plugin.QualityFocalLoss(beta=_HUGE),
+        lambda: plugin.FocalLoss(gamma=_HUGE),
+        lambda: plugin.FocalLoss(alpha=_HUGE),
+        lambda: plugin.VarifocalLoss(alpha=_HUGE),
+        lambda: plugin.VarifocalLoss(gamma=_HUGE),
+        lambda: plugin.DistributionFocalLoss(loss_weight=_HUGE),
+        lambda: plugin.QualityFocalLoss(loss_weight=float("nan")),
+    ):
+        with pytest.raises(ValueError) as info:
+            build()
+        message = str(info.value)
+        assert "\n" not in message and "expected" in message, message
+    loss = plugin.QualityFocalLoss()
+    x, t = _xt()
+    with pytest.raises(ValueError, match="avg_factor: expected a finite number"):
+        loss(x.float(), t.float(), avg_factor=_HUGE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import numbers
 import os
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 _REDUCTIONS = ("none", "mean", "sum")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _value_checks = os.environ.get("QFOCAL_VALUE_CHECKS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
@@ -113,7 +115,7 @@ def _check_tensor(name: str, x: object) -> Tensor:
 
 def _check_float_tensor(name: str, x: object) -> Tensor:
     x = _check_tensor(name, x)
-    if not x.is_floating_point():
+    if x.dtype not in _FLOAT_DTYPES:  # float8 too: no loss math is defined (or tested) in it
         raise TypeError(
             f"{name}: expected a floating-point tensor (float16, bfloat16, float32, float64), got {x.dtype}"
         )
@@ -143,9 +145,21 @@ def _check_reduction(reduction: object) -> str:
 def _check_real(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {_describe(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int (or Fraction) beyond float range, e.g. 10**400
+        raise ValueError(
+            f"{name}: expected a finite number, got a {type(value).__name__} too large for a float"
+        ) from None
     if value != value:
         raise ValueError(f"{name}: expected a number, got nan")
+    return value
+
+
+def _check_finite_real(name: str, value: object) -> float:
+    value = _check_real(name, value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
     return value
 
 

@@ -11,7 +11,13 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ._checks import _check_alpha, _check_exponent, _check_reduction, torchscript_message
+from ._checks import (
+    _check_alpha,
+    _check_exponent,
+    _check_finite_real,
+    _check_reduction,
+    torchscript_message,
+)
 from ._names import loss_name
 from .functional import distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 
@@ -38,7 +44,7 @@ class _Loss(nn.Module):
     def __init__(self, reduction: str, loss_weight: float) -> None:
         super().__init__()
         self.reduction = _check_reduction(reduction)
-        self.loss_weight = float(loss_weight)
+        self.loss_weight = _check_finite_real("loss_weight", loss_weight)
 
     def _hparams(self) -> dict:
         raise NotImplementedError

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from .. import functional as QF
 from .._checks import (
     _check_exponent,
+    _check_finite_real,
     _check_real,
     _check_reduction,
     _check_tensor,
@@ -89,10 +90,7 @@ def _check_use_sigmoid(cls: str, value: object) -> bool:
 
 
 def _check_loss_weight(value: object) -> float:
-    value = _check_real("loss_weight", value)
-    if not math.isfinite(value):
-        raise ValueError(f"loss_weight: expected a finite number, got {value}")
-    return value
+    return _check_finite_real("loss_weight", value)
 
 
 def _check_unit_alpha(cls: str, value: object, hint: str) -> float:
