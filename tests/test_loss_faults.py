@@ -290,6 +290,30 @@ def test_value_checks_step_aside_under_vmap_only():
     assert qfocal.value_checks_enabled()
 
 
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_batched_backward_through_fused_op(backend, reduction):
+    """The forward runs the op (no transform yet); the backward is vmapped over upstream gradients."""
+    from torch.autograd.functional import jacobian
+
+    x, t = _xt(shape=(3, 4), contiguous=False)
+
+    def fn(a):
+        return qfocal.quality_focal_loss(a, t, beta=1.5, reduction=reduction)
+
+    with qfocal.backend("reference"):
+        want = jacobian(fn, x)
+    with qfocal.backend(backend):
+        assert_close(jacobian(fn, x, vectorize=True), want, f"{backend} jacobian(vectorize=True)")
+        leaf = x.clone().requires_grad_()
+        out = fn(leaf)
+        eye = torch.eye(out.numel(), dtype=out.dtype).reshape(out.numel(), *out.shape)
+        (rows,) = torch.autograd.grad(out, leaf, eye, is_grads_batched=True, retain_graph=True)
+        assert_close(rows, want.reshape(out.numel(), *x.shape), f"{backend} is_grads_batched")
+        (again,) = torch.autograd.grad(out, leaf, torch.ones_like(out))  # the saved buffer is intact
+    assert_close(again, want.reshape(out.numel(), *x.shape).sum(0), f"{backend} backward after a batched one")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 3. Non-contiguous inputs under torch.compile: the fake kernel declares the strides the real one returns
 # ----------------------------------------------------------------------------------------------------------
@@ -561,6 +585,25 @@ def test_torchscript_fails_with_one_line_naming_the_supported_paths(obj):
     assert "\n" not in message.strip(), f"more than one line:\n{message}"
     assert "torch.jit.script" in message and "torch.compile" in message and "torch.export" in message, message
     assert "qfocal." in message, message
+
+
+def test_torchscript_of_mmdet_plugin_modules_fails_in_one_line():
+    pytest.importorskip("mmengine")
+    pytest.importorskip("mmdet")
+    from qfocal.integrations import mmdet as plugin
+
+    for module in (
+        plugin.QualityFocalLoss(),
+        plugin.FocalLoss(),
+        plugin.VarifocalLoss(),
+        plugin.DistributionFocalLoss(),
+    ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(
+                RuntimeError, match=r"^qfocal\.integrations\.mmdet\.\w+ cannot be scripted.*torch\.export"
+            ):
+                torch.jit.script(module)
 
 
 def test_torch_export_works():

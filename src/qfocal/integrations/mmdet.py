@@ -49,6 +49,7 @@ from .._checks import (
     _check_real,
     _check_reduction,
     _check_tensor,
+    torchscript_message,
     value_checks_enabled,
 )
 from .._with_prob import py_focal_loss_with_prob, quality_focal_loss_with_prob
@@ -140,6 +141,9 @@ class _MMDetLoss(nn.Module):
 
     def _hparams(self) -> dict:
         raise NotImplementedError
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(torchscript_message(f"qfocal.integrations.mmdet.{type(self).__name__}"))
 
     def extra_repr(self) -> str:
         params = {**self._hparams(), "reduction": self.reduction, "loss_weight": self.loss_weight}

@@ -196,6 +196,13 @@ def _logits_grad(ctx, grad_loss: Tensor) -> Tensor:
         return ctx.saved_tensors[-1] * grad_loss  # traced by AOTAutograd: Inductor plans the memory itself
     if torch.is_grad_enabled():  # create_graph=True: differentiate the reference math instead
         return _reference_grad(ctx, _saved(ctx), grad_loss, create_graph=True)
+    if _functorch_active() or not torch._C._has_storage(grad_loss):
+        # a batched backward (autograd.grad(is_grads_batched=True), jacobian(vectorize=True)): grad_loss is a
+        # batched tensor without storage of its own, so scale out of place (no in-place, no host read)
+        saved = ctx.grad if not ctx.consumed else None
+        if saved is None:
+            _, saved = _forward_impl(**_saved(ctx), **{**ctx.attrs, "need_grad": True})
+        return saved * grad_loss
     # Hand the saved buffer itself to autograd (no second N x C tensor); a later backward through the same
     # graph (retain_graph=True) recomputes it with the same kernel, so both give the same bits.
     if ctx.consumed:
@@ -219,6 +226,12 @@ def _logits_grad(ctx, grad_loss: Tensor) -> Tensor:
 fused_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _functorch_active() -> bool:
+    """Whether a functorch transform (vmap, grad, jvp, ...) is active: its tensors are wrapped at some level."""
+    current_level = getattr(torch._C._functorch, "maybe_current_level", None)
+    return current_level is not None and current_level() is not None
+
+
 def _under_transform(logits: Tensor, tensors: dict) -> bool:
     """Whether forward-mode AD or a functorch transform (vmap, grad, jvp, jacrev, hessian, ...) sees this call.
 
@@ -232,8 +245,7 @@ def _under_transform(logits: Tensor, tensors: dict) -> bool:
     """
     if torch.compiler.is_compiling():
         return False
-    current_level = getattr(torch._C._functorch, "maybe_current_level", None)
-    if current_level is not None and current_level() is not None:  # inside vmap / grad / jvp / jacrev ...
+    if _functorch_active():  # inside vmap / grad / jvp / jacrev ...
         return True
     # plain forward mode (torch.autograd.forward_ad.dual_level): does any input carry a tangent?
     return any(
