@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import numbers
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
 _REDUCTIONS = ("none", "mean", "sum")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _value_checks = os.environ.get("QFOCAL_VALUE_CHECKS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
@@ -38,10 +40,27 @@ def set_value_checks(enabled: bool) -> bool:
 def value_checks_enabled() -> bool:
     """Whether the value-range checks (targets in [0, 1], labels in range) run.
 
-    Never while ``torch.compile`` traces: a check reads tensor values on the host, a graph break. Check the
-    targets outside the compiled region with :func:`check_target` instead.
+    Never while ``torch.compile`` traces (a check reads tensor values on the host, a graph break) nor inside
+    ``torch.func.vmap`` (whose batched values cannot be read). Check the targets outside the compiled or
+    vmapped region with :func:`check_target` instead.
     """
-    return _value_checks and not torch.compiler.is_compiling()
+    return _value_checks and not torch.compiler.is_compiling() and not _vmap_active()
+
+
+def _vmap_active() -> bool:
+    """Whether a ``torch.func.vmap`` is active: its batched tensors cannot be read on the host, so a value check
+    would fail as under torch.compile (check the targets outside with :func:`check_target`). Other functorch
+    transforms (grad, jvp) read values fine and keep the checks."""
+    current_level = getattr(torch._C._functorch, "maybe_current_level", None)
+    if current_level is None or current_level() is None:
+        return False
+    try:
+        from torch._functorch.pyfunctorch import TransformType, retrieve_all_functorch_interpreters
+    except ImportError:  # a torch without these names: treat any transform as a vmap
+        return True
+    return any(
+        interpreter.key() == TransformType.Vmap for interpreter in retrieve_all_functorch_interpreters()
+    )
 
 
 @contextlib.contextmanager
@@ -96,7 +115,7 @@ def _check_tensor(name: str, x: object) -> Tensor:
 
 def _check_float_tensor(name: str, x: object) -> Tensor:
     x = _check_tensor(name, x)
-    if not x.is_floating_point():
+    if x.dtype not in _FLOAT_DTYPES:  # float8 too: no loss math is defined (or tested) in it
         raise TypeError(
             f"{name}: expected a floating-point tensor (float16, bfloat16, float32, float64), got {x.dtype}"
         )
@@ -126,9 +145,21 @@ def _check_reduction(reduction: object) -> str:
 def _check_real(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {_describe(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int (or Fraction) beyond float range, e.g. 10**400
+        raise ValueError(
+            f"{name}: expected a finite number, got a {type(value).__name__} too large for a float"
+        ) from None
     if value != value:
         raise ValueError(f"{name}: expected a number, got nan")
+    return value
+
+
+def _check_finite_real(name: str, value: object) -> float:
+    value = _check_real(name, value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
     return value
 
 
@@ -281,3 +312,18 @@ def _check_dense_target(target: object, logits: Tensor) -> Tensor:
     _check_same_shape("target", target, "logits", logits)
     _check_in_unit_interval("target", target)
     return target
+
+
+def torchscript_message(name: str) -> str:
+    """The one line a ``torch.jit.script`` of a qfocal loss fails with."""
+    return (
+        f"{name} cannot be scripted: qfocal does not support torch.jit.script (deprecated by PyTorch); "
+        "use torch.compile or torch.export, which it supports"
+    )
+
+
+def refuse_torchscript(fn: Callable) -> Callable:
+    """Mark ``fn`` so that ``torch.jit.script(fn)`` fails with :func:`torchscript_message` (torch reads the
+    attribute ``__script_unsupported``) instead of a parser error about keyword-only arguments."""
+    setattr(fn, "__script_unsupported", torchscript_message(f"qfocal.{fn.__name__}"))
+    return fn

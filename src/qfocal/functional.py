@@ -37,6 +37,7 @@ from ._checks import (
     _check_sparse_target,
     _check_tensor,
     _check_weight,
+    refuse_torchscript,
     value_checks_enabled,
 )
 from ._names import loss_name
@@ -86,7 +87,8 @@ def quality_focal_loss(
         target: either a dense float tensor shaped like ``logits`` with values in [0, 1] (the IoU-aware
             classification score of each anchor and class, 0 for negatives), or mmdetection's pair
             ``(labels, scores)``: ``labels`` integer ``(N,)`` with classes in ``[0, C)`` for positives and ``C``
-            for background, ``scores`` float ``(N,)`` in [0, 1]. Both give the same result.
+            for background, ``scores`` float ``(N,)`` in [0, 1]. Both give the same bits, values and gradients,
+            on every backend.
         beta: exponent of ``|t - sigmoid(x)|``, ``>= 0``; 0 gives (alpha-weighted) BCE.
         alpha: balance between positives and negatives in [0, 1], or ``None`` for none (the paper).
         pos_weight: ``pos_weight`` of :func:`torch.nn.functional.binary_cross_entropy_with_logits`,
@@ -291,6 +293,17 @@ def distribution_focal_loss(
         weight = _check_broadcast_tensor("weight", weight, target.shape, logits)
     loss = distribution_focal_elementwise(logits, target)
     return weight_reduce(loss, weight, reduction, avg_factor).to(logits.dtype)
+
+
+for _loss in (
+    quality_focal_loss,
+    sigmoid_focal_loss,
+    varifocal_loss,
+    distribution_focal_loss,
+    quality_focal_loss_with_prob,
+    py_focal_loss_with_prob,
+):
+    refuse_torchscript(_loss)
 
 
 def loss_function(name: str):

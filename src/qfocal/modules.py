@@ -11,7 +11,13 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ._checks import _check_alpha, _check_exponent, _check_reduction
+from ._checks import (
+    _check_alpha,
+    _check_exponent,
+    _check_finite_real,
+    _check_reduction,
+    torchscript_message,
+)
 from ._names import loss_name
 from .functional import distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 
@@ -38,10 +44,13 @@ class _Loss(nn.Module):
     def __init__(self, reduction: str, loss_weight: float) -> None:
         super().__init__()
         self.reduction = _check_reduction(reduction)
-        self.loss_weight = float(loss_weight)
+        self.loss_weight = _check_finite_real("loss_weight", loss_weight)
 
     def _hparams(self) -> dict:
         raise NotImplementedError
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(torchscript_message(f"qfocal.{type(self).__name__}"))
 
     def forward(
         self,
@@ -189,7 +198,9 @@ class DistributionFocalLoss(_Loss):
 
 
 class _YOLOv5Wrapper(nn.Module):
-    """Common part of the YOLOv5 drop-ins: read, never write, the wrapped ``nn.BCEWithLogitsLoss``."""
+    """Common part of the YOLOv5 drop-ins: read, never write, the wrapped ``nn.BCEWithLogitsLoss``, and follow
+    its broadcasting: its ``weight`` and ``pos_weight`` broadcast to the logits by torch's rules, as in YOLOv5
+    (unlike the functions' weight rule, where a weight one dimension short is per anchor)."""
 
     def __init__(self, loss_fcn: nn.BCEWithLogitsLoss | None, gamma: float, alpha: float | None) -> None:
         super().__init__()
@@ -201,16 +212,24 @@ class _YOLOv5Wrapper(nn.Module):
         self.gamma = _check_exponent("gamma", gamma)
         self.alpha = _check_alpha(alpha)
 
+    def __prepare_scriptable__(self):
+        raise RuntimeError(torchscript_message(f"qfocal.{type(self).__name__}"))
+
     @property
     def reduction(self) -> str:
         """The wrapped BCE's reduction, which these losses honour (YOLOv5 overwrote it with "none")."""
         return self.loss_fcn.reduction
 
-    def _kwargs(self) -> dict:
+    def _kwargs(self, pred: Tensor) -> dict:
+        weight = self.loss_fcn.weight
+        if isinstance(weight, Tensor) and weight.dim() < pred.dim():
+            # nn.BCEWithLogitsLoss broadcasts its weight by torch's rules (a (C,) weight is per class, whatever
+            # N is); the functions would read a weight one dimension short as per anchor, so align it first.
+            weight = weight.reshape((1,) * (pred.dim() - weight.dim()) + tuple(weight.shape))
         return {
             "alpha": self.alpha,
             "pos_weight": self.loss_fcn.pos_weight,
-            "weight": self.loss_fcn.weight,
+            "weight": weight,
             "reduction": self.loss_fcn.reduction,
         }
 
@@ -237,7 +256,7 @@ class QFocalLoss(_YOLOv5Wrapper):
     loss_fn = staticmethod(quality_focal_loss)
 
     def forward(self, pred: Tensor, true: Tensor) -> Tensor:
-        return self.loss_fn(pred, true, beta=self.gamma, **self._kwargs())
+        return self.loss_fn(pred, true, beta=self.gamma, **self._kwargs(pred))
 
 
 class FocalLoss(_YOLOv5Wrapper):
@@ -259,7 +278,7 @@ class FocalLoss(_YOLOv5Wrapper):
     loss_fn = staticmethod(sigmoid_focal_loss)
 
     def forward(self, pred: Tensor, true: Tensor) -> Tensor:
-        return self.loss_fn(pred, true, gamma=self.gamma, **self._kwargs())
+        return self.loss_fn(pred, true, gamma=self.gamma, **self._kwargs(pred))
 
 
 _BY_NAME = {

@@ -33,9 +33,15 @@ def check_gain(value: object, *, what: str = "gain") -> float | None:
             raise ValueError(f"{what}: expected 'auto' or a number >= 0, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what}: expected 'auto' or a number >= 0, got {type(value).__name__} {value!r}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(
+            f"{what}: expected 'auto' or a finite number >= 0, got an int too large for a float"
+        ) from None
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{what}: expected 'auto' or a finite number >= 0, got {value!r}")
-    return float(value)
+    return value
 
 
 def gain_label(gain: float | None) -> str | float:

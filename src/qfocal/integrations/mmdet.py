@@ -45,9 +45,11 @@ from torch import Tensor, nn
 from .. import functional as QF
 from .._checks import (
     _check_exponent,
+    _check_finite_real,
     _check_real,
     _check_reduction,
     _check_tensor,
+    torchscript_message,
     value_checks_enabled,
 )
 from .._with_prob import py_focal_loss_with_prob, quality_focal_loss_with_prob
@@ -89,10 +91,7 @@ def _check_use_sigmoid(cls: str, value: object) -> bool:
 
 
 def _check_loss_weight(value: object) -> float:
-    value = _check_real("loss_weight", value)
-    if not math.isfinite(value):
-        raise ValueError(f"loss_weight: expected a finite number, got {value}")
-    return value
+    return _check_finite_real("loss_weight", value)
 
 
 def _check_unit_alpha(cls: str, value: object, hint: str) -> float:
@@ -142,6 +141,9 @@ class _MMDetLoss(nn.Module):
 
     def _hparams(self) -> dict:
         raise NotImplementedError
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(torchscript_message(f"qfocal.integrations.mmdet.{type(self).__name__}"))
 
     def extra_repr(self) -> str:
         params = {**self._hparams(), "reduction": self.reduction, "loss_weight": self.loss_weight}

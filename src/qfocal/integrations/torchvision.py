@@ -27,6 +27,7 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops import generalized_box_iou_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from .._checks import _check_exponent, _check_real
 from .._names import loss_name
 from ..functional import distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 
@@ -175,7 +176,8 @@ class QualityFCOSHead(FCOSHead):
         if int(reg_max) != reg_max or reg_max < 0:
             raise ValueError(f"reg_max: expected an integer >= 0, got {reg_max!r}")
         self.loss = loss
-        self.beta, self.alpha, self.gamma = float(beta), float(alpha), float(gamma)
+        self.beta, self.gamma = _check_exponent("beta", beta), _check_exponent("gamma", gamma)
+        self.alpha = _check_real("alpha", alpha)
         self.reg_max = int(reg_max)
         if self.reg_max:
             self.regression_head = _DistributionRegressionHead(

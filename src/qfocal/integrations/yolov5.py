@@ -65,6 +65,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._checks import _check_real
 from .._cli import CommandError, report
 from .._names import loss_name
 from ..modules import FocalLoss, QFocalLoss, VarifocalLoss
@@ -123,7 +124,7 @@ def _number(hyp: Mapping[str, Any], key: str, default: float | None) -> float | 
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"hyp[{key!r}]: expected a number or null, got {type(value).__name__} {value!r}")
-    return float(value)
+    return _check_real(f"hyp[{key!r}]", value)
 
 
 class _Varifocal(nn.Module):

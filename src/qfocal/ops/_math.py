@@ -31,6 +31,27 @@ def _safe_pow_and_slope(base: Tensor, gamma: Tensor, tiny: float) -> tuple[Tenso
     return value, torch.where(ok, slope_ok, slope_bad)
 
 
+def _stable_bce_and_grad(x: Tensor, t: Tensor, pos_weight: Tensor | None) -> tuple[Tensor, Tensor]:
+    """BCE with logits and its derivative, exact to rounding at any logit (see :func:`qfocal._reference._bce`).
+
+    ``bce = w t softplus(-x) + (1 - t) softplus(x)`` and ``dbce = (1 - t) sigmoid(x) - w t sigmoid(-x)``
+    (``w = pos_weight`` or 1): sums and differences of terms that are each computed without cancellation, from
+    one ``exp(-|x|)``. torch's ``(1 - t) x - log sigmoid(x)`` and ``sigmoid(x) - t`` lose every digit at
+    ``t = 0``, ``x << 0`` and at ``t = 1``, ``x >> 0``.
+    """
+    e = torch.exp(-x.abs())
+    log1p_e = torch.log1p(e)
+    softplus_pos = torch.clamp(x, min=0.0) + log1p_e  # -log sigmoid(-x)
+    softplus_neg = torch.clamp(-x, min=0.0) + log1p_e  # -log sigmoid(x)
+    inv = 1.0 / (1.0 + e)
+    nonneg = x >= 0
+    sigmoid_pos = torch.where(nonneg, inv, e * inv)  # sigmoid(x)
+    sigmoid_neg = torch.where(nonneg, e * inv, inv)  # sigmoid(-x), not 1 - sigmoid(x)
+    w_pos = t if pos_weight is None else pos_weight * t
+    w_neg = 1.0 - t
+    return w_pos * softplus_neg + w_neg * softplus_pos, w_neg * sigmoid_pos - w_pos * sigmoid_neg
+
+
 def fused_loss_and_grad(
     x: Tensor,
     target: Tensor | None,
@@ -58,7 +79,8 @@ def fused_loss_and_grad(
     tiny = torch.finfo(cdtype).tiny
     x = x.to(cdtype)
     if labels is not None:
-        # Sparse QFL target: t[i, j] = scores[i] where labels[i] == j; never materialised when compiled.
+        # Sparse QFL target: t[i, j] = scores[i] where labels[i] == j, as _reference.densify (the same values);
+        # the Inductor implementation receives it densified (see _op._forward_impl)
         cols = torch.arange(x.shape[-1], device=x.device)
         t = torch.where(labels.unsqueeze(-1) == cols, scores.to(cdtype).unsqueeze(-1), 0.0)
     else:
@@ -68,16 +90,7 @@ def fused_loss_and_grad(
     # is singular there), so p must round as the reference's does, not merely be as accurate.
     p = torch.sigmoid(x)
     dp = p * (1.0 - p)
-    log_sigmoid = torch.clamp(x, max=0.0) - torch.log1p(torch.exp(-x.abs()))
-    # torch's binary_cross_entropy_with_logits: (1 - t) x - lw logsigmoid(x), lw = (pw - 1) t + 1
-    if pos_weight is None:
-        bce = (1.0 - t) * x - log_sigmoid
-        dbce = p - t
-    else:
-        pw = pos_weight.to(cdtype)
-        lw = (pw - 1.0) * t + 1.0
-        bce = (1.0 - t) * x - lw * log_sigmoid
-        dbce = lw * p - pw * t
+    bce, dbce = _stable_bce_and_grad(x, t, None if pos_weight is None else pos_weight.to(cdtype))
 
     if kind == "qfl":
         diff = t - p

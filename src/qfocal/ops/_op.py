@@ -17,10 +17,12 @@ import inspect
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from .._names import FUSED_IMPLS
-from .._reference import AVG_EPS, LossSpec, reference_loss
+from .._reference import AVG_EPS, LossSpec, densify, reference_loss
 from ._inductor import inductor_loss_and_grad
 from ._math import fused_loss_and_grad
 
@@ -61,6 +63,12 @@ def _forward_impl(
     """
     reduce = reduction != "none"
     scale = _scale(logits, reduction, avg_factor, avg_value)
+    if impl == "inductor" and labels is not None:
+        # Inductor generates different code (vectorisation, reduction order) for the sparse and the dense graph,
+        # which then differ in the last bit: build the dense target, as the reference does, so that both forms
+        # run the same compiled code and give the same bits. Eager and Triton compute t in place, identically.
+        target = densify(labels, scores, logits.shape, scores.dtype)
+        labels = scores = None
     has_alpha = alpha >= 0
     alpha_offset = 1.0 - alpha if has_alpha else 1.0
     alpha_slope = 2.0 * alpha - 1.0 if has_alpha else 0.0
@@ -85,9 +93,25 @@ def _forward_impl(
             torch.full((), iou_weighted, dtype=torch.bool, device=logits.device), scale,
             kind, reduce, need_grad,
         )  # fmt: skip
-    if grad is None:
-        grad = logits.new_empty((0,))
+    grad = logits.new_empty((0,)) if grad is None else _like_logits(grad, logits)
+    if not reduce:
+        loss = _like_logits(loss, logits)
     return loss, grad
+
+
+def _like_logits(t: Tensor, logits: Tensor) -> Tensor:
+    """``t`` (shaped like ``logits``) in the layout of ``torch.empty_like(logits)``, which the fake kernel declares.
+
+    The kernels choose their own output layout (Triton writes row-major, Inductor and eager follow the inputs);
+    torch.compile trusts the fake's strides, so a permuted or channels_last input must get the declared ones.
+    A copy only where they differ (non-contiguous logits).
+    """
+    expected = torch.empty_like(logits, device="meta").stride()
+    if t.stride() == expected:
+        return t
+    out = torch.empty_like(logits, dtype=t.dtype)
+    out.copy_(t)
+    return out
 
 
 _SIGNATURE = inspect.signature(_forward_impl)
@@ -118,18 +142,29 @@ fused_loss_op = torch.library.custom_op("qfocal::fused_loss", _forward_impl, mut
 def _fake(*args, **kwargs):
     a = _bind(args, kwargs)
     logits = a["logits"]
-    loss = logits.new_empty(()) if a["reduction"] != "none" else logits.new_empty(logits.shape)
-    grad = logits.new_empty(logits.shape) if a["need_grad"] else logits.new_empty((0,))
+    # the layout of empty_like(logits), as _forward_impl returns: a permuted input keeps its strides
+    loss = logits.new_empty(()) if a["reduction"] != "none" else torch.empty_like(logits)
+    grad = torch.empty_like(logits) if a["need_grad"] else logits.new_empty((0,))
     return loss, grad
 
 
 def _setup_context(ctx, inputs, output) -> None:
     a = dict(zip(_SIGNATURE.parameters, inputs, strict=True))
     ctx.set_materialize_grads(False)  # else autograd allocates zeros for the unused gradient output
-    ctx.save_for_backward(*(a[n] for n in _TENSORS))
     ctx.attrs = {n: a[n] for n in _ATTRS}
-    ctx.grad = output[1]  # not saved_tensors: eager backward scales it in place, see _backward
+    ctx.traced = _traced(output[1])
+    if ctx.traced:  # a traced graph (compile, export, AOTAutograd) sees only what is saved
+        ctx.save_for_backward(*(a[n] for n in _TENSORS), output[1])
+        ctx.grad = None
+    else:
+        ctx.save_for_backward(*(a[n] for n in _TENSORS))
+        ctx.grad = output[1]  # not saved_tensors: eager backward scales it in place, see _backward
     ctx.consumed = False
+
+
+def _traced(t: Tensor) -> bool:
+    """Whether the op is being traced (torch.compile, torch.export, AOTAutograd as in opcheck), not run."""
+    return torch.compiler.is_compiling() or is_fake(t)
 
 
 def _reference_grad(ctx, tensors: dict, grad_loss: Tensor, create_graph: bool) -> Tensor:
@@ -153,14 +188,21 @@ def _backward(ctx, grad_loss: Optional[Tensor], _grad_of_grad: Optional[Tensor])
 
 
 def _saved(ctx) -> dict:
-    return dict(zip(_TENSORS, ctx.saved_tensors, strict=True))
+    return dict(zip(_TENSORS, ctx.saved_tensors[: len(_TENSORS)], strict=True))
 
 
 def _logits_grad(ctx, grad_loss: Tensor) -> Tensor:
-    if torch.compiler.is_compiling():
-        return ctx.grad * grad_loss  # traced by AOTAutograd: Inductor plans the memory itself
+    if ctx.traced:
+        return ctx.saved_tensors[-1] * grad_loss  # traced by AOTAutograd: Inductor plans the memory itself
     if torch.is_grad_enabled():  # create_graph=True: differentiate the reference math instead
         return _reference_grad(ctx, _saved(ctx), grad_loss, create_graph=True)
+    if _functorch_active() or not torch._C._has_storage(grad_loss):
+        # a batched backward (autograd.grad(is_grads_batched=True), jacobian(vectorize=True)): grad_loss is a
+        # batched tensor without storage of its own, so scale out of place (no in-place, no host read)
+        saved = ctx.grad if not ctx.consumed else None
+        if saved is None:
+            _, saved = _forward_impl(**_saved(ctx), **{**ctx.attrs, "need_grad": True})
+        return saved * grad_loss
     # Hand the saved buffer itself to autograd (no second N x C tensor); a later backward through the same
     # graph (retain_graph=True) recomputes it with the same kernel, so both give the same bits.
     if ctx.consumed:
@@ -184,8 +226,37 @@ def _logits_grad(ctx, grad_loss: Tensor) -> Tensor:
 fused_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _functorch_active() -> bool:
+    """Whether a functorch transform (vmap, grad, jvp, ...) is active: its tensors are wrapped at some level."""
+    current_level = getattr(torch._C._functorch, "maybe_current_level", None)
+    return current_level is not None and current_level() is not None
+
+
+def _under_transform(logits: Tensor, tensors: dict) -> bool:
+    """Whether forward-mode AD or a functorch transform (vmap, grad, jvp, jacrev, hessian, ...) sees this call.
+
+    The op differentiates in reverse mode only: torch.library's ``register_autograd`` has no forward rule (forward
+    mode silently gets a zero tangent) and functorch refuses the autograd.Function behind it. Rather than give the
+    op a jvp, a vmap rule and functorch's ``setup_context`` contract (each a second implementation to keep equal
+    to the reference, for calls that are rare and not hot), such calls run the reference math, which is plain
+    PyTorch and composes with every transform: the same numbers whichever transform or backend, never a
+    zero tangent, and no answer that changes when ``auto`` switches to Inductor mid-run. Under torch.compile
+    (where ``torch.func`` transforms are traced by dynamo itself) the op stays.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    if _functorch_active():  # inside vmap / grad / jvp / jacrev ...
+        return True
+    # plain forward mode (torch.autograd.forward_ad.dual_level): does any input carry a tangent?
+    return any(
+        isinstance(t, Tensor) and fwAD.unpack_dual(t).tangent is not None for t in (logits, *tensors.values())
+    )
+
+
 def _needs_reference(impl: str, logits: Tensor, tensors: dict) -> bool:
     if logits.dtype not in _SUPPORTED_DTYPES or logits.numel() == 0:
+        return True
+    if _under_transform(logits, tensors):
         return True
     if impl == "triton" and logits.dtype == torch.float64:
         return True

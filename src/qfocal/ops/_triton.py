@@ -26,6 +26,32 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
+if interpreter_enabled():  # numpy underneath: tl.exp and tl.log are correctly rounded
+
+    @triton.jit
+    def _exp(x):
+        return tl.exp(x)
+
+    @triton.jit
+    def _log1p(e):
+        # log1p(e) to full precision from log(1 + e) (Goldberg's correction)
+        one_plus_e = 1.0 + e
+        return tl.where(
+            one_plus_e == 1.0, e, tl.log(one_plus_e) * e / tl.where(one_plus_e == 1.0, 1.0, one_plus_e - 1.0)
+        )
+
+else:  # compiled: tl.exp and tl.log are fast approximations (ex2.approx); libdevice is accurate to an ulp or two
+    from triton.language.extra import libdevice
+
+    @triton.jit
+    def _exp(x):
+        return libdevice.exp(x)
+
+    @triton.jit
+    def _log1p(e):
+        return libdevice.log1p(e)
+
+
 @triton.jit
 def _pow_and_slope(base, gamma):
     # base ** gamma with the reference's slope (see _math._safe_pow_and_slope)
@@ -72,21 +98,22 @@ def _fused_loss_kernel(
 
     p = 1.0 / (1.0 + tl.exp(-x))  # torch.sigmoid's formula (see _math: p must round like the reference)
     dp = p * (1.0 - p)
-    e = tl.exp(-tl.abs(x))
-    one_plus_e = 1.0 + e
-    # log1p(e) to full precision from log(1 + e) (Goldberg's correction)
-    log1p_e = tl.where(
-        one_plus_e == 1.0, e, tl.log(one_plus_e) * e / tl.where(one_plus_e == 1.0, 1.0, one_plus_e - 1.0)
-    )
-    log_sigmoid = tl.minimum(x, 0.0) - log1p_e
+    # BCE and its derivative without cancellation, as _math._stable_bce_and_grad
+    e = _exp(-tl.abs(x))
+    log1p_e = _log1p(e)
+    softplus_pos = tl.maximum(x, 0.0) + log1p_e  # -log sigmoid(-x)
+    softplus_neg = tl.maximum(-x, 0.0) + log1p_e  # -log sigmoid(x)
+    inv = 1.0 / (1.0 + e)
+    sigmoid_pos = tl.where(x >= 0.0, inv, e * inv)
+    sigmoid_neg = tl.where(x >= 0.0, e * inv, inv)
     if HAS_PW:
         pw = tl.load(pw_ptr + row * spwr + col * spwc, mask=mask, other=1.0).to(tl.float32)
-        lw = (pw - 1.0) * t + 1.0
-        bce = (1.0 - t) * x - lw * log_sigmoid
-        dbce = lw * p - pw * t
+        w_pos = pw * t
     else:
-        bce = (1.0 - t) * x - log_sigmoid
-        dbce = p - t
+        w_pos = t
+    w_neg = 1.0 - t
+    bce = w_pos * softplus_neg + w_neg * softplus_pos
+    dbce = w_neg * sigmoid_pos - w_pos * sigmoid_neg
 
     if KIND == 0:  # quality focal loss
         diff = t - p
