@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import CheckpointError, load_checkpoint
+
 __all__ = [
     "BACKBONE_FORMAT",
     "DEMO_BACKBONE",
@@ -58,10 +60,6 @@ DEMO_PRETRAIN = {
 }
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint or backbone file that is missing, damaged, or not one that qfocal wrote."""
-
-
 def backbone_digest(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the names, dtypes, shapes and bytes of ``tensors``, in name order (hex)."""
     h = hashlib.sha256()
@@ -79,8 +77,6 @@ def _body(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def export_backbone(checkpoint: str | os.PathLike, dest: str | os.PathLike, *, made_by: str = "") -> str:
     """Write the backbone body of the qfocal checkpoint ``checkpoint`` to the backbone file ``dest`` (atomically);
     return its digest. ``made_by`` records the command that made the checkpoint."""
-    from .train import load_checkpoint
-
     ckpt = load_checkpoint(checkpoint)
     tensors = {k: v.clone() for k, v in _body(ckpt["model"]).items()}
     if not tensors:
@@ -131,8 +127,6 @@ def read_backbone(path: str | os.PathLike, *, expected_digest: str | None = None
                 f"{str(obj.get('digest'))[:12]}..."
             )
     else:
-        from .train import load_checkpoint
-
         tensors = _body(load_checkpoint(path)["model"])
         digest = backbone_digest(tensors)
     if expected_digest is not None and digest != expected_digest:

@@ -32,7 +32,8 @@ from .._machine import autocast_name, run_facts
 from ..data.dataset import DetectionDataset, load_split
 from ..data.synth import prepare_synthetic
 from ..integrations.torchvision import fcos_tiny
-from .backbone import CheckpointError, load_backbone
+from .backbone import load_backbone
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import AMP_CHOICES, MODEL_SIZES, RESUME_KEYS, ConfigError, TrainConfig
 from .evaluate import METRIC_KEYS, QUALITY_KEYS, evaluate, json_ready
 from .quality import score_iou_pairs
@@ -64,7 +65,6 @@ class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; the last checkpoint on disk is the last good one."""
 
 
-_CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "history", "rng", "config", "class_names")
 # What train returns and writes to metrics.json.
 _RESULT_KEYS = (*METRIC_KEYS, *QUALITY_KEYS, "score_iou_n")
 
@@ -143,28 +143,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by :func:`train` without executing code (``weights_only=True``).
-
-    Raises:
-        CheckpointError: the file is missing, truncated, not a torch file, holds objects other than tensors and
-            primitives (never unpickled), or lacks a key of qfocal's checkpoints.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint file there")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, garbage, or a pickle that weights_only refuses to run
-        raise CheckpointError(
-            f"{path}: damaged, or not a checkpoint written by qfocal train ({type(exc).__name__})"
-        ) from None
-    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path}: not a checkpoint written by qfocal train (no {', '.join(missing)})")
-    return ckpt
 
 
 def _dist_info() -> tuple[int, int, int]:
