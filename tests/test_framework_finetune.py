@@ -179,7 +179,7 @@ def test_command_refuses_bad_fine_tune_arguments_in_one_line(tmp_path, capsys, c
     assert "Traceback" not in err and not out.exists()
 
 
-def test_presets_pin_the_fine_tune_settings(tmp_path, monkeypatch, capsys):
+def test_presets_pin_the_fine_tune_settings(tmp_path, monkeypatch, capsys, checkpoints):
     """A framework preset sets --framework and its settings (threads pinned); options given explicitly win."""
     from qfocal.detection import frameworks
 
@@ -190,18 +190,27 @@ def test_presets_pin_the_fine_tune_settings(tmp_path, monkeypatch, capsys):
         return {"table": "", "wall_s": 0.0}
 
     monkeypatch.setattr(frameworks, "run_framework_compare", capture)
-    for preset, losses in (
-        ("yolov5-finetune", ["bce", "focal", "qfl", "vfl"]),
-        ("ultralytics-finetune", ["bce", "qfl", "vfl", "qfl-warmup3"]),
+    adamw = {"optimizer": "AdamW", "lr0": 0.001, "warmup_bias_lr": 0}
+    for preset, losses, pretrain, train_args in (
+        ("yolov5-finetune", ["bce", "focal", "qfl", "vfl"], 60, adamw),
+        ("ultralytics-finetune", ["bce", "qfl", "vfl", "qfl-warmup3"], 30, {}),
     ):
         assert main(["compare", "--preset", preset, "--out", str(tmp_path / preset)]) == 0
         plan = plans[-1]
         assert plan.framework == preset.split("-")[0]
         assert [v.name for v in plan.variants] == losses and plan.seeds == tuple(range(8))
         s = plan.settings
-        assert (s["pretrain_epochs"], s["epochs"], s["jobs"], s["threads"]) == (30, 10, 2, 1)
+        assert (s["pretrain_epochs"], s["epochs"], s["jobs"], s["threads"]) == (pretrain, 10, 2, 1)
         assert (s["synth_images"], s["pretrain_images"], s["plots"]) == (800, 2000, False)
-        assert s["synth_difficulty"] == "easy"
+        assert s["synth_difficulty"] == "easy" and s["train_args"] == train_args
+    # The label-smoothing case starts from the objectness compare's pretraining: --weights replaces the preset's.
+    weights = checkpoints["yolov5"]
+    argv = ["compare", "--preset", "yolov5-cls-finetune", "--weights", str(weights), "--out", str(tmp_path / "c")]
+    assert main(argv) == 0
+    s = plans[-1].settings
+    assert [v.name for v in plans[-1].variants] == ["bce", "qfl"] and s["term"] == "cls"
+    assert s["pretrain_epochs"] == 0 and s["weights"] == str(weights.resolve())
+    assert s["train_args"] == {**adamw, "label_smoothing": 0.1}
     assert (
         main(
             [
