@@ -356,6 +356,11 @@ def data_fingerprint(*splits) -> dict:
             digest.update(f"{rel}|{rec.width}|{rec.height}|".encode())
             digest.update(np.ascontiguousarray(rec.boxes, dtype=np.float32).tobytes())
             digest.update(np.ascontiguousarray(rec.labels, dtype=np.int64).tobytes())
+            if len(
+                rec.crowd_labels
+            ):  # only then: the fingerprints of data without crowd regions stay as they were
+                digest.update(b"crowd|" + np.ascontiguousarray(rec.crowd_boxes, dtype=np.float32).tobytes())
+                digest.update(np.ascontiguousarray(rec.crowd_labels, dtype=np.int64).tobytes())
         result[name] = {
             "images": len(data.records),
             "classes": list(data.class_names),
