@@ -238,7 +238,7 @@ def test_ctrl_c_during_the_imports_of_the_console_command(tmp_path):
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.05)  # inside main, importing torch and the subcommands
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert "Traceback" not in err, err
     if proc.returncode != 0:  # interrupted (a machine fast enough may have printed the table first)
         assert proc.returncode == 130 and err.strip() == "interrupted", (proc.returncode, err)
