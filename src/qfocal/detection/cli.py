@@ -222,9 +222,7 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         raise CommandError(
             f"--init: expected a qfocal checkpoint file, got {args.init!r} (no such file)", usage=True
         )
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"--out: expected a folder, got the existing file {out}", usage=True)
+    _check_out(args.out)
     cfg = TrainConfig(
         data=args.data,
         loss=getattr(args, "loss", "focal"),
@@ -259,17 +257,46 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         raise CommandError(str(exc), usage=True) from None
 
 
+def _check_out(text: str) -> Path:
+    """``--out`` as a path, refused at once (exit 2) when it is an existing file or a name the file system cannot
+    hold (too long); whether it can be written is checked before training (``check_output_dir``, exit 1)."""
+    out = Path(text)
+    try:
+        is_file = out.exists() and not out.is_dir()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise CommandError(
+            f"--out: cannot use {text[:80]!r}{'...' if len(text) > 80 else ''} ({reason})", usage=True
+        ) from None
+    if is_file:
+        raise CommandError(f"--out: expected a folder, got the existing file {out}", usage=True)
+    return out
+
+
 def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
+def _os_error(exc: OSError) -> str:
+    """One line for an OSError: the file it names and its reason."""
+    reason = exc.strerror or str(exc).strip() or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename and exc.strerror else reason.splitlines()[0]
+
+
 def _running(what: str, fn, *args, **kwargs):
-    """Run the harness; the failures a user can fix become one-line errors (exit 1)."""
+    """Run the harness; the failures a user can fix become one-line errors (exit 1): bad data, settings or
+    checkpoints, a locked or unwritable output folder, and any OSError (a full disk, an unreadable folder)."""
     require(*_NEEDS, what=what)
     from ..data.records import AnnotationError
-    from .train import CheckpointError, DistributedError, NonFiniteLossError, RunLockedError
+    from .train import (
+        CheckpointError,
+        DistributedError,
+        NonFiniteLossError,
+        RunLockedError,
+        RunOutputError,
+    )
 
     try:
         return fn(*args, **kwargs)
@@ -279,16 +306,18 @@ def _running(what: str, fn, *args, **kwargs):
         ConfigError,
         CheckpointError,
         RunLockedError,
+        RunOutputError,
         DistributedError,
     ) as exc:
         raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(_os_error(exc)) from None
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise CommandError(f"--out: expected a folder, got the existing file {args.out}", usage=True)
+    _check_out(args.out)
     require("numpy", "PIL", what="qfocal data synth")
-    from ..data.synth import generate_dataset
+    from ..data.synth import NotSyntheticError, generate_dataset
 
     t = time.perf_counter()
     try:
@@ -300,8 +329,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction,
             difficulty=args.difficulty,
         )
+    except NotSyntheticError as exc:
+        raise CommandError(f"--out: {exc}", usage=True) from None
     except OSError as exc:
-        raise CommandError(f"cannot write the dataset to {args.out}: {exc.strerror or exc}") from None
+        raise CommandError(f"cannot write the dataset to {args.out}: {_os_error(exc)}") from None
     print(f"wrote {args.images} images to {paths['root']} in {time.perf_counter() - t:.1f} s")
     for key in ("train_json", "val_json", "yaml"):
         print(f"  {key}: {paths[key]}")
@@ -525,9 +556,7 @@ def demo_config(out: str, *, progress: bool = False) -> TrainConfig:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"--out: expected a folder, got the existing file {out}", usage=True)
+    out = _check_out(args.out)
     require(*_NEEDS, what="qfocal pretrain")
     from .backbone import DEMO_BACKBONE_DIGEST, DEMO_PRETRAIN, export_backbone
     from .compare import pretrain_backbone
@@ -548,8 +577,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise CommandError(f"--out: expected a folder, got the existing file {args.out}", usage=True)
+    _check_out(args.out)
     t = time.perf_counter()
     require(*_NEEDS, what="qfocal demo")
     from .compare import compare
