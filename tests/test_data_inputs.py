@@ -241,3 +241,58 @@ def test_crowd_regions_are_evaluated_as_cocoeval_does(tmp_path):
     for k, key in enumerate(("AP", "AP50", "AP75", "APs", "APm", "APl")):
         assert ours[key] == pytest.approx(float(ev.stats[k])), key
     assert ours["AP50"] == pytest.approx(1.0)
+
+
+def _images(root):
+    return sorted(p.relative_to(root) for p in (root / "images").rglob("*.png"))
+
+
+def test_synth_refuses_a_folder_it_did_not_write(tmp_path, capsys):
+    from qfocal.cli import main
+    from qfocal.data.synth import NotSyntheticError, prepare_synthetic
+
+    user = tmp_path / "user"
+    (user / "annotations").mkdir(parents=True)
+    mine = user / "annotations" / "instances_train.json"
+    mine.write_text('{"mine": true}')
+    with pytest.raises(
+        NotSyntheticError, match=r"expected an empty folder or a synthetic set written by qfocal"
+    ):
+        generate_dataset(user, images=4, imgsz=32, min_size=2)
+    with pytest.raises(NotSyntheticError):
+        prepare_synthetic(user, images=4, imgsz=32, min_size=2, log=lambda m: None)
+    with pytest.raises(SystemExit) as info:
+        main(["data", "synth", "--out", str(user), "--images", "4", "--imgsz", "32"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err and "written by qfocal" in err, err
+    assert mine.read_text() == '{"mine": true}'  # untouched
+
+
+@pytest.mark.parametrize("how", ["generate", "prepare", "cli"])
+def test_regenerating_a_smaller_set_leaves_nothing_stale(tmp_path, capsys, how):
+    from qfocal.cli import main
+    from qfocal.data.synth import prepare_synthetic
+
+    root = tmp_path / "s"
+
+    def make(images: int) -> None:
+        if how == "generate":
+            generate_dataset(root, images=images, imgsz=32, min_size=2)
+        elif how == "prepare":
+            prepare_synthetic(root, images=images, imgsz=32, min_size=2, log=lambda m: None)
+        else:
+            assert main(["data", "synth", "--out", str(root), "--images", str(images), "--imgsz", "32"]) == 0
+            capsys.readouterr()
+
+    make(12)
+    assert len(_images(root)) == 12
+    (root / "labels" / "train.cache").write_text("a framework's cache of the old labels")
+    make(6)
+    assert len(_images(root)) == 6
+    assert not (root / "labels" / "train.cache").exists()
+    for split in ("train", "val"):
+        data = load_split(root, split)
+        yolo = load_split(root / "data.yaml", split)
+        assert [r.path.name for r in data.records] == [r.path.name for r in yolo.records]
+    assert len(load_split(root, "train").records) + len(load_split(root, "val").records) == 6

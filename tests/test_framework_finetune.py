@@ -158,7 +158,7 @@ def _cli(argv: list[str], capsys) -> tuple[int, str]:
     [
         (
             ["--framework", "yolov5", "--pretrain-epochs", "-1"],
-            "argument --pretrain-epochs: expected an integer >= 0",
+            "argument --pretrain-epochs: expected an integer in [0, 10000]",
         ),
         (
             ["--framework", "yolov5", "--weights", "missing.pt"],

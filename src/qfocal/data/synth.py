@@ -332,10 +332,10 @@ def generate_dataset(
 # "complete" with its settings. Such a folder is qfocal's to regenerate (its parts removed first, so nothing stale
 # remains); any other non-empty folder is refused. ".complete" is the marker of earlier versions.
 MARKER = ".qfocal-synthetic"
-_LEGACY_MARKER = ".complete"
+_LEGACY_MARKER = ".complete"  # = _PREPARED
 _COMPLETE = "complete"
 # What generate_dataset writes (and removes before writing again).
-_PARTS = ("images", "labels", "annotations", "data.yaml", _LEGACY_MARKER, ".prepared")
+_PARTS = ("images", "labels", "annotations", "data.yaml", _LEGACY_MARKER)
 
 
 class NotSyntheticError(FileExistsError):
@@ -398,23 +398,24 @@ def prepare_synthetic(root: str | os.PathLike, *, images: int, seed: int = 0, lo
     stamp = (
         " ".join(f"{k}={v}" for k, v in sorted({"images": images, "seed": seed, **options}.items())) + "\n"
     )
-    legacy = root / _LEGACY_MARKER
-    if not (root / MARKER).exists() and legacy.is_file() and legacy.read_text() == stamp:
-        return root  # complete, written by an earlier version
-    if synthetic_stamp(root) is None or _prepared(root) != stamp:
+    # complete: the generator's marker says so (or, from an earlier version, there is none) and this function's
+    # record of the options it asked for matches
+    complete = synthetic_stamp(root) is not None or not (root / MARKER).exists()
+    if not (complete and _read(root / _PREPARED) == stamp):
         log(f"generating the synthetic dataset ({images} images, seed {seed}) in {root}")
         generate_dataset(root, images=images, seed=seed, **options)
         (root / _PREPARED).write_text(stamp)
     return root
 
 
-# prepare_synthetic's record of the options it asked for (beside the generator's own marker).
-_PREPARED = ".prepared"
+# prepare_synthetic's record of the options it asked for (beside the generator's own marker); the marker of
+# the sets earlier versions wrote.
+_PREPARED = ".complete"
 
 
-def _prepared(root: Path) -> str | None:
+def _read(path: Path) -> str | None:
     try:
-        return (root / _PREPARED).read_text()
+        return path.read_text()
     except OSError:
         return None
 
