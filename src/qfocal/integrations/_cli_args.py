@@ -8,7 +8,13 @@ import argparse
 from .._cli import float_arg, loss_arg
 from .._names import describe_losses
 
-__all__ = ["ULTRALYTICS_LOSSES", "YOLOV5_LOSSES", "add_ultralytics_arguments", "add_yolov5_arguments"]
+__all__ = [
+    "ULTRALYTICS_LOSSES",
+    "YOLOV5_LOSSES",
+    "add_ultralytics_arguments",
+    "add_yolov5_arguments",
+    "gain_arg",
+]
 
 YOLOV5_LOSSES = ("bce", "focal", "qfl", "vfl")
 ULTRALYTICS_LOSSES = ("bce", "qfl", "vfl", "focal")
@@ -35,6 +41,8 @@ def _gain(text: str) -> str | float:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a finite number in [0, 1e6], got {text!r}")
     return value
 
+
+gain_arg = _gain
 
 _GAIN_HELP = (
     "balance of the {term} term: auto (default: {loss} gets BCE's gradient norm on every batch; bce stays "
@@ -100,7 +108,7 @@ def add_yolov5_arguments(parser: argparse.ArgumentParser) -> None:
 def add_ultralytics_arguments(parser: argparse.ArgumentParser) -> None:
     """The model, Ultralytics' key=value training arguments, and qfocal's loss options."""
     parser.add_argument(
-        "model", nargs="?", default="yolov8n.yaml", help="model YAML or local .pt (yolov8n.yaml)"
+        "model", nargs="?", default=None, help="model YAML or local .pt (yolov8n.yaml); or model=..."
     )
     parser.add_argument(
         "overrides",
@@ -112,14 +120,14 @@ def add_ultralytics_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--cls-loss",
         type=loss_arg(ULTRALYTICS_LOSSES),
-        default="bce",
-        help=f"classification criterion: {describe_losses(ULTRALYTICS_LOSSES)}",
+        default=None,
+        help=f"classification criterion (or cls_loss=...; default bce): {describe_losses(ULTRALYTICS_LOSSES)}",
     )
     group.add_argument(
         "--cls-gain",
         type=_gain,
-        default="auto",
-        help=_GAIN_HELP.format(term="classification", loss="the --cls-loss"),
+        default=None,
+        help=_GAIN_HELP.format(term="classification", loss="the --cls-loss") + " (or cls_gain=...)",
     )
     group.add_argument("--beta", type=_exponent, help="qfocal: exponent of |t - p| (2.0)")
     group.add_argument(
