@@ -16,12 +16,13 @@ which reproduces it bit for bit on the same CPU model.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from importlib import resources
 from pathlib import Path
 
 import torch
+
+from .checkpoint import CheckpointError, backbone_digest
 
 __all__ = [
     "BACKBONE_FORMAT",
@@ -58,20 +59,6 @@ DEMO_PRETRAIN = {
 }
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint or backbone file that is missing, damaged, or not one that qfocal wrote."""
-
-
-def backbone_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of ``tensors``, in name order (hex)."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d: as 1-d
-    return h.hexdigest()
-
-
 def _body(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
 
@@ -79,7 +66,7 @@ def _body(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def export_backbone(checkpoint: str | os.PathLike, dest: str | os.PathLike, *, made_by: str = "") -> str:
     """Write the backbone body of the qfocal checkpoint ``checkpoint`` to the backbone file ``dest`` (atomically);
     return its digest. ``made_by`` records the command that made the checkpoint."""
-    from .train import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     tensors = {k: v.clone() for k, v in _body(ckpt["model"]).items()}
@@ -131,7 +118,7 @@ def read_backbone(path: str | os.PathLike, *, expected_digest: str | None = None
                 f"{str(obj.get('digest'))[:12]}..."
             )
     else:
-        from .train import load_checkpoint
+        from .checkpoint import load_checkpoint
 
         tensors = _body(load_checkpoint(path)["model"])
         digest = backbone_digest(tensors)
