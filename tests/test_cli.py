@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 from pathlib import Path
@@ -103,6 +104,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], int]]:
         (["compare", "--losses", "x"], 2),
         (["compare", "--resume", "--out", str(a_file)], 2),
         (["demo", "--out", str(a_file)], 2),
+        (["pretrain", "--out", str(a_file)], 2),
         (["yolov5-train", "--obj-loss", "x"], 2),
         (["yolov5-train", "--fl-gamma", "x"], 2),
         (["yolov5-train", "--obj-loss", "qfl", "--qfl-beta", "-1", "--data", no_data], 2),
@@ -112,6 +114,39 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], int]]:
         (["ultralytics-train", "--bogus", "data=x.yaml"], 2),
         (["ultralytics-train", "yolov8n.yaml", "epochs=1"], 2),
         (["ultralytics-train", "yolov8n.yaml", f"data={no_data}.yaml"], 2),
+        # numbers at the edges (shared bounded argparse types of qfocal._cli)
+        (["train", "--lr", "1e308"], 2),
+        (["train", "--lr", "nan"], 2),
+        (["train", "--seed", str(2**63)], 2),
+        (["train", "--seed", "-1"], 2),
+        (["train", "--imgsz", "100000"], 2),
+        (["train", "--threads", "10000"], 2),
+        (["train", "--weight-decay", "inf"], 2),
+        (["train", "--box-bias", "1e300"], 2),
+        (["train", "--ddp-timeout", "inf"], 2),
+        (["train", "--batch", "10000000"], 2),
+        (["data", "synth", "--out", str(tmp / "d"), "--seed", "-1"], 2),
+        (["data", "synth", "--out", str(tmp / "d"), "--imgsz", "100000"], 2),
+        (["data", "synth", "--out", str(tmp / "d"), "--images", "100000000000"], 2),
+        (["compare", "--seeds", "100000000000"], 2),
+        (["compare", "--seeds", f"0,{2**40}"], 2),
+        (["compare", "--threads", "10000"], 2),
+        (["compare", "--jobs", "100000"], 2),
+        (["compare", "--epochs", "100000000"], 2),
+        (["compare", "--pretrain-epochs", "100000000"], 2),
+        (["bench", "--shapes", "4000000000x80"], 2),
+        (["bench", "--budget", "inf"], 2),
+        (["bench", "--budget", "nan"], 2),
+        (["bench", "--name", "../../x"], 2),
+        (["bench", "--name", "a/b"], 2),
+        (["bench", "--threads", "10000"], 2),
+        (["bench", "--repeats", "10000000000"], 2),
+        (["table", "--gamma", "inf"], 2),
+        (["plot", "--gamma", "1e300"], 2),
+        (["yolov5-train", "--fl-gamma", "inf"], 2),
+        (["yolov5-train", "--vfl-alpha", "nan"], 2),
+        (["ultralytics-train", "--beta", "nan", "data=x.yaml"], 2),
+        (["ultralytics-train", "--cls-gain", "1e300", "data=x.yaml"], 2),
     ]
     if not torch.cuda.is_available():
         cases += [
@@ -145,3 +180,65 @@ def test_every_subcommand_rejects_bad_input_in_one_line(tmp_path, capsys, monkey
         seen.add(argv[0])
     registered = next(a for a in build_parser()._actions if a.dest == "command").choices
     assert seen == set(registered), f"subcommands without bad-input cases: {set(registered) - seen}"
+
+
+def test_ctrl_c_anywhere_is_one_line_and_exit_130(monkeypatch, capsys):
+    """A KeyboardInterrupt while the subcommands' modules are imported (the first seconds) or while one runs."""
+    import importlib
+
+    import qfocal.cli as cli
+
+    real = importlib.import_module
+
+    def interrupted(name, *args, **kwargs):
+        if name.startswith("qfocal.detection"):
+            raise KeyboardInterrupt
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(cli.importlib, "import_module", interrupted)
+    assert main(["table"]) == 130
+    err = capsys.readouterr().err
+    assert err == "interrupted\n", err
+    monkeypatch.setattr(cli.importlib, "import_module", real)
+
+    def stop(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "parse_args", lambda argv: argparse.Namespace(func=stop, parser=None))
+    assert main(["table"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_ctrl_c_during_the_imports_of_the_console_command(tmp_path):
+    """The entry point itself (``qfocal.cli:main``, as the console script runs it) imports nothing heavy before
+    its handler is in place: SIGINT at once gives one line and exit 130, never a traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    code = "import sys; from qfocal.cli import main; print('ready', flush=True); sys.exit(main(['table']))"
+    # torch must not be imported before main's handler: the import of qfocal.cli stays light
+    light = subprocess.run(
+        [sys.executable, "-c", "import sys, qfocal.cli; print('torch' in sys.modules)"],
+        env={**os.environ, "PYTHONPATH": src},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert light.stdout.strip() == "False", light.stdout + light.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": src},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.05)  # inside main, importing torch and the subcommands
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    if proc.returncode != 0:  # interrupted (a machine fast enough may have printed the table first)
+        assert proc.returncode == 130 and err.strip() == "interrupted", (proc.returncode, err)

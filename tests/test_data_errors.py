@@ -135,9 +135,9 @@ def test_yolo_missing_or_corrupt_image(ds, kind):
     else:
         img.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(AnnotationError) as err:
-        read_yolo(lst, ["a"] * 6)
+        read_yolo(lst, ["a", "b", "c", "d", "e", "f"])
     assert str(img) in str(err.value)
-    data = read_yolo(lst, ["a"] * 6, skip_bad=True)
+    data = read_yolo(lst, ["a", "b", "c", "d", "e", "f"], skip_bad=True)
     assert data.skipped.counts == {kind: 1}
     assert img not in [r.path for r in data.records]
 
@@ -214,11 +214,11 @@ def test_yolo_class_spellings(ds, cls, error):
     label = _first_label(ds)
     label.write_text(f"{cls} 0.5 0.5 0.2 0.2\n")
     if error is None:
-        data = read_yolo(ds / "images" / "train", ["a"] * 6)
+        data = read_yolo(ds / "images" / "train", ["a", "b", "c", "d", "e", "f"])
         assert [1] in [r.labels.tolist() for r in data.records]
     else:
         with pytest.raises(AnnotationError, match=f"{label}:1: malformed line .*{error}"):
-            read_yolo(ds / "images" / "train", ["a"] * 6)
+            read_yolo(ds / "images" / "train", ["a", "b", "c", "d", "e", "f"])
 
 
 def test_yolo_missing_labels_folder_is_an_error(ds):

@@ -181,9 +181,12 @@ def test_compare_refuses_bad_jobs(tiny_data, tmp_path, jobs):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["compare", "--ema", "1"], "argument --ema: expected a number in [0, 1)"),
-        (["compare", "--jobs", "0"], "argument --jobs: expected an integer >= 1"),
-        (["compare", "--synth-val", "-3"], "argument --synth-val: expected an integer >= 0"),
+        (["compare", "--ema", "1"], "argument --ema: expected a finite number in [0, 1), got '1'"),
+        (["compare", "--jobs", "0"], "argument --jobs: expected an integer in [1, 64], got '0'"),
+        (
+            ["compare", "--synth-val", "-3"],
+            "argument --synth-val: expected an integer in [0, 10000000], got '-3'",
+        ),
         (
             ["train", "--synth-val", "500"],
             "synth_val: expected 0 (a quarter) or fewer than synth_images (400)",
@@ -194,7 +197,10 @@ def test_compare_refuses_bad_jobs(tiny_data, tmp_path, jobs):
             "--box-bias: an option of the FCOS harness",
         ),
         (["compare", "--framework", "yolov5", "--init", "x.pt"], "--init: an option of the FCOS harness"),
-        (["compare", "--pretrain-epochs", "-1"], "argument --pretrain-epochs: expected an integer >= 0"),
+        (
+            ["compare", "--pretrain-epochs", "-1"],
+            "argument --pretrain-epochs: expected an integer in [0, 10000], got '-1'",
+        ),
         (["train", "--init", "no/such.pt"], "--init: expected a qfocal checkpoint file, got 'no/such.pt'"),
     ],
 )

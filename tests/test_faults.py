@@ -558,7 +558,7 @@ YOLO_FAULTS = {
     "polygon outside": _bad_line("box outside image", "outside", "1 0.1 0.1 1.5 0.1 0.2 0.2"),
     "polygon degenerate": _bad_line("non-positive size", "non-positive", "1 0.1 0.1 0.1 0.1 0.1 0.1"),
     "label not utf-8": _bad_label_file("not UTF-8", _latin1_line2),
-    "label is a folder": _bad_label_file("cannot read label file", _label_dir),
+    "label is a folder": _bad_label_file("expected a regular file as label file, got a folder", _label_dir),
     "image truncated": _image_and_label("corrupt image", "corrupt", _truncate),
     "image not an image": _image_and_label("corrupt image", "corrupt", _garbage),
     "image decompression bomb": _image_and_label("image too large", "MAX_IMAGE_PIXELS", _bomb),

@@ -341,6 +341,26 @@ def _cli(argv: list[str], capsys) -> tuple[int, str]:
         (["--framework", "yolov5", "--train-arg", "lr_0=0.1"], "got unknown lr_0"),
         (["--framework", "ultralytics", "--train-arg", "val=True"], "train_args: val is set by the compare"),
         (["--framework", "ultralytics", "--train-arg", "optimiser=SGD"], "got unknown optimiser"),
+        # values, checked before anything trains: YOLOv5's hyp and train.py options, Ultralytics' own check_cfg
+        (["--framework", "yolov5", "--train-arg", "lr0=nan"], "train_args: lr0: expected a finite number"),
+        (
+            ["--framework", "yolov5", "--train-arg", "label_smoothing=2"],
+            "label_smoothing: expected a fraction",
+        ),
+        (["--framework", "yolov5", "--train-arg", "mosaic=1.5"], "mosaic: expected a fraction in [0, 1]"),
+        (["--framework", "yolov5", "--train-arg", "lr0=-1"], "lr0: expected a number > 0"),
+        (["--framework", "yolov5", "--train-arg", "fl_gamma=-1"], "fl_gamma: expected a number >= 0"),
+        (["--framework", "yolov5", "--train-arg", "degrees=abc"], "degrees: expected a number"),
+        (
+            ["--framework", "yolov5", "--train-arg", "optimizer=Foo"],
+            "optimizer: expected one of SGD, Adam, AdamW",
+        ),
+        (["--framework", "yolov5", "--train-arg", "patience=1.5"], "patience: expected int"),
+        (["--framework", "yolov5", "--train-arg", "cos_lr=3"], "cos_lr: expected true or false"),
+        (["--framework", "ultralytics", "--train-arg", "lr0=nan"], "lr0: expected a finite number"),
+        (["--framework", "ultralytics", "--train-arg", "lr0=2"], "'lr0=2' is an invalid value"),
+        (["--framework", "ultralytics", "--train-arg", "cos_lr=3"], "'cos_lr' must be a bool"),
+        (["--framework", "ultralytics", "--train-arg", "box=inf"], "box: expected a finite number"),
     ],
 )
 def test_command_refuses_bad_arguments_in_one_line(tmp_path, capsys, argv, match):

@@ -150,7 +150,7 @@ def test_bad_fine_tune_settings_are_refused_before_training(tmp_path, checkpoint
     [
         (
             ["--framework", "yolov5", "--pretrain-epochs", "-1"],
-            "argument --pretrain-epochs: expected an integer >= 0",
+            "argument --pretrain-epochs: expected an integer in [0, 10000]",
         ),
         (
             ["--framework", "yolov5", "--weights", "missing.pt"],
@@ -205,7 +205,15 @@ def test_presets_pin_the_fine_tune_settings(tmp_path, monkeypatch, capsys, check
         assert s["synth_difficulty"] == "easy" and s["train_args"] == train_args
     # The label-smoothing case starts from the objectness compare's pretraining: --weights replaces the preset's.
     weights = checkpoints["yolov5"]
-    argv = ["compare", "--preset", "yolov5-cls-finetune", "--weights", str(weights), "--out", str(tmp_path / "c")]
+    argv = [
+        "compare",
+        "--preset",
+        "yolov5-cls-finetune",
+        "--weights",
+        str(weights),
+        "--out",
+        str(tmp_path / "c"),
+    ]
     assert main(argv) == 0
     s = plans[-1].settings
     assert [v.name for v in plans[-1].variants] == ["bce", "qfl"] and s["term"] == "cls"

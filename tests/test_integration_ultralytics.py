@@ -290,3 +290,68 @@ def test_docs_examples_run_offline(tmp_path, monkeypatch, network_guard, qfl_cal
     assert (tmp_path / "runs" / "ultralytics" / "qfl" / "weights" / "best.pt").is_file()
     assert (tmp_path / "runs" / "ultralytics" / "api" / "weights" / "last.pt").is_file()
     assert qfl_calls and network_guard == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["cls_loss=qfl", "data={data}", "epochs=1"], ("yolov8n.yaml", "qfl", "auto", {}, {"epochs": 1})),
+        (["model=yolov8n.yaml", "data={data}"], ("yolov8n.yaml", "bce", "auto", {}, {})),
+        (["data={data}", "imgsz=64"], ("yolov8n.yaml", "bce", "auto", {}, {"imgsz": 64})),
+        (
+            ["yolov8s.yaml", "data={data}", "cls_loss=qfocal", "cls_gain=2", "loss_kwargs={{beta: 1.5}}"],
+            ("yolov8s.yaml", "qfl", 2.0, {"beta": 1.5}, {}),
+        ),
+        (
+            ["--cls-loss", "vfl", "cls_loss=varifocal", "--cls-gain", "1", "data={data}"],
+            ("yolov8n.yaml", "vfl", 1.0, {}, {}),
+        ),
+    ],
+)
+def test_ultralytics_train_key_value_forms_mean_the_options(tmp_path, monkeypatch, argv, expected):
+    import qfocal.integrations.ultralytics as qu
+    from qfocal.cli import main
+
+    data = write_toy_dataset(tmp_path / "toy", n_train=1, n_val=1, imgsz=32)
+    seen = {}
+
+    class Done:
+        save_dir = tmp_path
+
+    def fake(model, *, data, cls_loss, loss_kwargs, cls_gain, offline_mode, **overrides):
+        seen.update(
+            model=model, cls_loss=cls_loss, cls_gain=cls_gain, loss_kwargs=loss_kwargs, overrides=overrides
+        )
+        return Done()
+
+    monkeypatch.setattr(qu, "train", fake)
+    assert main(["ultralytics-train", *(a.format(data=data) for a in argv)]) == 0
+    model, loss, gain, kwargs, overrides = expected
+    assert seen["model"] == model and qu.loss_name(seen["cls_loss"], qu.ULTRALYTICS_LOSSES) == loss
+    assert seen["cls_gain"] == gain and seen["loss_kwargs"] == kwargs and seen["overrides"] == overrides
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["model=nope.yaml", "data={data}"], "model: expected an Ultralytics model yaml"),
+        (["model=missing.pt", "data={data}"], "is not on disk"),
+        (["cls_loss=bogus", "data={data}"], "cls_loss: expected"),
+        (["--cls-loss", "qfl", "cls_loss=vfl", "data={data}"], "disagree"),
+        (["cls_gain=-1", "data={data}"], "cls_gain: expected 'auto' or a finite number"),
+        (["loss_kwargs=3", "data={data}"], "loss_kwargs: expected a mapping"),
+        (["yolov8n.yaml", "model=yolov8s.yaml", "data={data}"], "disagree"),
+        (["epochs=1"], "expected data="),
+    ],
+)
+def test_ultralytics_train_bad_key_value_forms_are_one_line(tmp_path, monkeypatch, capsys, argv, match):
+    import qfocal.integrations.ultralytics as qu
+    from qfocal.cli import main
+
+    data = write_toy_dataset(tmp_path / "toy", n_train=1, n_val=1, imgsz=32)
+    monkeypatch.setattr(qu, "train", lambda *a, **k: pytest.fail("trained despite a bad argument"))
+    with pytest.raises(SystemExit) as info:
+        main(["ultralytics-train", *(a.format(data=data) for a in argv)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 1 and match in err, err

@@ -8,26 +8,79 @@ Modules: :class:`QualityFocalLoss`, :class:`SigmoidFocalLoss`, :class:`Varifocal
 :class:`DistributionFocalLoss`, and the YOLOv5 drop-ins :class:`QFocalLoss`, :class:`FocalLoss`.
 """
 
-from ._backend import backend, get_backend, set_backend
-from ._checks import check_target, set_value_checks, value_checks, value_checks_enabled
-from .functional import (
-    distribution_focal_loss,
-    loss_function,
-    py_focal_loss_with_prob,
-    quality_focal_loss,
-    quality_focal_loss_with_prob,
-    sigmoid_focal_loss,
-    varifocal_loss,
-)
-from .modules import (
-    DistributionFocalLoss,
-    FocalLoss,
-    QFocalLoss,
-    QualityFocalLoss,
-    SigmoidFocalLoss,
-    VarifocalLoss,
-    build_loss,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# The public names and the module each lives in. They load on first use (PEP 562), so ``import qfocal`` and the
+# ``qfocal`` command start without torch: the command's entry point can then turn a Ctrl-C during the heavy
+# imports into one line ("interrupted", exit 130) instead of a traceback.
+_EXPORTS = {
+    "backend": "._backend",
+    "get_backend": "._backend",
+    "set_backend": "._backend",
+    "check_target": "._checks",
+    "set_value_checks": "._checks",
+    "value_checks": "._checks",
+    "value_checks_enabled": "._checks",
+    "distribution_focal_loss": ".functional",
+    "loss_function": ".functional",
+    "py_focal_loss_with_prob": ".functional",
+    "quality_focal_loss": ".functional",
+    "quality_focal_loss_with_prob": ".functional",
+    "sigmoid_focal_loss": ".functional",
+    "varifocal_loss": ".functional",
+    "DistributionFocalLoss": ".modules",
+    "FocalLoss": ".modules",
+    "QFocalLoss": ".modules",
+    "QualityFocalLoss": ".modules",
+    "SigmoidFocalLoss": ".modules",
+    "VarifocalLoss": ".modules",
+    "build_loss": ".modules",
+}
+
+if TYPE_CHECKING:
+    from ._backend import backend, get_backend, set_backend
+    from ._checks import check_target, set_value_checks, value_checks, value_checks_enabled
+    from .functional import (
+        distribution_focal_loss,
+        loss_function,
+        py_focal_loss_with_prob,
+        quality_focal_loss,
+        quality_focal_loss_with_prob,
+        sigmoid_focal_loss,
+        varifocal_loss,
+    )
+    from .modules import (
+        DistributionFocalLoss,
+        FocalLoss,
+        QFocalLoss,
+        QualityFocalLoss,
+        SigmoidFocalLoss,
+        VarifocalLoss,
+        build_loss,
+    )
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module, __name__), name)
+    else:  # a submodule used as an attribute (qfocal.functional after import qfocal)
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __version__ = "0.1.0"
 

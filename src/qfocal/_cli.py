@@ -10,12 +10,32 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
+import os
 import sys
 from typing import NoReturn
 
 from ._names import LOSSES, loss_name
 
-__all__ = ["ArgumentParser", "CommandError", "add_command", "loss_arg", "loss_list_arg", "report", "require"]
+__all__ = [
+    "MAX_SEED",
+    "ArgumentParser",
+    "CommandError",
+    "add_command",
+    "file_stem_arg",
+    "float_arg",
+    "int_arg",
+    "loss_arg",
+    "loss_list_arg",
+    "max_threads",
+    "report",
+    "require",
+    "seed_arg",
+    "threads_arg",
+]
+
+# Seeds go to numpy's and torch's generators (and are multiplied there): 32 bits, as numpy's legacy seeds.
+MAX_SEED = 2**32 - 1
 
 
 class CommandError(Exception):
@@ -68,6 +88,84 @@ def require(*modules: str, what: str) -> None:
     message = missing_extras(*modules)
     if message:
         raise CommandError(f"{what} {message}")
+
+
+def max_threads() -> int:
+    """The most CPU threads a run may ask for: 4x the cores (more only makes threads wait for each other)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def int_arg(low: int, high: int, *, what: str = "an integer"):
+    """An argparse ``type``: an integer in ``[low, high]`` (``"expected an integer in [1, 4096], got '0'"``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {what} in [{low}, {high}], got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its own messages
+    return parse
+
+
+def float_arg(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    """An argparse ``type``: a finite number in the interval from ``low`` to ``high`` (open at an end when asked):
+    ``nan``, ``inf`` and values like ``1e308`` for a learning rate are refused before anything runs."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text!r}") from None
+        inside = (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high
+        )
+        if not math.isfinite(value) or not inside:
+            raise argparse.ArgumentTypeError(f"expected a finite number in {interval}, got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+seed_arg = int_arg(0, MAX_SEED, what="a seed (an integer)")
+
+
+def threads_arg(low: int = 0):
+    """An argparse ``type`` for ``--threads``: ``low`` (0 = auto where allowed) to :func:`max_threads`."""
+
+    def parse(text: str) -> int:
+        return int_arg(low, max_threads(), what=f"a thread count (at most 4x the {os.cpu_count()} cores)")(
+            text
+        )
+
+    parse.__name__ = "thread count"
+    return parse
+
+
+def file_stem_arg(text: str) -> str:
+    """An argparse ``type`` for a name that becomes file names inside an output folder: no path separator, no
+    ``..``, nothing that could write outside that folder."""
+    bad = (
+        not text.strip()
+        or text in (".", "..")
+        or ".." in text
+        or "/" in text
+        or "\\" in text
+        or (os.altsep or "/") in text
+        or "\x00" in text
+        or len(text) > 200
+    )
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"expected a file name without path separators or '..' (it names files inside the output folder), "
+            f"got {text!r}"
+        )
+    return text
 
 
 def device_arg(text: str) -> str:

@@ -12,6 +12,7 @@ bad argument and 1 for a run that failed. Other exceptions are bugs and keep the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import sys
@@ -75,6 +76,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``qfocal`` command. A Ctrl-C anywhere, the imports of the subcommands included, prints one line
+    (``interrupted``) and exits 130; a training run keeps its last checkpoint."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            print("interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     if not getattr(args, "func", None):
         args.parser.print_help()
@@ -85,9 +97,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.usage:
             args.parser.error(str(exc))
         return report(args.parser.prog, exc)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # `qfocal table | head`
         sys.stderr.close()
         return 0

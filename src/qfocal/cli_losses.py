@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._cli import CommandError, add_command, require
+from ._cli import CommandError, add_command, float_arg, require
 from .functional import quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 
 # The seed's second table (its first differs only in the last row: targets 1, 0, 0 and logits 1.5, 2, -1.4).
@@ -182,10 +182,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--targets", help="soft targets, e.g. '0.6225,0,0;0.9,0,0;0.5,1,0'")
     p.add_argument("--logits", help="raw predictions, same shape as --targets")
     p.add_argument("--probs", help="predicted probabilities in (0, 1), converted to logits")
-    p.add_argument("--gamma", type=float, default=1.5, help="focal gamma / QFL beta (YOLOv5 default 1.5)")
-    p.add_argument("--alpha", type=float, default=0.25, help="alpha of focal and QFL (YOLOv5 default 0.25)")
+    p.add_argument(
+        "--gamma", type=float_arg(0.0, 100.0), default=1.5, help="focal gamma / QFL beta (YOLOv5 default 1.5)"
+    )
+    p.add_argument(
+        "--alpha", type=float_arg(0.0, 1.0), default=0.25, help="alpha of focal and QFL (YOLOv5 default 0.25)"
+    )
 
     p = add_command(sub, "plot", _cmd_plot, help="draw loss against predicted probability for soft targets")
     p.add_argument("--out", default="qfocal_losses.png", help="PNG file to write")
     p.add_argument("--targets", default="0,0.5,0.9,1", help="comma-separated soft targets, one panel each")
-    p.add_argument("--gamma", type=float, default=2.0, help="focal gamma and QFL beta")
+    p.add_argument("--gamma", type=float_arg(0.0, 100.0), default=2.0, help="focal gamma and QFL beta")

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._cli import device_arg
+from .._cli import device_arg, file_stem_arg, float_arg, int_arg, threads_arg
 from .._machine import cpu_model
 
 DEFAULT_SHAPES = ((134400, 80), (40000, 1203), (4096, 20))
@@ -308,27 +308,23 @@ def _cuda_peak(run: Callable[[], None], device: torch.device) -> float:
     return max(0.0, torch.cuda.max_memory_allocated(device) - base)
 
 
+# The largest logits tensor a case may ask for (N x C elements): 2**28 is 1 GiB in fp32, and a case holds
+# several such tensors (logits, targets, gradients) per provider.
+MAX_ELEMENTS = 2**28
+
+
 def _parse_shape(text: str) -> tuple[int, int]:
     parts = text.lower().replace(",", "x").split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         raise argparse.ArgumentTypeError(
             f"shape: expected NxC with positive integers (e.g. 134400x80), got {text!r}"
         )
-    return int(parts[0]), int(parts[1])
-
-
-def _positive(kind: type):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text!r}")
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
+    n, c = int(parts[0]), int(parts[1])
+    if n * c > MAX_ELEMENTS:
+        raise argparse.ArgumentTypeError(
+            f"shape: expected at most {MAX_ELEMENTS} elements (N x C), got {text!r} ({n * c} elements)"
+        )
+    return n, c
 
 
 def _parse_list(text: str, valid: Sequence[str], what: str) -> list[str]:
@@ -364,11 +360,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="comma-separated from float32,bfloat16,float16 (default: float32,bfloat16; --quick: float32)",
     )
     parser.add_argument(
-        "--repeats", type=_positive(int), default=None, help="timed calls per case (default 7, --quick 3)"
+        "--repeats",
+        type=int_arg(1, 100_000),
+        default=None,
+        help="timed calls per case (default 7, --quick 3)",
     )
     parser.add_argument(
         "--budget",
-        type=_positive(float),
+        type=float_arg(0.0, 86400.0, low_open=True),
         default=None,
         help="seconds per case before repeats are cut (>= 3 kept)",
     )
@@ -377,7 +376,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     parser.add_argument(
         "--threads",
-        type=_positive(int),
+        type=threads_arg(1),
         default=None,
         help="torch.set_num_threads for the run (default: torch's)",
     )
@@ -387,7 +386,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--out-dir", type=Path, default=Path("benchmarks"), help="where the files go (default: benchmarks)"
     )
     parser.add_argument(
-        "--name", default="RESULTS", help="file stem: NAME.md, NAME.csv, NAME.png (default RESULTS)"
+        "--name",
+        type=file_stem_arg,
+        default="RESULTS",
+        help="file stem: NAME.md, NAME.csv, NAME.png (default RESULTS)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

@@ -16,6 +16,7 @@ from .records import (
     check_box,
     check_image,
     check_not_empty,
+    duplicate_names,
     fail_or_skip,
     join_inside,
     make_record,
@@ -52,7 +53,8 @@ def read_coco(
     ``bbox`` numbers as strings; ``iscrowd`` as 0/1, ``false``/``true`` or ``"0"``/``"1"`` (anything else is an
     error, never a silent drop); annotations without an ``id``; extra keys; ``segmentation`` in any form (it is
     not read: boxes come from ``bbox`` only). ``iscrowd`` annotations are left out of training, as torchvision's
-    references do.
+    references do, and kept (``ImageRecord.crowd_boxes``) for evaluation, where COCOeval ignores them and the
+    detections on them.
 
     Args:
         annotations: path of the instances JSON.
@@ -104,6 +106,8 @@ def read_coco(
             "height": e["height"],
             "boxes": [],
             "labels": [],
+            "crowd_boxes": [],
+            "crowd_labels": [],
         }
 
     n_crowd = 0
@@ -133,20 +137,27 @@ def read_coco(
                 continue
             fail_or_skip(skip_bad, report, "unknown image", f"{where}: unknown image_id {image_id}")
             continue
-        if crowd:
-            n_crowd += 1
-            continue
         img = images[image_id]
         box = [x, y, x + w, y + h]
         bad = check_box(box, img["width"], img["height"], where)
         if bad is not None:
             fail_or_skip(skip_bad, report, *bad)
             continue
-        img["boxes"].append(box)
-        img["labels"].append(cat_index[cat_id])
+        n_crowd += crowd
+        img["crowd_boxes" if crowd else "boxes"].append(box)
+        img["crowd_labels" if crowd else "labels"].append(cat_index[cat_id])
 
     records = [
-        make_record(v["path"], v["width"], v["height"], v["boxes"], v["labels"], image_id)
+        make_record(
+            v["path"],
+            v["width"],
+            v["height"],
+            v["boxes"],
+            v["labels"],
+            image_id,
+            v["crowd_boxes"],
+            v["crowd_labels"],
+        )
         for image_id, v in sorted(images.items())
     ]
     data = DetectionData(
@@ -209,7 +220,14 @@ def _categories(ann_path: Path, cats: list) -> tuple[list[int], list[str]]:
         seen[cid] = k
         parsed.append((cid, str(c.get("name", cid))))
     parsed.sort()
-    return [c for c, _ in parsed], [n for _, n in parsed]
+    names = [n for _, n in parsed]
+    repeated = duplicate_names(names)
+    if repeated:
+        raise AnnotationError(
+            f"{ann_path}: expected distinct category names, got {repeated} for several ids (results per class "
+            "would be merged under one name); rename or merge them"
+        )
+    return [c for c, _ in parsed], names
 
 
 def _image_entries(ann_path: Path, images: list) -> list[dict]:

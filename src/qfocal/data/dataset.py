@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from .coco import read_coco
-from .records import AnnotationError, DetectionData
+from .records import AnnotationError, DetectionData, load_rgb
 from .yolo import read_yolo, read_yolo_yaml
 
 __all__ = ["DetectionDataset", "collate", "load_split"]
@@ -26,7 +26,7 @@ def _coco_images_dir(root: Path, split: str) -> Path | None:
 def _coco_annotation_file(ann_dir: Path, split: str) -> Path | None:
     """``instances_{split}.json`` or ``instances_{split}2017.json``; both at once is ambiguous and an error."""
     found = [ann_dir / f"instances_{split}{y}.json" for y in ("", "2017")]
-    found = [f for f in found if f.is_file()]
+    found = [f for f in found if os.path.lexists(f) and not f.is_dir()]  # a FIFO: refused when read
     if len(found) > 1:
         raise AnnotationError(f"{ann_dir}: both {found[0].name} and {found[1].name} exist; keep one")
     return found[0] if found else None
@@ -59,13 +59,17 @@ def load_split(
         raise ValueError(f"split: expected 'train' or 'val', got {split!r}")
     opts = {"skip_bad": skip_bad, "allow_outside_root": allow_outside_root, "allow_empty": allow_empty}
     p = Path(path)
-    if p.is_file() and p.suffix in (".yaml", ".yml"):
+    if p.suffix in (".yaml", ".yml") and os.path.lexists(p) and not p.is_dir():
         cfg = read_yolo_yaml(p, allow_outside_root=allow_outside_root)
         return read_yolo(cfg[split], cfg["names"], source=f"{p} [{split}]", root=cfg["root"], **opts)
     if not p.is_dir():
         raise AnnotationError(f"{p}: dataset not found (expected a folder or a YOLO data yaml)")
     coco = {s: _coco_annotation_file(p / "annotations", s) for s in ("train", "val")}
-    yamls = [p / name for name in ("data.yaml", "data.yml") if (p / name).is_file()]
+    yamls = [
+        p / name
+        for name in ("data.yaml", "data.yml")
+        if os.path.lexists(p / name) and not (p / name).is_dir()
+    ]
     if any(coco.values()):
         ann = coco[split]
         if ann is None:
@@ -120,11 +124,14 @@ class DetectionDataset(torch.utils.data.Dataset):
             return self._cache[index]
         rec = self.data.records[index]
         try:
-            with Image.open(rec.path) as im:
-                im = im.convert("RGB")
-                if im.size != (self.imgsz, self.imgsz):
-                    im = im.resize((self.imgsz, self.imgsz), Image.BILINEAR)
-                arr = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+            im = load_rgb(rec.path)
+            if im.size != (rec.width, rec.height):
+                raise ValueError(
+                    f"expected {rec.width}x{rec.height} as read, got {im.size[0]}x{im.size[1]} (changed since?)"
+                )
+            if im.size != (self.imgsz, self.imgsz):
+                im = im.resize((self.imgsz, self.imgsz), Image.BILINEAR)
+            arr = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
         except Exception as exc:  # changed or damaged since the readers checked it
             raise AnnotationError(
                 f"{rec.path}: cannot decode image ({type(exc).__name__}: {exc})", reason="corrupt image"

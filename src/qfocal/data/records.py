@@ -7,13 +7,14 @@ import contextlib
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-__all__ = ["AnnotationError", "DetectionData", "ImageRecord", "SkipReport"]
+__all__ = ["AnnotationError", "DetectionData", "ImageRecord", "SkipReport", "load_rgb"]
 
 # Boxes may overrun the image by this many pixels (float rounding in exported labels) and are then clipped.
 BOX_TOLERANCE_PX = 1.0
@@ -80,6 +81,10 @@ class ImageRecord:
     boxes: np.ndarray
     labels: np.ndarray
     image_id: int
+    # COCO's iscrowd regions, ``(m, 4)`` xyxy and ``(m,)``: not trained on, but kept for evaluation, where they
+    # are ignored ground truth that absorbs the detections on them (as COCOeval treats them)
+    crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.float32))
+    crowd_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass
@@ -102,24 +107,26 @@ class DetectionData:
         return sum(len(r.labels) for r in self.records)
 
     def to_coco(self) -> dict:
-        """The ground truth as a COCO instances dict (original pixel coordinates), for pycocotools."""
+        """The ground truth as a COCO instances dict (original pixel coordinates), for pycocotools; the crowd
+        regions of the records go in with ``iscrowd: 1``."""
         images, anns = [], []
         for rec in self.records:
             images.append(
                 {"id": rec.image_id, "file_name": rec.path.name, "width": rec.width, "height": rec.height}
             )
-            for box, label in zip(rec.boxes.tolist(), rec.labels.tolist(), strict=True):
-                w, h = box[2] - box[0], box[3] - box[1]
-                anns.append(
-                    {
-                        "id": len(anns) + 1,
-                        "image_id": rec.image_id,
-                        "category_id": self.category_ids[label],
-                        "bbox": [box[0], box[1], w, h],
-                        "area": w * h,
-                        "iscrowd": 0,
-                    }
-                )
+            for boxes, labels, crowd in ((rec.boxes, rec.labels, 0), (rec.crowd_boxes, rec.crowd_labels, 1)):
+                for box, label in zip(boxes.tolist(), labels.tolist(), strict=True):
+                    w, h = box[2] - box[0], box[3] - box[1]
+                    anns.append(
+                        {
+                            "id": len(anns) + 1,
+                            "image_id": rec.image_id,
+                            "category_id": self.category_ids[label],
+                            "bbox": [box[0], box[1], w, h],
+                            "area": w * h,
+                            "iscrowd": crowd,
+                        }
+                    )
         cats = [{"id": c, "name": n} for c, n in zip(self.category_ids, self.class_names, strict=True)]
         return {"images": images, "annotations": anns, "categories": cats}
 
@@ -177,13 +184,51 @@ def as_flag(value: object, what: str) -> bool:
     raise ValueError(f"{what}: expected 0 or 1, got {short_repr(value)}")
 
 
+def duplicate_names(names: list[str]) -> str:
+    """The class names given more than once (compared without surrounding spaces), as text; "" when none."""
+    seen: dict[str, int] = {}
+    for n in names:
+        key = str(n).strip()
+        seen[key] = seen.get(key, 0) + 1
+    return ", ".join(repr(n) for n, k in seen.items() if k > 1)
+
+
 def short_repr(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def check_regular_file(path: Path, what: str) -> None:
+    """AnnotationError unless ``path`` (or the target of a symlink) is a regular file: a FIFO, a device such as
+    ``/dev/zero``, a socket or a folder would block the reader forever or never end, so none is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: {what} not found", reason="missing file") from None
+    except (OSError, ValueError) as exc:
+        raise AnnotationError(f"{path}: cannot read {what} ({exc})", reason="unreadable file") from None
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
+        via = f" (a symlink to {os.path.realpath(path)})" if os.path.islink(path) else ""
+        raise AnnotationError(
+            f"{path}: expected a regular file as {what}, got {kind}{via}", reason="not a regular file"
+        )
+
+
 def read_text(path: Path, what: str) -> str:
-    """The text of a UTF-8 file (a leading BOM is dropped); AnnotationError naming ``path:line`` otherwise."""
+    """The text of a UTF-8 file (a leading BOM is dropped); AnnotationError naming ``path:line`` otherwise
+    (also for anything but a regular file: :func:`check_regular_file`)."""
+    check_regular_file(path, what)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -222,14 +267,70 @@ def join_inside(
     return path
 
 
-def check_image(path: Path) -> tuple[int, int]:
-    """The ``(width, height)`` of an image file; AnnotationError naming the file (and with a ``reason``) if it is
-    missing, unreadable, truncated or corrupt, or larger than Pillow's decompression-bomb limit."""
-    if not path.is_file():
-        raise AnnotationError(f"{path}: image file not found", reason="missing image")
+# EXIF orientations that swap width and height (transpose, rotate 90 or 270, transverse).
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_SIDES = (5, 6, 7, 8)
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """An 8-bit image of a 16-bit, 32-bit integer or float one, scaled by what its values mean: 16-bit by 65535,
+    float in [0, 1] by 255, other ranges (and 32-bit integers beyond 16 bits) from their minimum to their
+    maximum. Pillow's own ``convert`` clips these to 255, which turns any 16-bit or float image white."""
+    arr = np.asarray(im, dtype=np.float64)
+    finite = np.isfinite(arr)
+    arr = np.where(finite, arr, 0.0)
+    lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 0.0)
+    if im.mode.startswith("I;16"):
+        scaled = arr / 65535.0
+    elif im.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        scaled = arr
+    elif lo >= 0.0 and hi <= 255.0 and im.mode == "F":
+        scaled = arr / 255.0
+    elif im.mode == "I" and lo >= 0.0 and hi <= 65535.0:
+        # Pillow opens 16-bit PNGs as mode I: 8-bit content stays as it is, 16-bit is scaled by 65535
+        scaled = arr / (255.0 if hi <= 255.0 else 65535.0)
+    else:
+        scaled = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8), "L")
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """The image at ``path`` as it is displayed, in 8-bit RGB: the one image loader of the harness (training,
+    evaluation, plots), so labels made on the displayed image fit the pixels the model sees.
+
+    EXIF orientation is applied (:func:`PIL.ImageOps.exif_transpose`), 16-bit and float images are scaled to
+    8 bits by their range (:func:`_to_8bit`) instead of clipped, and anything but a regular file is refused
+    before it is opened (:func:`check_regular_file`)."""
+    path = Path(path)
+    check_regular_file(path, "image")
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im) or im
+        if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+            im = _to_8bit(im)
+        return im.convert("RGB")
+
+
+def displayed_size(im: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an open image once its EXIF orientation is applied (what :func:`load_rgb` gives)."""
     try:
+        orientation = im.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # unreadable EXIF: Pillow's exif_transpose ignores it too
+        orientation = None
+    w, h = im.size
+    return (h, w) if orientation in _SWAPS_SIDES else (w, h)
+
+
+def check_image(path: Path) -> tuple[int, int]:
+    """The displayed ``(width, height)`` of an image file (after its EXIF orientation); AnnotationError naming the file (and with a ``reason``) if it is
+    missing, unreadable, truncated or corrupt, or larger than Pillow's decompression-bomb limit."""
+    if not os.path.lexists(path) or (os.path.islink(path) and not os.path.exists(path)):
+        raise AnnotationError(f"{path}: image file not found", reason="missing image")
+    check_regular_file(path, "image")
+    try:
+        with Image.open(path) as im:  # EXIF is read on its own: verify() must come straight after open()
+            size = displayed_size(im)
         with Image.open(path) as im:
-            size = im.size
             fmt = im.format
             im.verify()  # walks PNG chunks and checksums: truncated or corrupt data raises here
         # verify() does not decode JPEG: a file without its end marker is decoded fully to tell a truncated
@@ -286,7 +387,16 @@ def check_not_empty(data: DetectionData, what: str, *, allow_empty: bool) -> Det
     )
 
 
-def make_record(path: Path, width: int, height: int, boxes: list, labels: list, image_id: int) -> ImageRecord:
+def make_record(
+    path: Path,
+    width: int,
+    height: int,
+    boxes: list,
+    labels: list,
+    image_id: int,
+    crowd_boxes: list = (),
+    crowd_labels: list = (),
+) -> ImageRecord:
     return ImageRecord(
         path=path,
         width=int(width),
@@ -294,4 +404,6 @@ def make_record(path: Path, width: int, height: int, boxes: list, labels: list, 
         boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         labels=np.asarray(labels, dtype=np.int64).reshape(-1),
         image_id=int(image_id),
+        crowd_boxes=np.asarray(crowd_boxes, dtype=np.float32).reshape(-1, 4),
+        crowd_labels=np.asarray(crowd_labels, dtype=np.int64).reshape(-1),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ __all__ = [
     "CLASS_FREQUENCIES",
     "CLASS_NAMES",
     "DIFFICULTIES",
+    "MARKER",
+    "NotSyntheticError",
     "generate_dataset",
     "prepare_synthetic",
     "write_toy_dataset",
@@ -235,7 +238,9 @@ def generate_dataset(
         out/data.yaml                           YOLO data file (path, train, val, names)
 
     Args:
-        out: output directory (created; existing files with the same names are overwritten).
+        out: output directory: created, or empty, or a synthetic set written by qfocal (its marker file
+            :data:`MARKER`), whose images, labels, annotations and data.yaml are removed first so that nothing
+            of the old set remains. Any other non-empty folder raises :class:`NotSyntheticError`.
         images: total number of images, ``>= 2``; ``round(images * val_fraction)`` (at least 1) go to val.
         seed: the generator seed; the same seed gives identical files.
         imgsz: image side in pixels, ``>= 32``.
@@ -264,6 +269,7 @@ def generate_dataset(
     if int(num_classes) != num_classes or not 1 <= num_classes <= len(CLASS_NAMES):
         raise ValueError(f"num_classes: expected an integer in [1, {len(CLASS_NAMES)}], got {num_classes!r}")
     root = Path(out)
+    _claim(root)
     names = CLASS_NAMES[:num_classes]
     if n_val is None:
         n_val = max(1, round(images * val_fraction))
@@ -317,7 +323,64 @@ def generate_dataset(
     )
     paths["yaml"] = yaml_path
     paths["root"] = root
+    stamp = {"images": images, "seed": seed, "imgsz": imgsz, "n_val": n_val, "num_classes": num_classes}
+    _write_marker(root, f"{_COMPLETE} {json.dumps({**stamp, 'difficulty': difficulty}, sort_keys=True)}\n")
     return paths
+
+
+# The file that marks a folder as a synthetic set written by qfocal: "writing" while it is written, then
+# "complete" with its settings. Such a folder is qfocal's to regenerate (its parts removed first, so nothing stale
+# remains); any other non-empty folder is refused. ".complete" is the marker of earlier versions.
+MARKER = ".qfocal-synthetic"
+_LEGACY_MARKER = ".complete"  # = _PREPARED
+_COMPLETE = "complete"
+# What generate_dataset writes (and removes before writing again).
+_PARTS = ("images", "labels", "annotations", "data.yaml", _LEGACY_MARKER)
+
+
+class NotSyntheticError(FileExistsError):
+    """A non-empty output folder that is not a synthetic set written by qfocal: never overwritten."""
+
+
+def _write_marker(root: Path, text: str) -> None:
+    tmp = root / f"{MARKER}.tmp"
+    tmp.write_text(text)
+    tmp.replace(root / MARKER)
+
+
+def _claim(root: Path) -> None:
+    """Make ``root`` an empty folder owned by the generator: create it, or clear a synthetic set written by qfocal
+    (its images, labels, annotations and data.yaml: a smaller set leaves no stale files), or refuse a non-empty
+    folder that qfocal did not write (:class:`NotSyntheticError`)."""
+    if root.exists() and not root.is_dir():
+        raise NotSyntheticError(f"{root}: expected a folder for the synthetic dataset, got a file")
+    root.mkdir(parents=True, exist_ok=True)
+    entries = sorted(p.name for p in root.iterdir())
+    if not entries:
+        _write_marker(root, "writing\n")
+        return
+    if MARKER not in entries and _LEGACY_MARKER not in entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise NotSyntheticError(
+            f"{root}: expected an empty folder or a synthetic set written by qfocal (with its {MARKER} file), "
+            f"got a folder holding {shown}; choose another folder, or empty this one"
+        )
+    _write_marker(root, "writing\n")  # an interrupted clean-up stays qfocal's to finish
+    for name in _PARTS:
+        part = root / name
+        if part.is_dir() and not part.is_symlink():
+            shutil.rmtree(part)
+        elif part.exists() or part.is_symlink():
+            part.unlink()
+
+
+def synthetic_stamp(root: str | os.PathLike) -> str | None:
+    """The settings line of a complete synthetic set written by qfocal in ``root``, or None."""
+    try:
+        text = (Path(root) / MARKER).read_text()
+    except OSError:
+        return None
+    return text if text.startswith(_COMPLETE + " ") else None
 
 
 _DEFAULTS = {"difficulty": "hard"}
@@ -326,19 +389,35 @@ _DEFAULTS = {"difficulty": "hard"}
 def prepare_synthetic(root: str | os.PathLike, *, images: int, seed: int = 0, log=print, **options) -> Path:
     """Generate the synthetic dataset in ``root`` unless a complete one with the same settings is there.
 
-    The one preparation used by ``qfocal train`` and ``qfocal compare``: a marker file written last records the
-    settings, so an interrupted generation or a different size is generated again. Returns ``root``.
+    The one preparation used by ``qfocal train`` and ``qfocal compare`` (and the framework compares): a marker file
+    written last records the settings, so an interrupted generation or a different size is generated again, with
+    the old set's files removed first (:func:`generate_dataset`); a non-empty folder that is not a synthetic set
+    written by qfocal is refused (:class:`NotSyntheticError`). Returns ``root``.
     """
     root = Path(root)
-    marker = root / ".complete"
     stamp = (
         " ".join(f"{k}={v}" for k, v in sorted({"images": images, "seed": seed, **options}.items())) + "\n"
     )
-    if not marker.is_file() or marker.read_text() != stamp:
+    # complete: the generator's marker says so (or, from an earlier version, there is none) and this function's
+    # record of the options it asked for matches
+    complete = synthetic_stamp(root) is not None or not (root / MARKER).exists()
+    if not (complete and _read(root / _PREPARED) == stamp):
         log(f"generating the synthetic dataset ({images} images, seed {seed}) in {root}")
         generate_dataset(root, images=images, seed=seed, **options)
-        marker.write_text(stamp)
+        (root / _PREPARED).write_text(stamp)
     return root
+
+
+# prepare_synthetic's record of the options it asked for (beside the generator's own marker); the marker of
+# the sets earlier versions wrote.
+_PREPARED = ".complete"
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def write_toy_dataset(

@@ -14,6 +14,8 @@ from .records import (
     check_box,
     check_image,
     check_not_empty,
+    check_regular_file,
+    duplicate_names,
     fail_or_skip,
     join_inside,
     make_record,
@@ -110,7 +112,13 @@ def _names(yaml_path: Path, cfg: dict) -> list[str]:
             raise AnnotationError(f"{yaml_path}: {exc}") from None
         if nc != len(names):
             raise AnnotationError(f"{yaml_path}: 'nc' is {nc} but 'names' has {len(names)} entries")
-    return [str(n) for n in names]
+    names = [str(n) for n in names]
+    repeated = duplicate_names(names)
+    if repeated:
+        raise AnnotationError(
+            f"{yaml_path}: expected distinct class names in 'names', got {repeated} repeated"
+        )
+    return names
 
 
 def _label_path(image: Path) -> Path:
@@ -154,8 +162,9 @@ def _parse_line(fields: list[str], width: int, height: int) -> tuple[int, list[f
 
 def _count_rows(label: Path) -> int:
     try:
+        check_regular_file(label, "label file")
         return sum(1 for line in label.read_text(errors="replace").splitlines() if line.strip())
-    except OSError:
+    except (OSError, AnnotationError):
         return 0
 
 
@@ -163,7 +172,7 @@ def _image_files(img_src: Path, root: Path, allow_outside_root: bool) -> list[tu
     """``(path, error)`` per image of a folder or a ``.txt`` list; an error is a path leaving ``root``."""
     if img_src.is_dir():
         return [(p, None) for p in sorted(img_src.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
-    if not (img_src.is_file() and img_src.suffix == ".txt"):
+    if not (img_src.suffix == ".txt" and os.path.lexists(img_src)):  # a FIFO .txt: refused by read_text
         what = "not found" if not img_src.exists() else "neither a folder nor a .txt file"
         raise AnnotationError(f"{img_src}: expected an image folder or a .txt list of images ({what})")
     files: list[tuple[Path, str | None]] = []
@@ -247,6 +256,9 @@ def read_yolo(
     img_src = Path(images)
     if not names:
         raise AnnotationError(f"{source or img_src}: no class names")
+    repeated = duplicate_names([str(n) for n in names])
+    if repeated:
+        raise AnnotationError(f"{source or img_src}: expected distinct class names, got {repeated} repeated")
     check_root = Path(root) if root is not None else (img_src if img_src.is_dir() else img_src.parent)
     report = SkipReport()
     files = _image_files(img_src, check_root, allow_outside_root)
@@ -274,7 +286,7 @@ def read_yolo(
             report.dropped += _count_rows(lbl)
             continue
         try:
-            text = read_text(lbl, "label file") if lbl.exists() else None
+            text = read_text(lbl, "label file") if os.path.lexists(lbl) else None
         except AnnotationError as exc:
             fail_or_skip(skip_bad, report, "unreadable label file", str(exc))
             report.dropped += _count_rows(lbl)

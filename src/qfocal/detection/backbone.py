@@ -16,14 +16,13 @@ which reproduces it bit for bit on the same CPU model.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, backbone_digest
 
 __all__ = [
     "BACKBONE_FORMAT",
@@ -60,16 +59,6 @@ DEMO_PRETRAIN = {
 }
 
 
-def backbone_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of ``tensors``, in name order (hex)."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def _body(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
 
@@ -77,6 +66,8 @@ def _body(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def export_backbone(checkpoint: str | os.PathLike, dest: str | os.PathLike, *, made_by: str = "") -> str:
     """Write the backbone body of the qfocal checkpoint ``checkpoint`` to the backbone file ``dest`` (atomically);
     return its digest. ``made_by`` records the command that made the checkpoint."""
+    from .checkpoint import load_checkpoint
+
     ckpt = load_checkpoint(checkpoint)
     tensors = {k: v.clone() for k, v in _body(ckpt["model"]).items()}
     if not tensors:
@@ -127,6 +118,8 @@ def read_backbone(path: str | os.PathLike, *, expected_digest: str | None = None
                 f"{str(obj.get('digest'))[:12]}..."
             )
     else:
+        from .checkpoint import load_checkpoint
+
         tensors = _body(load_checkpoint(path)["model"])
         digest = backbone_digest(tensors)
     if expected_digest is not None and digest != expected_digest:

@@ -7,7 +7,19 @@ import json
 import time
 from pathlib import Path
 
-from .._cli import CommandError, add_command, device_arg, loss_arg, loss_list_arg, require
+from .._cli import (
+    MAX_SEED,
+    CommandError,
+    add_command,
+    device_arg,
+    float_arg,
+    int_arg,
+    loss_arg,
+    loss_list_arg,
+    require,
+    seed_arg,
+    threads_arg,
+)
 from .config import AMP_CHOICES, HARNESS_LOSSES, MODEL_SIZES, ConfigError, TrainConfig
 
 _NEEDS = ("numpy", "PIL", "torchvision", "pycocotools", "yaml", "tqdm", "matplotlib")
@@ -103,33 +115,23 @@ PRESETS = {
 }
 
 
-def _int_at_least(low: int):
-    """An argparse type: an integer ``>= low``."""
+# Bounds of the numeric options (shared argparse types of qfocal._cli): generous for real use, and refusing the
+# values that would run for ever, allocate without end, or overflow a generator.
+MAX_EPOCHS = 10_000
+MAX_IMGSZ = 4096
+MAX_BATCH = 4096
+MAX_IMAGES = 10_000_000
+MAX_SEEDS = 1000  # runs of one compare
 
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def _decay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) (0 = off), got {text!r}")
-    return value
+_epochs = int_arg(1, MAX_EPOCHS)
+_imgsz = int_arg(32, MAX_IMGSZ)
+_batch = int_arg(1, MAX_BATCH)
+_images = int_arg(1, MAX_IMAGES)
+_val_images = int_arg(0, MAX_IMAGES)
+_jobs = int_arg(1, 64)
+_pretrain_epochs = int_arg(0, MAX_EPOCHS)
+_pretrain_images = int_arg(0, MAX_IMAGES)
+_decay = float_arg(0.0, 1.0, high_open=True)
 
 
 def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
@@ -148,14 +150,14 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
             help="classification loss: focal, qfl (= qfocal), vfl (= varifocal), or gfl (QFL plus GFL's box "
             "distribution trained with DFL)",
         )
-        p.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation and data order")
-    p.add_argument("--epochs", type=_positive_int, default=d.epochs)
+        p.add_argument("--seed", type=seed_arg, default=d.seed, help="seed of initialisation and data order")
+    p.add_argument("--epochs", type=_epochs, default=d.epochs)
+    p.add_argument("--imgsz", type=_imgsz, default=d.imgsz, help="square training size, a multiple of 32")
+    p.add_argument("--batch", type=_batch, default=d.batch, help="images per process per step")
     p.add_argument(
-        "--imgsz", type=_positive_int, default=d.imgsz, help="square training size, a multiple of 32"
+        "--lr", type=float_arg(0.0, 10.0, low_open=True), default=d.lr, help="AdamW peak learning rate"
     )
-    p.add_argument("--batch", type=_positive_int, default=d.batch, help="images per process per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--weight-decay", type=float_arg(0.0, 10.0), default=d.weight_decay)
     p.add_argument(
         "--amp",
         default=d.amp,
@@ -165,29 +167,27 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
     p.add_argument("--device", type=device_arg, default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--threads",
-        type=int,
+        type=threads_arg(0),
         default=d.threads,
         help="CPU threads (0 = auto: torch's default, 1 when other processes already load every core)",
     )
     p.add_argument("--model-size", default=d.model_size, choices=tuple(MODEL_SIZES))
     p.add_argument(
         "--ddp-timeout",
-        type=float,
+        type=float_arg(0.0, 7 * 86400.0, low_open=True),
         default=d.ddp_timeout,
         help="seconds a DDP process waits for the others before the run stops with an error naming it",
     )
     p.add_argument(
         "--eval-every",
-        type=_positive_int,
+        type=_epochs,
         default=d.eval_every,
         help="COCO-evaluate every N epochs (and the last)",
     )
-    p.add_argument(
-        "--synth-images", type=_positive_int, default=d.synth_images, help="images of the synthetic set"
-    )
+    p.add_argument("--synth-images", type=_images, default=d.synth_images, help="images of the synthetic set")
     p.add_argument(
         "--synth-val",
-        type=_non_negative_int,
+        type=_val_images,
         default=d.synth_val,
         help="of the synthetic set's images, how many go to validation (default 0: a quarter); a larger split "
         "measures AP with less noise",
@@ -202,7 +202,7 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
     )
     p.add_argument(
         "--box-bias",
-        type=float,
+        type=float_arg(-100.0, 100.0),
         default=d.box_bias,
         help="initial bias of the box-side outputs (default 0, torchvision's; 1 starts them at one anchor size, "
         "away from the dead side of their ReLU; no effect on gfl)",
@@ -243,9 +243,7 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         raise CommandError(
             f"--init: expected a qfocal checkpoint file, got {args.init!r} (no such file)", usage=True
         )
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"--out: expected a folder, got the existing file {out}", usage=True)
+    _check_out(args.out)
     cfg = TrainConfig(
         data=args.data,
         loss=getattr(args, "loss", "focal"),
@@ -280,17 +278,46 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         raise CommandError(str(exc), usage=True) from None
 
 
+def _check_out(text: str) -> Path:
+    """``--out`` as a path, refused at once (exit 2) when it is an existing file or a name the file system cannot
+    hold (too long); whether it can be written is checked before training (``check_output_dir``, exit 1)."""
+    out = Path(text)
+    try:
+        is_file = out.exists() and not out.is_dir()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise CommandError(
+            f"--out: cannot use {text[:80]!r}{'...' if len(text) > 80 else ''} ({reason})", usage=True
+        ) from None
+    if is_file:
+        raise CommandError(f"--out: expected a folder, got the existing file {out}", usage=True)
+    return out
+
+
 def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
+def _os_error(exc: OSError) -> str:
+    """One line for an OSError: the file it names and its reason."""
+    reason = exc.strerror or str(exc).strip() or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename and exc.strerror else reason.splitlines()[0]
+
+
 def _running(what: str, fn, *args, **kwargs):
-    """Run the harness; the failures a user can fix become one-line errors (exit 1)."""
+    """Run the harness; the failures a user can fix become one-line errors (exit 1): bad data, settings or
+    checkpoints, a locked or unwritable output folder, and any OSError (a full disk, an unreadable folder)."""
     require(*_NEEDS, what=what)
     from ..data.records import AnnotationError
-    from .train import CheckpointError, DistributedError, NonFiniteLossError, RunLockedError
+    from .train import (
+        CheckpointError,
+        DistributedError,
+        NonFiniteLossError,
+        RunLockedError,
+        RunOutputError,
+    )
 
     try:
         return fn(*args, **kwargs)
@@ -300,22 +327,18 @@ def _running(what: str, fn, *args, **kwargs):
         ConfigError,
         CheckpointError,
         RunLockedError,
+        RunOutputError,
         DistributedError,
     ) as exc:
         raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(_os_error(exc)) from None
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    if args.images < 2:
-        raise CommandError(f"--images: expected an integer >= 2, got {args.images}", usage=True)
-    if args.imgsz < 32:
-        raise CommandError(f"--imgsz: expected an integer >= 32, got {args.imgsz}", usage=True)
-    if not 0.0 < args.val_fraction < 1.0:
-        raise CommandError(f"--val-fraction: expected a value in (0, 1), got {args.val_fraction}", usage=True)
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise CommandError(f"--out: expected a folder, got the existing file {args.out}", usage=True)
+    _check_out(args.out)
     require("numpy", "PIL", what="qfocal data synth")
-    from ..data.synth import generate_dataset
+    from ..data.synth import NotSyntheticError, generate_dataset
 
     t = time.perf_counter()
     try:
@@ -327,8 +350,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction,
             difficulty=args.difficulty,
         )
+    except NotSyntheticError as exc:
+        raise CommandError(f"--out: {exc}", usage=True) from None
     except OSError as exc:
-        raise CommandError(f"cannot write the dataset to {args.out}: {exc.strerror or exc}") from None
+        raise CommandError(f"cannot write the dataset to {args.out}: {_os_error(exc)}") from None
     print(f"wrote {args.images} images to {paths['root']} in {time.perf_counter() - t:.1f} s")
     for key in ("train_json", "val_json", "yaml"):
         print(f"  {key}: {paths[key]}")
@@ -367,11 +392,17 @@ def _parse_seeds(text: str) -> list[int]:
             seeds = [int(s) for s in text.split(",") if s.strip()]
         else:
             n = int(text)
-            if n < 1:
-                raise argparse.ArgumentTypeError(f"expected at least one seed, got {text!r}")
+            if not 1 <= n <= MAX_SEEDS:
+                raise argparse.ArgumentTypeError(
+                    f"expected a count of seeds in [1, {MAX_SEEDS}], got {text!r}"
+                )
             seeds = list(range(n))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a count (3) or a list (0,4,7), got {text!r}") from None
+    if len(seeds) > MAX_SEEDS or any(not 0 <= s <= MAX_SEED for s in seeds):
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_SEEDS} seeds, each in [0, {MAX_SEED}], got {text!r}"
+        )
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(
             f"expected distinct seeds (repeats are not independent runs), got {text!r}"
@@ -548,9 +579,7 @@ def demo_config(out: str, *, progress: bool = False) -> TrainConfig:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"--out: expected a folder, got the existing file {out}", usage=True)
+    out = _check_out(args.out)
     require(*_NEEDS, what="qfocal pretrain")
     from .backbone import DEMO_BACKBONE_DIGEST, DEMO_PRETRAIN, export_backbone
     from .compare import pretrain_backbone
@@ -571,8 +600,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise CommandError(f"--out: expected a folder, got the existing file {args.out}", usage=True)
+    _check_out(args.out)
     t = time.perf_counter()
     require(*_NEEDS, what="qfocal demo")
     from .compare import compare
@@ -625,10 +653,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dsub, "synth", _cmd_synth, help="write the synthetic dataset: PNG images, COCO JSON and YOLO labels"
     )
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--images", type=int, default=400, help="total images (a quarter go to val)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--imgsz", type=int, default=256, help="image side in pixels")
-    s.add_argument("--val-fraction", type=float, default=0.25)
+    s.add_argument(
+        "--images", type=int_arg(2, MAX_IMAGES), default=400, help="total images (a quarter go to val)"
+    )
+    s.add_argument("--seed", type=seed_arg, default=0)
+    s.add_argument("--imgsz", type=_imgsz, default=256, help="image side in pixels")
+    s.add_argument("--val-fraction", type=float_arg(0.0, 1.0, low_open=True, high_open=True), default=0.25)
     s.add_argument("--difficulty", default="hard", choices=("hard", "easy"), help="see qfocal.data.synth")
 
     t = add_command(
@@ -707,14 +737,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--out", default="runs/compare")
     c.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=_jobs,
         default=1,
         help="runs trained at once, each in its own process with --threads threads (default 0 = the cores "
         "shared among them); on 2 cores, --jobs 2 does about 1.5x the runs per hour",
     )
     c.add_argument(
         "--pretrain-epochs",
-        type=_non_negative_int,
+        type=_pretrain_epochs,
         default=0,
         metavar="N",
         help="first train one model N epochs on a second synthetic set (your training data for --data PATH) "
@@ -723,7 +753,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     c.add_argument(
         "--pretrain-images",
-        type=_non_negative_int,
+        type=_pretrain_images,
         default=0,
         metavar="N",
         help="with --framework yolov5 / ultralytics and --pretrain-epochs: the images of the second synthetic set "

@@ -28,7 +28,18 @@ from .._names import loss_name
 from .config import HARNESS_LOSSES, ConfigError, TrainConfig
 from .evaluate import METRIC_KEYS, QUALITY_KEYS, json_ready
 from .stats import is_percent_metric, noise_line, paired_deltas, significance_line
-from .train import amp_dtype, pick_threads, prepare_synthetic_data, resolve_device, run_lock, train
+from .train import (
+    amp_dtype,
+    check_finished_run,
+    check_output_dir,
+    data_fingerprint,
+    pick_threads,
+    prepare_data,
+    prepare_synthetic_data,
+    resolve_device,
+    run_lock,
+    train,
+)
 
 __all__ = [
     "COMPARE_KEYS",
@@ -241,7 +252,7 @@ def compare(
         )
     if log is None:
         log = lambda msg: print(msg, flush=True)  # noqa: E731
-    out = Path(out)
+    out = check_output_dir(out, ("compare.json", "compare.md", "compare.png", ".lock"))
     with run_lock(out):
         return _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log)
 
@@ -308,10 +319,28 @@ def pretrain_backbone(base: TrainConfig, epochs: int, out: Path, resume: bool, l
     an unfinished one resumed."""
     run_dir = out / "pretrain"
     ckpt = run_dir / "last.pt"
+    cfg = _pretrain_config(base, epochs, run_dir)
     if resume and _finished(run_dir):
+        check_finished_run(run_dir, cfg, lambda: _fingerprint(cfg))
         log(f"pretrained backbone: reusing {ckpt}")
         return str(ckpt)
-    cfg = dataclasses.replace(
+    log(f"pretraining the backbone: focal loss, {epochs} epochs, seed {PRETRAIN_SEED}, in {run_dir}")
+    t0 = time.perf_counter()
+    metrics = train(cfg, resume=resume, log=lambda msg: log(f"[pretrain] {msg}"))
+    log(
+        f"pretrained backbone: AP {metrics['AP']:.4f} on its own val split ({time.perf_counter() - t0:.0f} s)"
+    )
+    return str(ckpt)
+
+
+def _fingerprint(cfg: TrainConfig) -> dict:
+    """The :func:`~qfocal.detection.train.data_fingerprint` of the data ``cfg`` trains on."""
+    train_data, val_data = prepare_data(cfg, log=lambda msg: None)
+    return data_fingerprint(("train", train_data), ("val", val_data))
+
+
+def _pretrain_config(base: TrainConfig, epochs: int, run_dir: Path) -> TrainConfig:
+    return dataclasses.replace(
         base,
         loss="focal",
         seed=PRETRAIN_SEED,
@@ -322,13 +351,6 @@ def pretrain_backbone(base: TrainConfig, epochs: int, out: Path, resume: bool, l
         init="",
         plots=False,
     )
-    log(f"pretraining the backbone: focal loss, {epochs} epochs, seed {PRETRAIN_SEED}, in {run_dir}")
-    t0 = time.perf_counter()
-    metrics = train(cfg, resume=resume, log=lambda msg: log(f"[pretrain] {msg}"))
-    log(
-        f"pretrained backbone: AP {metrics['AP']:.4f} on its own val split ({time.perf_counter() - t0:.0f} s)"
-    )
-    return str(ckpt)
 
 
 def _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log) -> dict:
@@ -366,6 +388,13 @@ def _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log) -> di
         if write:
             summarise()
 
+    fingerprints: list[dict] = []
+
+    def fingerprint() -> dict:  # read once, and only if a finished run is reused
+        if not fingerprints:
+            fingerprints.append(_fingerprint(dataclasses.replace(base, data=data)))
+        return fingerprints[0]
+
     todo = []
     for seed, loss in plan:
         run_dir = out / f"{loss}-s{seed}"
@@ -374,6 +403,7 @@ def _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log) -> di
         if jobs > 1:
             cfg = dataclasses.replace(cfg, progress=False)
         if resume and _finished(run_dir):
+            check_finished_run(run_dir, cfg, fingerprint)
             done = run_dir / "metrics.json"
             log(f"{loss} seed {seed}: reusing {done}")
             record(seed, loss, json.loads(done.read_text()), before.get((loss, seed), math.nan), write=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from .._cli import MAX_SEED, max_threads
 from .._names import loss_name
 
 __all__ = ["AMP_CHOICES", "MODEL_SIZES", "RESUME_KEYS", "ConfigError", "TrainConfig"]
@@ -101,8 +102,21 @@ class TrainConfig:
             )
         if self.synth_difficulty not in ("hard", "easy"):
             raise ConfigError(f"synth_difficulty: expected 'hard' or 'easy', got {self.synth_difficulty!r}")
-        if self.threads < 0:
-            raise ConfigError(f"threads: expected >= 0 (0 = auto), got {self.threads!r}")
+        if not 0 <= self.threads <= max_threads():
+            raise ConfigError(
+                f"threads: expected 0 (auto) to {max_threads()} (4x the cores), got {self.threads!r}"
+            )
+        for name in ("seed", "synth_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+                raise ConfigError(f"{name}: expected an integer in [0, {MAX_SEED}], got {value!r}")
+        if not 32 <= self.imgsz <= 4096:
+            raise ConfigError(f"imgsz: expected 32 to 4096 pixels, got {self.imgsz!r}")
+        for name in ("lr", "weight_decay", "clip_grad", "box_bias", "ddp_timeout"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name}: expected a finite number, got {getattr(self, name)!r}")
+        if not 0 < self.lr <= 10:
+            raise ConfigError(f"lr: expected a learning rate in (0, 10], got {self.lr!r}")
         for name in ("epochs", "imgsz", "batch", "eval_every", "synth_images"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")

@@ -24,6 +24,7 @@ Per run, through the frameworks' callbacks (:class:`Probe`):
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import importlib
@@ -102,19 +103,33 @@ def _yolov5_hyp_keys() -> set[str]:
     return set(stock) | set(integration._LOSS_KEYS)
 
 
+def _yolov5_options() -> dict[str, argparse.Action]:
+    """The options of YOLOv5's ``train.py`` by destination, as its own parser declares them (type, choices)."""
+    from ..integrations import yolov5 as integration
+
+    module = integration._train_module(None)
+    seen: list[argparse.ArgumentParser] = []
+    real = argparse.ArgumentParser.parse_known_args
+
+    def spy(self, *args, **kwargs):
+        seen.append(self)
+        return real(self, *args, **kwargs)
+
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    argparse.ArgumentParser.parse_known_args = spy
+    try:
+        module.parse_opt(True)
+    finally:
+        argparse.ArgumentParser.parse_known_args = real
+        sys.argv = argv
+    return {a.dest: a for a in seen[0]._actions if a.dest != "help"}
+
+
 def _known_train_keys(framework: str) -> set[str]:
     """Every key the framework's trainer takes (YOLOv5: hyp keys and ``train.py`` options; Ultralytics: its
     config keys)."""
     if framework == "yolov5":
-        from ..integrations import yolov5 as integration
-
-        module = integration._train_module(None)
-        argv, sys.argv = sys.argv, sys.argv[:1]
-        try:
-            options = set(vars(module.parse_opt(True)))
-        finally:
-            sys.argv = argv
-        return _yolov5_hyp_keys() | options
+        return _yolov5_hyp_keys() | set(_yolov5_options())
     from ..integrations._offline import offline
 
     with offline(yolov5_package=None):
@@ -145,6 +160,9 @@ def check_train_args(
                 f"train_args: {key} is set by the compare itself (--epochs, --imgsz, --batch, --losses, --seeds, "
                 f"--device, --out ...), got {key}={pairs[key]!r}"
             )
+    for key, value in pairs.items():  # whatever the trainer: a number that is no number never trains
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"train_args: {key}: expected a finite number, got {value!r}")
     if known and pairs:
         valid = _known_train_keys(framework)
         unknown = sorted(k for k in pairs if k not in valid)
@@ -153,7 +171,72 @@ def check_train_args(
                 f"train_args: expected {_TITLE[framework]} training keys (hyp keys or train options), got unknown "
                 f"{', '.join(unknown)}"
             )
+        try:
+            (_check_yolov5_values if framework == "yolov5" else _check_ultralytics_values)(pairs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"train_args: {str(exc).strip().splitlines()[0]}") from None
     return pairs
+
+
+# YOLOv5's hyp keys that are fractions or probabilities (its hyp files' comments), and train.py's options that are.
+_YOLOV5_FRACTIONS = (
+    "lrf", "momentum", "warmup_momentum", "iou_t", "hsv_h", "hsv_s", "hsv_v", "translate", "perspective",
+    "flipud", "fliplr", "mosaic", "mixup", "copy_paste", "label_smoothing",
+)  # fmt: skip
+
+
+def _check_yolov5_values(pairs: Mapping[str, Any]) -> None:
+    """YOLOv5 has no validator of its own: its hyp values are numbers >= 0 (the learning rate > 0), fractions in
+    [0, 1] where they are probabilities or fractions, qfocal's loss keys as the integration checks them; a
+    ``train.py`` option must convert with the type its argparse declares and be one of its choices."""
+    from ..integrations import yolov5 as integration
+
+    hyp_keys, options = _yolov5_hyp_keys(), _yolov5_options()
+    loss = {k: v for k, v in pairs.items() if k in integration._LOSS_KEYS}
+    if loss:
+        integration._validate_loss_keys(loss)
+    for key, value in pairs.items():
+        if key in hyp_keys:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number:
+                if key in integration._LOSS_KEYS:  # names, "auto", None: checked by the integration above
+                    continue
+                raise TypeError(f"{key}: expected a number (a YOLOv5 hyp value), got {value!r}")
+            if value < 0 or (key == "lr0" and value == 0):
+                raise ValueError(
+                    f"{key}: expected a number {'> 0' if key == 'lr0' else '>= 0'}, got {value!r}"
+                )
+        elif key in options:
+            action = options[key]
+            if action.nargs == 0:  # store_true / store_false
+                if not isinstance(value, bool):
+                    raise TypeError(f"{key}: expected true or false (a YOLOv5 train.py flag), got {value!r}")
+                continue
+            if value is None:
+                continue
+            if action.type is not None and not isinstance(value, list):
+                try:
+                    value = action.type(str(value))
+                except (TypeError, ValueError, argparse.ArgumentTypeError):
+                    kind = getattr(action.type, "__name__", "its type")
+                    raise TypeError(
+                        f"{key}: expected {kind} (YOLOv5 train.py --{key}), got {value!r}"
+                    ) from None
+            if action.choices is not None and value not in action.choices:
+                raise ValueError(
+                    f"{key}: expected one of {', '.join(map(str, action.choices))}, got {value!r}"
+                )
+        if key in _YOLOV5_FRACTIONS and not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{key}: expected a fraction in [0, 1], got {value!r}")
+
+
+def _check_ultralytics_values(pairs: Mapping[str, Any]) -> None:
+    """Ultralytics' own validator (``ultralytics.cfg.check_cfg``: types, fractions in [0, 1], integer minimums)."""
+    from ..integrations._offline import offline
+
+    with offline(yolov5_package=None):
+        from ultralytics.cfg import check_cfg
+    check_cfg(dict(pairs), hard=True)
 
 
 def _check_model(framework: str, model: str) -> None:

@@ -71,7 +71,7 @@ from .framework_runs import (  # noqa: F401  (parse_train_arg, check_train_args:
     run_one,
     version,
 )
-from .train import run_lock
+from .train import check_output_dir, run_lock
 
 __all__ = [
     "FRAMEWORKS",
@@ -413,6 +413,7 @@ def run_framework_compare(
     """Run a :class:`FrameworkPlan` (:func:`compare_framework`), holding the lock on its folder."""
     if log is None:
         log = lambda msg: print(msg, flush=True)  # noqa: E731
+    check_output_dir(plan.out, ("compare.json", "compare.md", "compare.png", ".lock"))
     with run_lock(plan.out):
         return _compare(plan, plan.out.resolve(), resume, log)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.records import DetectionData
+from ..data.records import DetectionData, load_rgb
 
 __all__ = ["plot_compare", "plot_compare_score_iou", "plot_history", "plot_predictions", "plot_score_iou"]
 
@@ -59,7 +59,6 @@ def plot_predictions(
 ) -> Path:
     """A grid of the first ``count`` validation images: true boxes dashed green, the ``max_per_image`` best
     predictions with score >= ``score_thresh`` solid red with class and score."""
-    from PIL import Image
 
     plt = _plt()
     n = min(count, len(data.records))
@@ -71,8 +70,7 @@ def plot_predictions(
         if k >= n:
             continue
         rec = data.records[k]
-        with Image.open(rec.path) as im:
-            ax.imshow(np.asarray(im.convert("RGB")))
+        ax.imshow(np.asarray(load_rgb(rec.path)))
         for x1, y1, x2, y2 in rec.boxes.tolist():
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="lime", lw=1, ls="--"))
         if predictions is not None:

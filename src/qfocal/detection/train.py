@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,13 @@ from ..data.dataset import DetectionDataset, load_split
 from ..data.synth import prepare_synthetic
 from ..integrations.torchvision import fcos_tiny
 from .backbone import load_backbone
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import (
+    CHECKSUM_FORMAT,
+    CheckpointError,
+    checkpoint_checksum,
+    load_checkpoint,
+    load_state,
+)
 from .config import AMP_CHOICES, MODEL_SIZES, RESUME_KEYS, ConfigError, TrainConfig
 from .evaluate import METRIC_KEYS, QUALITY_KEYS, evaluate, json_ready
 from .quality import score_iou_pairs
@@ -46,8 +52,11 @@ __all__ = [
     "ModelEMA",
     "NonFiniteLossError",
     "RunLockedError",
+    "RunOutputError",
     "TrainConfig",
     "build_model",
+    "check_output_dir",
+    "checkpoint_checksum",
     "data_fingerprint",
     "load_backbone",
     "load_checkpoint",
@@ -198,6 +207,10 @@ def prepare_data(cfg: TrainConfig, *, is_main: bool = True, log: Callable[[str],
     return train_data, val_data
 
 
+def _write_text(path: Path, text: str) -> None:
+    _write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
 def _write_history(history: list[dict], path: Path) -> None:
     if not history:
         return
@@ -283,8 +296,11 @@ def run_lock(out: Path) -> Iterator[None]:
     process that holds it (the lock goes with the process, so a killed run leaves nothing to clean up)."""
     import fcntl
 
-    out.mkdir(parents=True, exist_ok=True)
-    fh = open(out / ".lock", "a+")  # noqa: SIM115 (held for the whole block)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fh = open(out / ".lock", "a+")  # noqa: SIM115 (held for the whole block)
+    except OSError as exc:
+        raise RunOutputError(f"cannot lock {out / '.lock'}: {os_error_text(exc)}") from None
     try:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -303,22 +319,88 @@ def run_lock(out: Path) -> Iterator[None]:
         fh.close()  # releases the lock
 
 
+class RunOutputError(RuntimeError):
+    """The run's output folder or one of its files cannot be written (a path too long, under a regular file,
+    read-only, a folder where a file goes, a full disk); the files written before are kept."""
+
+
+def os_error_text(exc: BaseException) -> str:
+    """One line for an OSError (or torch's writer failing): its reason, without the path when it is known."""
+    text = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+# torch.save reports a failed write (a full disk) as a RuntimeError from its zip writer.
+_TORCH_WRITE_FAILED = ("PytorchStreamWriter", "inline_container", "file write failed")
+
+
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` to a temporary file unique to this process, flush it to disk, then rename it over ``path``."""
+    """``write`` to a temporary file unique to this process, flush it to disk, then rename it over ``path``.
+    A failure (a full disk, a folder in the way) is a one-line :class:`RunOutputError`; ``path`` keeps its
+    previous content."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        if path.is_dir() and not path.is_symlink():
+            raise IsADirectoryError(21, "a folder is in the way of the file", str(path))
         os.replace(tmp, path)
+    except OSError as exc:
+        raise RunOutputError(f"cannot write {path}: {os_error_text(exc)}{_kept(path)}") from None
+    except RuntimeError as exc:
+        if not any(w in str(exc) for w in _TORCH_WRITE_FAILED):
+            raise
+        raise RunOutputError(f"cannot write {path}: {os_error_text(exc)} (disk full?){_kept(path)}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # the rename itself, where the file system allows it
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _kept(path: Path) -> str:
+    return f"; the previous {path.name} is kept" if path.is_file() else ""
+
+
+# Files of a run folder that must be files (a folder by that name would fail the run after its first epoch).
+RUN_FILES = ("last.pt", "metrics.json", "history.csv", "facts.json", "score_iou.npz", ".lock")
+
+
+def check_output_dir(out: str | os.PathLike, files: Sequence[str] = RUN_FILES) -> Path:
+    """Make sure a run can write to ``out`` before it trains: create the folder, write and remove a probe file,
+    and find no folder where one of ``files`` goes. Returns ``out``.
+
+    Raises:
+        RunOutputError: one line: the path is too long, lies under a regular file, is read-only, or has a folder
+            in the way of a file.
+    """
+    out = Path(out)
+    try:
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(20, "expected a folder, got a file", str(out))
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".qfocal-probe-{os.getpid()}"
+        try:
+            with open(probe, "wb") as fh:
+                fh.write(b"probe\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+    except OSError as exc:
+        raise RunOutputError(f"--out {out}: cannot write there ({os_error_text(exc)})") from None
+    for name in files:
+        if (out / name).is_dir():
+            raise RunOutputError(
+                f"--out {out}: expected {name} to be a file, got a folder; remove or rename it"
+            )
+    return out
 
 
 def data_fingerprint(*splits) -> dict:
@@ -334,6 +416,11 @@ def data_fingerprint(*splits) -> dict:
             digest.update(f"{rel}|{rec.width}|{rec.height}|".encode())
             digest.update(np.ascontiguousarray(rec.boxes, dtype=np.float32).tobytes())
             digest.update(np.ascontiguousarray(rec.labels, dtype=np.int64).tobytes())
+            if len(
+                rec.crowd_labels
+            ):  # only then: the fingerprints of data without crowd regions stay as they were
+                digest.update(b"crowd|" + np.ascontiguousarray(rec.crowd_boxes, dtype=np.float32).tobytes())
+                digest.update(np.ascontiguousarray(rec.crowd_labels, dtype=np.int64).tobytes())
         result[name] = {
             "images": len(data.records),
             "classes": list(data.class_names),
@@ -345,7 +432,8 @@ def data_fingerprint(*splits) -> dict:
 def save_checkpoint(
     path: Path, state: RunState, cfg: TrainConfig, data, steps_per_epoch: int, fingerprint: dict | None = None
 ) -> None:
-    """Write ``state`` to ``path`` atomically (a crash mid-write leaves the previous checkpoint intact)."""
+    """Write ``state`` to ``path`` atomically (a crash mid-write leaves the previous checkpoint intact), with the
+    content checksum :func:`load_checkpoint` verifies (:func:`checkpoint_checksum`)."""
     obj = {
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
@@ -360,7 +448,51 @@ def save_checkpoint(
         "category_ids": list(data.category_ids),
         "data_fingerprint": fingerprint or {},
     }
+    obj["checksum"] = {"format": CHECKSUM_FORMAT, "sha256": checkpoint_checksum(obj)}
     _write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def settings_diff(ckpt: dict, cfg: TrainConfig) -> list[str]:
+    """The settings of :data:`RESUME_KEYS` in which the checkpoint ``ckpt`` differs from ``cfg``, as
+    ``key=saved (now value)``; a setting added after the checkpoint was written had its default then."""
+    defaults, now = dataclasses.asdict(TrainConfig()), dataclasses.asdict(cfg)
+    saved = {k: ckpt["config"].get(k, defaults.get(k)) for k in RESUME_KEYS}
+    return [f"{k}={saved[k]!r} (now {now.get(k)!r})" for k in RESUME_KEYS if saved[k] != now.get(k)]
+
+
+def fingerprint_diff(ckpt: dict, fingerprint: dict | None) -> list[str]:
+    """How the data a checkpoint was trained on (its :func:`data_fingerprint`) differs from ``fingerprint``."""
+    diff = []
+    for split, was in (ckpt.get("data_fingerprint") or {}).items():
+        is_now = (fingerprint or {}).get(split, {})
+        for key in ("images", "classes", "sha256"):
+            if was.get(key) != is_now.get(key):
+                what = "annotations/images hash" if key == "sha256" else key
+                diff.append(f"{split} {what} {was.get(key)!r} (now {is_now.get(key)!r})")
+    return diff
+
+
+def check_finished_run(run_dir: Path, cfg: TrainConfig, fingerprint: Callable[[], dict]) -> None:
+    """Before a compare reuses the finished run in ``run_dir``: its checkpoint must record ``cfg``'s settings
+    (:func:`settings_diff`), its final epoch, and the same data (``fingerprint()``, computed only when the
+    settings agree); otherwise a one-line :class:`ConfigError` naming every difference."""
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        raise ConfigError(
+            f"--resume: {run_dir} has results but no last.pt recording its settings; choose another --out or "
+            "drop --resume"
+        )
+    ckpt = load_checkpoint(path)
+    diff = settings_diff(ckpt, cfg)
+    if not diff and int(ckpt["epoch"]) != cfg.epochs:
+        diff.append(f"finished epoch {ckpt['epoch']} (now {cfg.epochs})")
+    if not diff:
+        diff = fingerprint_diff(ckpt, fingerprint())
+    if diff:
+        raise ConfigError(
+            f"--resume: {path} was trained with other settings: {', '.join(diff)}; choose another --out or drop "
+            "--resume"
+        )
 
 
 def resume_checkpoint(path: Path, state: RunState, cfg: TrainConfig, fingerprint: dict | None = None) -> bool:
@@ -370,26 +502,25 @@ def resume_checkpoint(path: Path, state: RunState, cfg: TrainConfig, fingerprint
     if not path.is_file():
         return False
     ckpt = load_checkpoint(path)
-    # A setting added after the checkpoint was written had its default then.
-    defaults, now = dataclasses.asdict(TrainConfig()), dataclasses.asdict(cfg)
-    saved = {k: ckpt["config"].get(k, defaults.get(k)) for k in RESUME_KEYS}
-    diff = [f"{k}={saved[k]!r} (now {now.get(k)!r})" for k in RESUME_KEYS if saved[k] != now.get(k)]
-    before = ckpt.get("data_fingerprint") or {}
-    for split, was in before.items():
-        is_now = (fingerprint or {}).get(split, {})
-        for key in ("images", "classes", "sha256"):
-            if was.get(key) != is_now.get(key):
-                what = "annotations/images hash" if key == "sha256" else key
-                diff.append(f"{split} {what} {was.get(key)!r} (now {is_now.get(key)!r})")
+    diff = settings_diff(ckpt, cfg) + fingerprint_diff(ckpt, fingerprint)
     if diff:
         raise ConfigError(f"--resume: {path} was written with different settings: " + ", ".join(diff))
-    state.model.load_state_dict(ckpt["model"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    if state.scaler is not None and ckpt.get("scaler"):
-        state.scaler.load_state_dict(ckpt["scaler"])
+    load_state(state.model, ckpt["model"], path)
     if state.ema is not None:
-        state.ema.load_state_dict(ckpt["ema"])
-    torch.set_rng_state(ckpt["rng"])
+        if not ckpt.get("ema"):
+            raise CheckpointError(f"{path}: no EMA weights in it, but the run keeps an EMA (--ema)")
+        load_state(state.ema.module, ckpt["ema"]["module"], path, "EMA")
+        state.ema.updates = int(ckpt["ema"]["updates"])
+    try:
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        if state.scaler is not None and ckpt.get("scaler"):
+            state.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: its optimizer or RNG state does not fit this run ({first:.200})"
+        ) from None
     state.epoch, state.history = int(ckpt["epoch"]), list(ckpt["history"])
     return True
 
@@ -517,6 +648,8 @@ def train(
     world, rank, local_rank = _dist_info()
     cfg = dataclasses.replace(cfg, world_size=world).validate()
     is_main = rank == 0
+    if is_main:
+        check_output_dir(cfg.out)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if not is_main:
         log = lambda msg: None  # noqa: E731
@@ -544,7 +677,11 @@ def train(
             "broken pipe",
         )
         lost = isinstance(exc, dist.DistError) or any(w in str(exc).lower() for w in words)
-        if world == 1 or not lost or isinstance(exc, (NonFiniteLossError, RunLockedError, CheckpointError)):
+        if (
+            world == 1
+            or not lost
+            or isinstance(exc, (NonFiniteLossError, RunLockedError, CheckpointError, RunOutputError))
+        ):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DistributedError(
@@ -642,12 +779,16 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
             )
         metrics = {k: metrics[k] for k in _RESULT_KEYS}
         facts = run_facts(autocast=autocast_name(dtype), device=str(device), threads=threads)
-        (out / "facts.json").write_text(json.dumps(facts, indent=2) + "\n")
-        (out / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2) + "\n")
+        _write_text(out / "facts.json", json.dumps(facts, indent=2) + "\n")
         scores, ious = score_iou_pairs(last_preds, val_data)
-        np.savez_compressed(
-            out / "score_iou.npz", scores=scores.astype(np.float32), ious=ious.astype(np.float32)
-        )
+
+        def write_npz(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, scores=scores.astype(np.float32), ious=ious.astype(np.float32))
+
+        _write_atomic(out / "score_iou.npz", write_npz)
+        # last: its presence means the run finished (compare --resume reuses it)
+        _write_text(out / "metrics.json", json.dumps(json_ready(metrics), indent=2) + "\n")
         if cfg.plots:
             from .plots import plot_history, plot_predictions, plot_score_iou
 
@@ -656,6 +797,24 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
             plot_score_iou(scores, ious, out / "score_iou.png", title=f"{cfg.loss}, seed {cfg.seed}")
     _barrier()
     return {k: metrics.get(k, float("nan")) for k in _RESULT_KEYS}
+
+
+def _recorded_synthetic(weights: str | os.PathLike, cfg: TrainConfig) -> Path:
+    """The synthetic set a run was trained on, as it was generated: beside the checkpoint (a run folder moved
+    with its data) or where the run wrote it. Never regenerated: a folder the user moved or removed is not
+    re-created behind their back."""
+    from ..data.synth import synthetic_stamp
+
+    places = list(dict.fromkeys([Path(weights).parent / "data", Path(cfg.out) / "data"]))
+    for place in places:
+        if synthetic_stamp(place) is not None or (place / ".complete").is_file():
+            return place
+    raise ConfigError(
+        f"{weights}: trained on the synthetic set, expected in {places[-1]}"
+        + (f" or {places[0]}" if len(places) > 1 else "")
+        + ", not found there (moved?); pass --data with its folder, or --data synthetic to generate it again "
+        "beside the checkpoint"
+    )
 
 
 def evaluate_checkpoint(
@@ -672,8 +831,16 @@ def evaluate_checkpoint(
     ckpt = load_checkpoint(weights)
     cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
     if data is not None:
-        cfg = dataclasses.replace(cfg, data=data)
-    cfg = dataclasses.replace(cfg, skip_bad=skip_bad)
+        # --data synthetic: generated beside the checkpoint, never in the folder the run was trained in
+        cfg = dataclasses.replace(cfg, data=data, out=str(Path(weights).parent))
+    elif cfg.data == "synthetic":
+        cfg = dataclasses.replace(cfg, data=str(_recorded_synthetic(weights, cfg)))
+    # threads of the machine that trained it do not matter here (and may exceed this one's bound)
+    cfg = dataclasses.replace(cfg, skip_bad=skip_bad, threads=0)
+    try:
+        cfg.validate()
+    except ConfigError as exc:
+        raise CheckpointError(f"{weights}: its recorded settings are not valid here ({exc})") from None
     _, val_data = prepare_data(cfg)
     if val_data.class_names != list(ckpt["class_names"]):
         raise ConfigError(
@@ -681,5 +848,9 @@ def evaluate_checkpoint(
         )
     dev = resolve_device(device, 0)
     model = build_model(len(ckpt["class_names"]), cfg).to(dev)
-    model.load_state_dict(ckpt["ema"]["module"] if ema and ckpt.get("ema") else ckpt["model"])
+    load_state(model, ckpt["model"], weights)  # checked even when the EMA is evaluated: one schema
+    if ckpt.get("ema"):
+        load_state(model, ckpt["ema"]["module"], weights, "EMA")
+        if not ema:
+            load_state(model, ckpt["model"], weights)
     return evaluate(model, val_data, imgsz=cfg.imgsz, device=dev)[0]

@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import argparse
 
-from .._cli import loss_arg
+from .._cli import float_arg, loss_arg
 from .._names import describe_losses
 
-__all__ = ["ULTRALYTICS_LOSSES", "YOLOV5_LOSSES", "add_ultralytics_arguments", "add_yolov5_arguments"]
+__all__ = [
+    "ULTRALYTICS_LOSSES",
+    "YOLOV5_LOSSES",
+    "add_ultralytics_arguments",
+    "add_yolov5_arguments",
+    "gain_arg",
+]
 
 YOLOV5_LOSSES = ("bce", "focal", "qfl", "vfl")
 ULTRALYTICS_LOSSES = ("bce", "qfl", "vfl", "focal")
 
 
+_fraction = float_arg(0.0, 1.0)
+_exponent = float_arg(0.0, 100.0)
+
+
 def _alpha(text: str) -> float | None:
-    return None if text.lower() in ("none", "null") else float(text)
+    """``none`` or a weight in [0, 1]."""
+    return None if text.strip().lower() in ("none", "null") else _fraction(text)
 
 
 def _gain(text: str) -> str | float:
@@ -26,10 +37,12 @@ def _gain(text: str) -> str | float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {text!r}") from None
-    if not (value >= 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a finite number >= 0, got {text!r}")
+    if not (0 <= value <= 1e6):
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a finite number in [0, 1e6], got {text!r}")
     return value
 
+
+gain_arg = _gain
 
 _GAIN_HELP = (
     "balance of the {term} term: auto (default: {loss} gets BCE's gradient norm on every batch; bce stays "
@@ -67,7 +80,7 @@ def add_yolov5_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--fl-gamma",
-        type=float,
+        type=_exponent,
         default=s,
         help="exponent of focal (1.5), and of qfl/vfl unless --qfl-beta/--vfl-gamma (hyp fl_gamma)",
     )
@@ -77,15 +90,17 @@ def add_yolov5_arguments(parser: argparse.ArgumentParser) -> None:
         default=s,
         help="alpha of focal (0.25), and of qfl unless --qfl-alpha; or none (hyp fl_alpha)",
     )
-    group.add_argument("--qfl-beta", type=float, default=s, help="exponent of qfl only (2.0; hyp qfl_beta)")
+    group.add_argument(
+        "--qfl-beta", type=_exponent, default=s, help="exponent of qfl only (2.0; hyp qfl_beta)"
+    )
     group.add_argument(
         "--qfl-alpha", type=_alpha, default=s, help="alpha of qfl only, or none (none; hyp qfl_alpha)"
     )
     group.add_argument(
-        "--vfl-gamma", type=float, default=s, help="exponent of vfl's negatives only (2.0; hyp vfl_gamma)"
+        "--vfl-gamma", type=_exponent, default=s, help="exponent of vfl's negatives only (2.0; hyp vfl_gamma)"
     )
     group.add_argument(
-        "--vfl-alpha", type=float, default=s, help="weight of vfl's negatives (0.75; hyp vfl_alpha)"
+        "--vfl-alpha", type=_exponent, default=s, help="weight of vfl's negatives (0.75; hyp vfl_alpha)"
     )
     group.add_argument("--online", action="store_true", help="allow YOLOv5 its downloads and installs")
 
@@ -93,7 +108,7 @@ def add_yolov5_arguments(parser: argparse.ArgumentParser) -> None:
 def add_ultralytics_arguments(parser: argparse.ArgumentParser) -> None:
     """The model, Ultralytics' key=value training arguments, and qfocal's loss options."""
     parser.add_argument(
-        "model", nargs="?", default="yolov8n.yaml", help="model YAML or local .pt (yolov8n.yaml)"
+        "model", nargs="?", default=None, help="model YAML or local .pt (yolov8n.yaml); or model=..."
     )
     parser.add_argument(
         "overrides",
@@ -105,20 +120,20 @@ def add_ultralytics_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--cls-loss",
         type=loss_arg(ULTRALYTICS_LOSSES),
-        default="bce",
-        help=f"classification criterion: {describe_losses(ULTRALYTICS_LOSSES)}",
+        default=None,
+        help=f"classification criterion (or cls_loss=...; default bce): {describe_losses(ULTRALYTICS_LOSSES)}",
     )
     group.add_argument(
         "--cls-gain",
         type=_gain,
-        default="auto",
-        help=_GAIN_HELP.format(term="classification", loss="the --cls-loss"),
+        default=None,
+        help=_GAIN_HELP.format(term="classification", loss="the --cls-loss") + " (or cls_gain=...)",
     )
-    group.add_argument("--beta", type=float, help="qfocal: exponent of |t - p| (2.0)")
+    group.add_argument("--beta", type=_exponent, help="qfocal: exponent of |t - p| (2.0)")
     group.add_argument(
         "--alpha", type=_alpha, default=argparse.SUPPRESS, help="the criterion's alpha, or none"
     )
-    group.add_argument("--gamma", type=float, help="focal / varifocal: exponent (1.5 / 2.0)")
+    group.add_argument("--gamma", type=_exponent, help="focal / varifocal: exponent (1.5 / 2.0)")
     group.add_argument(
         "--no-iou-weighted",
         dest="iou_weighted",

@@ -373,37 +373,137 @@ def _value(text: str) -> Any:
         return text
 
 
-def run_command(args: argparse.Namespace) -> int:
-    """``qfocal ultralytics-train``: every argument is checked before Ultralytics scans the dataset."""
-    overrides = {}
-    for item in args.overrides:
+DEFAULT_MODEL = "yolov8n.yaml"
+# qfocal's settings that may also come as key=value among Ultralytics' arguments, and the option each one is.
+_QFOCAL_KEYS = {
+    "model": "MODEL",
+    "cls_loss": "--cls-loss",
+    "cls_gain": "--cls-gain",
+    "loss_kwargs": "--beta ...",
+}
+
+
+def _resolve_command(args: argparse.Namespace) -> tuple[str, str, Any, dict, dict]:
+    """``(model, cls_loss, cls_gain, loss_kwargs, overrides)`` of the command line: the key=value forms of
+    ``model``, ``data``, ``cls_loss``, ``cls_gain`` and ``loss_kwargs`` mean what the options mean (a positional
+    ``data=...`` is not taken for the model); the same setting given twice with different values is an error."""
+    from .._cli import loss_arg
+    from ._cli_args import ULTRALYTICS_LOSSES, gain_arg
+
+    items = list(args.overrides)
+    model = args.model
+    if model is not None and "=" in model:  # `data=x.yaml` without a model: argparse took it for the model
+        items.insert(0, model)
+        model = None
+    overrides: dict[str, Any] = {}
+    for item in items:
         key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
         if not sep or not key:
             raise CommandError(f"expected key=value, got {item!r}", usage=True)
-        overrides[key.lstrip("-").replace("-", "_")] = _value(value)
-    if "data" not in overrides:
-        raise CommandError("expected data=<dataset.yaml>", usage=True)
+        if key in overrides:
+            raise CommandError(f"{key}: given twice ({key}={overrides[key]!r} and {item!r})", usage=True)
+        overrides[key] = _value(value)
+
+    def merge(key: str, option_value, parse):
+        if key not in overrides:
+            return option_value
+        raw = overrides.pop(key)
+        try:
+            value = parse(raw)
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+            raise CommandError(f"{key}: {exc}", usage=True) from None
+        if option_value is not None and option_value != value:
+            raise CommandError(
+                f"{key}={raw!r} and {_QFOCAL_KEYS[key]} {option_value!r} disagree; give one of them",
+                usage=True,
+            )
+        return value
+
+    def text(value) -> str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise TypeError(f"expected a name, got {value!r}")
+        return str(value)
+
+    model = merge("model", model, lambda v: text(v).strip())
+    cls_loss = merge("cls_loss", args.cls_loss, lambda v: loss_arg(ULTRALYTICS_LOSSES)(text(v)))
+    cls_gain = merge("cls_gain", args.cls_gain, lambda v: gain_arg(text(v)))
     loss_kwargs = {
         k: getattr(args, k) for k in ("beta", "gamma", "iou_weighted") if getattr(args, k) is not None
     }
     if hasattr(args, "alpha"):
         loss_kwargs["alpha"] = args.alpha
+    if "loss_kwargs" in overrides:
+        given = overrides.pop("loss_kwargs")
+        if not isinstance(given, dict) or not all(isinstance(k, str) for k in given):
+            raise CommandError(
+                f"loss_kwargs: expected a mapping such as {{beta: 2.0}}, got {given!r}", usage=True
+            )
+        clash = sorted(k for k in given if k in loss_kwargs and loss_kwargs[k] != given[k])
+        if clash:
+            raise CommandError(
+                f"loss_kwargs: {', '.join(clash)} also given as an option, differently", usage=True
+            )
+        loss_kwargs.update(given)
+    return (
+        model or DEFAULT_MODEL,
+        cls_loss or "bce",
+        cls_gain if cls_gain is not None else AUTO,
+        loss_kwargs,
+        overrides,
+    )
+
+
+def _check_model(model: str) -> None:
+    """The model must be found before Ultralytics starts (no downloads): a local file, or a model yaml it
+    knows by name."""
+    path = Path(model)
+    if path.suffix == ".pt":
+        if not path.is_file():
+            raise CommandError(
+                f"model: {model!r} is not on disk (no downloads); build from a .yaml or pass a local .pt",
+                usage=True,
+            )
+        return
+    if path.suffix not in (".yaml", ".yml"):
+        raise CommandError(
+            f"model: expected a model yaml (yolov8n.yaml, yolo11n.yaml ...) or a .pt, got {model!r}",
+            usage=True,
+        )
+    with offline(yolov5_package=None):
+        from ultralytics.nn.tasks import yaml_model_load
+
+        try:
+            yaml_model_load(model)
+        except (FileNotFoundError, OSError):
+            raise CommandError(
+                f"model: expected an Ultralytics model yaml (yolov8n.yaml, yolo11n.yaml ...) or a path, got {model!r}",
+                usage=True,
+            ) from None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``qfocal ultralytics-train``: every argument is checked before Ultralytics scans the dataset."""
+    model, cls_loss_name, cls_gain, loss_kwargs, overrides = _resolve_command(args)
+    if "data" not in overrides:
+        raise CommandError("expected data=<dataset.yaml>", usage=True)
     try:
-        cls_loss, options = _check_cls_loss(args.cls_loss, loss_kwargs)
-        _check_cls_gain(cls_loss, args.cls_gain)
+        cls_loss, options = _check_cls_loss(cls_loss_name, loss_kwargs)
+        _check_cls_gain(cls_loss, cls_gain)
         if cls_loss != "bce":
             _ElementwiseCls(cls_loss, options)  # the values, not only the names
     except (TypeError, ValueError) as exc:
-        raise CommandError(f"--cls-loss {args.cls_loss}: {exc}", usage=True) from None
+        raise CommandError(f"--cls-loss {cls_loss_name}: {exc}", usage=True) from None
     data = overrides.pop("data")
     if not Path(str(data)).is_file():
         raise CommandError(f"data: expected a dataset yaml file, got {data!r}", usage=True)
+    _check_model(model)
     trainer = train(
-        args.model,
+        model,
         data=data,
-        cls_loss=args.cls_loss,
+        cls_loss=cls_loss_name,
         loss_kwargs=loss_kwargs,
-        cls_gain=args.cls_gain,
+        cls_gain=cls_gain,
         offline_mode=not args.online,
         **overrides,
     )
