@@ -232,7 +232,11 @@ def plot_compare(
             _delta_panel(ax_d, deltas, names, colours)
             unit = "mAP" if all(m.startswith("mAP") for m in names) else "AP"
             ax_d.set_ylabel(
-                f"paired difference vs baseline ({unit} points)" if percent else "difference in correlation"
+                f"paired difference vs baseline ({unit} points)"
+                if percent
+                else "difference in correlation"
+                if all("spearman" in m or "pearson" in m for m in names)
+                else "paired difference (own units)"
             )
         axes[1].set_title("mean per-seed difference, 95 % CI", fontsize=9)
     else:
