@@ -20,6 +20,8 @@ from qfocal.data import generate_dataset
 from qfocal.detection import ConfigError, TrainConfig, compare, load_checkpoint, train
 from qfocal.detection.train import CheckpointError, RunOutputError
 
+from .conftest import tiny_config
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -29,10 +31,7 @@ def data(tmp_path_factory):
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
-    base = {"epochs": 1, "imgsz": 64, "batch": 4, "amp": "off", "progress": False, "plots": False}
-    base.update(warmup_iters=1, threads=1)
-    base.update(kw)
-    return TrainConfig(data=str(data), out=str(out), **base)
+    return tiny_config(data, out, **{"plots": False, **kw})
 
 
 def _one_line(capsys, argv, code):
