@@ -764,9 +764,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=tuple(PRESETS),
         default=None,
         help="a named configuration: demo (the demo's), bench (the benchmark regime: easy data, a pretrained "
-        "backbone, 5 heads, 8 seeds, 2 runs at a time, about 80 min on 2 cores), yolov5-finetune or "
-        "ultralytics-finetune (the framework compare fine-tuned from a BCE model pretrained on a second set; "
-        "they set --framework); options given explicitly override it",
+        "backbone, 5 heads, 8 seeds, 2 runs at a time, about 80 min on 2 cores), ultralytics-finetune, "
+        "yolov5-finetune or yolov5-cls-finetune (the framework compares fine-tuned from a BCE model pretrained on "
+        "a second set; they set --framework; --weights replaces their pretraining); options given explicitly "
+        "override it",
     )
 
     r = add_command(
