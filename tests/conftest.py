@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -133,6 +134,24 @@ def tiny_data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny")
     generate_dataset(root, images=10, seed=0, imgsz=64, min_size=6, val_fraction=0.2, mean_objects=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A 6-image synthetic dataset (64 px) for the reader tests; never modified (see ``ds``)."""
+    from qfocal.data import generate_dataset
+
+    root = tmp_path_factory.mktemp("base")
+    generate_dataset(root, images=6, seed=0, imgsz=64, min_size=4)
+    return root
+
+
+@pytest.fixture
+def ds(base, tmp_path):
+    """A private copy of ``base`` that a test may damage."""
+    root = tmp_path / "ds"
+    shutil.copytree(base, root)
     return root
 
 

@@ -8,21 +8,7 @@ import shutil
 
 import pytest
 
-from qfocal.data import AnnotationError, generate_dataset, load_split, read_coco, read_yolo
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("base")
-    generate_dataset(root, images=6, seed=0, imgsz=64, min_size=4)
-    return root
-
-
-@pytest.fixture
-def ds(base, tmp_path):
-    root = tmp_path / "ds"
-    shutil.copytree(base, root)
-    return root
+from qfocal.data import AnnotationError, load_split, read_coco, read_yolo
 
 
 def _coco(root):

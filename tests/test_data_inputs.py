@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 
 import numpy as np
@@ -18,20 +17,6 @@ from qfocal.data.dataset import DetectionDataset
 from qfocal.data.records import check_image, load_rgb
 
 NAMES = ["disc", "square", "triangle", "ring", "cross", "star"]
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inputs")
-    generate_dataset(root, images=6, seed=0, imgsz=64, min_size=4)
-    return root
-
-
-@pytest.fixture
-def ds(base, tmp_path):
-    root = tmp_path / "ds"
-    shutil.copytree(base, root)
-    return root
 
 
 def _within(seconds: float, fn, *args, **kwargs):
