@@ -262,6 +262,18 @@ def measure_ultralytics(
     from . import ultralytics
 
     variants = _variants(losses, lambda name: {"cls_loss": name, "cls_gain": cls_gain})
+    with _ultralytics_predictions(model, batch) as preds:
+        results = {}
+        for label, kwargs in variants.items():
+            criterion = ultralytics.DetectionLoss(model, **kwargs)
+            results[label] = ultralytics_terms(criterion, preds, batch)
+    return results
+
+
+@contextlib.contextmanager
+def _ultralytics_predictions(model: nn.Module, batch: dict, *, fp32: bool = False) -> Iterator[dict]:
+    """The head's outputs on ``batch`` without a graph through the model, boxes and scores as leaves that take a
+    gradient (in fp32 with ``fp32``); Ultralytics' default ``model.args`` lent for the block when it has none."""
     saved = getattr(model, "args", None)
     if saved is None:
         from ultralytics.cfg import get_cfg
@@ -271,17 +283,15 @@ def measure_ultralytics(
         with _measuring(model), torch.no_grad():
             out = model(batch["img"])
         out = out[1] if isinstance(out, tuple) else out
-        preds = {
-            k: v.detach().requires_grad_(True) if k in ("boxes", "scores") else v for k, v in out.items()
+        yield {
+            k: (v.detach().float() if fp32 else v.detach()).requires_grad_(True)
+            if k in ("boxes", "scores")
+            else v
+            for k, v in out.items()
         }
-        results = {}
-        for label, kwargs in variants.items():
-            criterion = ultralytics.DetectionLoss(model, **kwargs)
-            results[label] = ultralytics_terms(criterion, preds, batch)
     finally:
         if saved is None:
             del model.args
-    return results
 
 
 def grad_ratios(
@@ -386,23 +396,8 @@ def term_gradient_ultralytics(
 
     if term not in ULTRALYTICS_TERMS:
         raise ValueError(f"term: expected one of {', '.join(ULTRALYTICS_TERMS)}, got {term!r}")
-    saved = getattr(model, "args", None)
-    if saved is None:
-        from ultralytics.cfg import get_cfg
-
-        model.args = get_cfg()
-    try:
-        with _measuring(model), torch.no_grad():
-            out = model(batch["img"])
-        out = out[1] if isinstance(out, tuple) else out
-        preds = {
-            k: v.detach().float().requires_grad_(True) if k in ("boxes", "scores") else v
-            for k, v in out.items()
-        }
+    with _ultralytics_predictions(model, batch, fp32=True) as preds:
         loss = ultralytics.DetectionLoss(model, **criterion)(dict(preds), batch)[0]
-    finally:
-        if saved is None:
-            del model.args
     k = list(ULTRALYTICS_TERMS).index(term)
     output = preds[ULTRALYTICS_TERMS[term]]
     if not loss[k].requires_grad:
