@@ -4,7 +4,7 @@
     python benchmarks/bench_losses.py --quick --out-dir /tmp/bench   # smoke test, seconds
     python benchmarks/bench_losses.py --providers qfocal-fused,yolov5-qfocal,bce --shapes 134400x80
 
-Providers are chosen by exact name (``--providers``); see ``--help`` and :mod:`qfocal.bench.losses`.
+Providers are chosen by exact name (``--providers``); see ``--help`` and :mod:`qfocal_lab.bench.losses`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from qfocal.bench import main
+from qfocal_lab.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -32,8 +32,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import torch
 import yaml
 
-from qfocal.data.synth import write_toy_dataset
-from qfocal.integrations import balance as B
+from qfocal_lab.data.synth import write_toy_dataset
+from qfocal_lab.studies import balance as B
 
 LOSSES = ("bce", "qfl", "vfl", "focal")
 ROOT = Path(__file__).resolve().parents[1]

@@ -130,7 +130,7 @@ def mmdet_losses():
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """A 10-image synthetic dataset (8 train / 2 val, 64 px) for one-epoch trainer runs."""
-    from qfocal.data import generate_dataset
+    from qfocal_lab.data import generate_dataset
 
     root = tmp_path_factory.mktemp("tiny")
     generate_dataset(root, images=10, seed=0, imgsz=64, min_size=6, val_fraction=0.2, mean_objects=3)
@@ -140,7 +140,7 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A 6-image synthetic dataset (64 px) for the reader tests; never modified (see ``ds``)."""
-    from qfocal.data import generate_dataset
+    from qfocal_lab.data import generate_dataset
 
     root = tmp_path_factory.mktemp("base")
     generate_dataset(root, images=6, seed=0, imgsz=64, min_size=4)
@@ -156,8 +156,8 @@ def ds(base, tmp_path):
 
 
 def tiny_config(data, out, **kw):
-    """A :class:`~qfocal.detection.TrainConfig` of one quick epoch on :func:`tiny_data` (overrides in ``kw``)."""
-    from qfocal.detection import TrainConfig
+    """A :class:`~qfocal_lab.detection.TrainConfig` of one quick epoch on :func:`tiny_data` (overrides in ``kw``)."""
+    from qfocal_lab.detection import TrainConfig
 
     base = {
         "epochs": 1,

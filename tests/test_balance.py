@@ -25,11 +25,12 @@ from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.loss import v8DetectionLoss
 
-from qfocal.integrations import balance as B
+from qfocal.integrations import balance as rule
 from qfocal.integrations import ultralytics as qu
-from qfocal.integrations import write_toy_dataset
 from qfocal.integrations import yolov5 as qy
 from qfocal.integrations._offline import preserved_torch_state
+from qfocal_lab.data import write_toy_dataset
+from qfocal_lab.studies import balance as B
 
 from .conftest import assert_close
 
@@ -223,7 +224,7 @@ def test_matched_gain_matches_norms_in_any_grad_mode():
     qfl, bce = qfocal.QualityFocalLoss(reduction="sum"), nn.BCEWithLogitsLoss(reduction="sum")
     for mode in (torch.enable_grad, torch.no_grad, torch.inference_mode):
         with mode():
-            gain = B.matched_gain(qfl, bce, x.bfloat16(), t)
+            gain = rule.matched_gain(qfl, bce, x.bfloat16(), t)
         assert gain.dtype == torch.float32 and gain.ndim == 0 and not gain.requires_grad
         gain = gain.item()  # under inference_mode, an inference tensor: usable there only
         leaf = x.bfloat16().float().requires_grad_(True)
@@ -233,9 +234,9 @@ def test_matched_gain_matches_norms_in_any_grad_mode():
     # no gradient on either side (no slope, no element): gain 1; an underflowing one: the cap
     zero = lambda p, q: (p * 0).sum()  # noqa: E731
     tiny = lambda p, q: (p * 1e-30).sum()  # noqa: E731
-    assert B.matched_gain(zero, bce, x, t).item() == B.matched_gain(qfl, zero, x, t).item() == 1.0
-    assert B.matched_gain(qfl, bce, x[:0], t[:0]).item() == 1.0
-    assert B.matched_gain(tiny, bce, x, t, max_gain=50.0).item() == 50.0
+    assert rule.matched_gain(zero, bce, x, t).item() == rule.matched_gain(qfl, zero, x, t).item() == 1.0
+    assert rule.matched_gain(qfl, bce, x[:0], t[:0]).item() == 1.0
+    assert rule.matched_gain(tiny, bce, x, t, max_gain=50.0).item() == 50.0
 
 
 # ----------------------------------------------------------------------------------------------------------

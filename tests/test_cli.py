@@ -191,7 +191,7 @@ def test_ctrl_c_anywhere_is_one_line_and_exit_130(monkeypatch, capsys):
     real = importlib.import_module
 
     def interrupted(name, *args, **kwargs):
-        if name.startswith("qfocal.detection"):
+        if name.startswith("qfocal_lab.detection"):
             raise KeyboardInterrupt
         return real(name, *args, **kwargs)
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from qfocal.data import AnnotationError, load_split, read_coco, read_yolo
+from qfocal_lab.data import AnnotationError, load_split, read_coco, read_yolo
 
 
 def _coco(root):
@@ -129,7 +129,7 @@ def test_yolo_missing_or_corrupt_image(ds, kind):
 
 
 def test_training_reports_skipped_items(ds, capsys):
-    from qfocal.detection.train import TrainConfig, prepare_data
+    from qfocal_lab.detection.train import TrainConfig, prepare_data
 
     path, coco = _coco(ds)
     coco["annotations"][0]["bbox"] = [0.0, 0.0, -1.0, 3.0]

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qfocal.data import AnnotationError, generate_dataset, load_split, read_coco, read_yolo
-from qfocal.data.dataset import DetectionDataset
-from qfocal.data.records import check_image, load_rgb
+from qfocal_lab.data import AnnotationError, generate_dataset, load_split, read_coco, read_yolo
+from qfocal_lab.data.dataset import DetectionDataset
+from qfocal_lab.data.records import check_image, load_rgb
 
 NAMES = ["disc", "square", "triangle", "ring", "cross", "star"]
 
@@ -210,7 +210,7 @@ def test_crowd_regions_are_evaluated_as_cocoeval_does(tmp_path):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from qfocal.detection.evaluate import coco_metrics
+    from qfocal_lab.detection.evaluate import coco_metrics
 
     root, ann, dets = _crowd_case(tmp_path)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -234,7 +234,7 @@ def _images(root):
 
 def test_synth_refuses_a_folder_it_did_not_write(tmp_path, capsys):
     from qfocal.cli import main
-    from qfocal.data.synth import NotSyntheticError, prepare_synthetic
+    from qfocal_lab.data.synth import NotSyntheticError, prepare_synthetic
 
     user = tmp_path / "user"
     (user / "annotations").mkdir(parents=True)
@@ -257,7 +257,7 @@ def test_synth_refuses_a_folder_it_did_not_write(tmp_path, capsys):
 @pytest.mark.parametrize("how", ["generate", "prepare", "cli"])
 def test_regenerating_a_smaller_set_leaves_nothing_stale(tmp_path, capsys, how):
     from qfocal.cli import main
-    from qfocal.data.synth import prepare_synthetic
+    from qfocal_lab.data.synth import prepare_synthetic
 
     root = tmp_path / "s"
 

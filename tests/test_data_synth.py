@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from qfocal.data import CLASS_NAMES, DetectionDataset, generate_dataset, load_split, read_coco, read_yolo
-from qfocal.data.synth import CLASS_FREQUENCIES
+from qfocal_lab.data import CLASS_NAMES, DetectionDataset, generate_dataset, load_split, read_coco, read_yolo
+from qfocal_lab.data.synth import CLASS_FREQUENCIES
 
 
 def _digest(root) -> str:
@@ -72,7 +72,7 @@ def test_yolo_labels_match_coco(synth):
 
 def test_difficulty_properties():
     """Over many generated objects: every class, a long tail, tiny to half-image sizes, overlaps."""
-    from qfocal.data.synth import _make_image
+    from qfocal_lab.data.synth import _make_image
 
     sizes, labels, overlaps = [], [], 0
     for i in range(60):

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from qfocal.cli import main
-from qfocal.detection import TrainConfig, train
-from qfocal.detection import backbone as bb
-from qfocal.detection import cli as dcli
-from qfocal.detection.stats import paired_deltas, verdict_lines
-from qfocal.detection.train import build_model
+from qfocal_lab.detection import TrainConfig, train
+from qfocal_lab.detection import backbone as bb
+from qfocal_lab.detection import cli as dcli
+from qfocal_lab.detection.stats import paired_deltas, verdict_lines
+from qfocal_lab.detection.train import build_model
 
 from .conftest import tiny_config
 
@@ -205,7 +205,7 @@ def test_verdict_says_when_a_difference_is_not_settled_and_how_many_seeds_would_
     deltas = paired_deltas(runs, "focal", ["AP"])
     lines = verdict_lines(deltas, "focal", "AP")
     assert "not settled, the interval includes 0" in lines[0]
-    from qfocal.detection.stats import paired_sd, seeds_for_halfwidth
+    from qfocal_lab.detection.stats import paired_sd, seeds_for_halfwidth
 
     d = deltas["qfl"]["AP"]
     need = seeds_for_halfwidth(paired_sd(d), abs(d["mean"]))

@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from qfocal.detection.train import training_step
-from qfocal.integrations.torchvision import fcos_tiny
+from qfocal_lab.detection.train import training_step
+from qfocal_lab.models import fcos_tiny
 
 LOSSES = ("focal", "qfl", "vfl", "gfl")
 WORLD = 2
@@ -102,8 +102,8 @@ def test_two_process_ddp_matches_one_process_on_combined_batch(tmp_path):
 @pytest.mark.slow
 def test_torchrun_training_matches_single_process(tmp_path):
     """The full trainer under ``torchrun --nproc-per-node 2`` (batch 2 each) equals one process with batch 4."""
-    from qfocal.data import generate_dataset
-    from qfocal.detection import TrainConfig, load_checkpoint, train
+    from qfocal_lab.data import generate_dataset
+    from qfocal_lab.detection import TrainConfig, load_checkpoint, train
 
     data = tmp_path / "data"
     generate_dataset(data, images=10, seed=0, imgsz=64, min_size=6, val_fraction=0.2, mean_objects=3)

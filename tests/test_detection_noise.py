@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from qfocal.cli import main
-from qfocal.detection import TrainConfig, compare, load_checkpoint, train
-from qfocal.detection.compare import PRETRAIN_SEED, threads_per_job
-from qfocal.detection.train import (
+from qfocal_lab.detection import TrainConfig, compare, load_checkpoint, train
+from qfocal_lab.detection.compare import PRETRAIN_SEED, threads_per_job
+from qfocal_lab.detection.train import (
     CheckpointError,
     ModelEMA,
     build_model,
@@ -221,7 +221,7 @@ def test_bench_preset_lays_its_settings_under_the_command_line(monkeypatch, tmp_
         seen.update(cfg=cfg, **kw)
         return {"table": "", "wall_s": 0.0}
 
-    monkeypatch.setattr(importlib.import_module("qfocal.detection.compare"), "compare", fake_compare)
+    monkeypatch.setattr(importlib.import_module("qfocal_lab.detection.compare"), "compare", fake_compare)
     assert main(["compare", "--preset", "bench", "--seeds", "2", "--out", str(tmp_path / "b")]) == 0
     cfg = seen["cfg"]
     assert (cfg.epochs, cfg.eval_every, cfg.synth_images, cfg.synth_val) == (6, 6, 2600, 800)
@@ -235,7 +235,7 @@ def test_bench_preset_lays_its_settings_under_the_command_line(monkeypatch, tmp_
 def test_box_bias_starts_the_box_sides_on_the_live_side_of_their_relu(loss, tiny_data, tmp_path):
     """torchvision's bias 0 leaves a large share of the box-side outputs clipped to 0 by the ReLU at
     initialisation (no gradient there: a side can die); ``box_bias=1`` starts every side at one anchor size."""
-    from qfocal.detection.train import build_model
+    from qfocal_lab.detection.train import build_model
 
     images = [torch.rand(3, 64, 64) for _ in range(2)]
 
@@ -339,7 +339,7 @@ def test_compare_refuses_bad_pretrain_epochs(tiny_data, tmp_path, epochs):
 _ORPHAN_SCRIPT = """
 import multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
-from qfocal.detection.compare import exit_with_parent
+from qfocal_lab.detection.compare import exit_with_parent
 
 if __name__ == "__main__":
     pool = ProcessPoolExecutor(

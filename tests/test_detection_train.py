@@ -11,7 +11,8 @@ import torch
 
 from qfocal import quality_focal_loss, varifocal_loss
 from qfocal.cli import main
-from qfocal.detection import (
+from qfocal.integrations.torchvision import FocalFCOSHead, QualityFCOS, QualityFCOSHead
+from qfocal_lab.detection import (
     METRIC_KEYS,
     QUALITY_KEYS,
     NonFiniteLossError,
@@ -20,8 +21,8 @@ from qfocal.detection import (
     load_checkpoint,
     train,
 )
-from qfocal.detection.train import amp_dtype
-from qfocal.integrations.torchvision import FocalFCOSHead, QualityFCOS, QualityFCOSHead, fcos_tiny
+from qfocal_lab.detection.train import amp_dtype
+from qfocal_lab.models import fcos_tiny
 
 from .conftest import tiny_config
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qfocal.data import AnnotationError, DetectionDataset, generate_dataset, load_split
+from qfocal_lab.data import AnnotationError, DetectionDataset, generate_dataset, load_split
 
 
 @dataclass

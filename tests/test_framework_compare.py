@@ -13,9 +13,14 @@ import pytest
 import torch
 
 from qfocal.cli import main
-from qfocal.data.synth import write_toy_dataset
-from qfocal.detection.config import ConfigError
-from qfocal.detection.frameworks import FRAMEWORK_METRICS, compare_framework, parse_variant, parse_variants
+from qfocal_lab.data.synth import write_toy_dataset
+from qfocal_lab.detection.config import ConfigError
+from qfocal_lab.detection.frameworks import (
+    FRAMEWORK_METRICS,
+    compare_framework,
+    parse_variant,
+    parse_variants,
+)
 
 # Made-up final validations per (variant, seed): qfl is 2 mAP50 points above bce on both seeds, +-0.5.
 _MAP = {
@@ -217,7 +222,7 @@ def test_yolov5_user_data_and_final_epoch(tmp_path):
 def test_train_args_reach_hyp_options_and_overrides(tmp_path):
     """--train-arg values are typed; YOLOv5 hyp keys go into the hyp and the others are train.py options;
     Ultralytics takes all as overrides; the header records them and resume requires the same ones."""
-    from qfocal.detection.frameworks import parse_train_arg
+    from qfocal_lab.detection.frameworks import parse_train_arg
 
     assert [parse_train_arg(t) for t in ("lr0=0.001", "epochs=3", "cos_lr=true", "optimizer=AdamW")] == [
         ("lr0", 0.001),

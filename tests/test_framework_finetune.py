@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from qfocal.cli import main
-from qfocal.data.synth import write_toy_dataset
-from qfocal.detection import framework_runs
-from qfocal.detection.config import ConfigError
-from qfocal.detection.framework_runs import Probe, file_sha256
-from qfocal.detection.frameworks import PRETRAIN_SEED, Variant, compare_framework, parse_variant
-from qfocal.integrations.balance import participation_ratio
+from qfocal_lab.data.synth import write_toy_dataset
+from qfocal_lab.detection import framework_runs
+from qfocal_lab.detection.config import ConfigError
+from qfocal_lab.detection.framework_runs import Probe, file_sha256
+from qfocal_lab.detection.frameworks import PRETRAIN_SEED, Variant, compare_framework, parse_variant
+from qfocal_lab.studies.balance import participation_ratio
 
 from .test_framework_compare import FakeUltralytics, FakeYOLOv5, _cli
 
@@ -91,7 +91,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_weights_are_checked_before_training(tmp_path, checkpoints):
-    from qfocal.detection.framework_runs import check_weights
+    from qfocal_lab.detection.framework_runs import check_weights
 
     assert check_weights(checkpoints["yolov5"], "yolov5") == checkpoints["yolov5"].resolve()
     assert check_weights(checkpoints["ultralytics"], "ultralytics") == checkpoints["ultralytics"].resolve()
@@ -181,7 +181,7 @@ def test_command_refuses_bad_fine_tune_arguments_in_one_line(tmp_path, capsys, c
 
 def test_presets_pin_the_fine_tune_settings(tmp_path, monkeypatch, capsys, checkpoints):
     """A framework preset sets --framework and its settings (threads pinned); options given explicitly win."""
-    from qfocal.detection import frameworks
+    from qfocal_lab.detection import frameworks
 
     plans = []
 

@@ -17,8 +17,9 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.loss import E2ELoss, v8DetectionLoss
 
 import qfocal.functional as QF
-from qfocal.integrations import OfflineError, offline, write_toy_dataset
+from qfocal.integrations import OfflineError, offline
 from qfocal.integrations import ultralytics as qu
+from qfocal_lab.data import write_toy_dataset
 
 from .conftest import assert_close, readme_python_blocks
 

@@ -18,8 +18,9 @@ pytest.importorskip("yolov5")
 
 import qfocal
 import qfocal.functional as QF
-from qfocal.integrations import OfflineError, offline, write_toy_dataset
+from qfocal.integrations import OfflineError, offline
 from qfocal.integrations import yolov5 as qy
+from qfocal_lab.data import write_toy_dataset
 
 from .conftest import assert_close, readme_python_blocks
 

@@ -151,7 +151,7 @@ def test_core_install_needs_torch_only():
 
 @pytest.mark.parametrize(
     "argv, extra",
-    [(["train"], "harness"), (["compare", "--epochs", "1"], "harness"), (["data", "synth"], "harness")],
+    [(["train"], "lab"), (["compare", "--epochs", "1"], "lab"), (["data", "synth"], "lab")],
 )
 def test_core_install_cli_names_the_missing_extra(argv, extra):
     code = _BLOCK + (

@@ -40,12 +40,12 @@ def test_functions_and_modules(spelling, canonical):
 
 @pytest.mark.parametrize("spelling, canonical", _cases("qfl", "vfl", "focal", "gfl"))
 def test_harness_train_and_compare(spelling, canonical):
-    from qfocal.detection import TrainConfig
+    from qfocal_lab.detection import TrainConfig
 
     assert TrainConfig(loss=spelling).validate().loss == canonical
     assert parse_args(["train", "--loss", spelling]).loss == canonical
     from qfocal._cli import loss_list_arg
-    from qfocal.detection.config import HARNESS_LOSSES
+    from qfocal_lab.detection.config import HARNESS_LOSSES
 
     given = parse_args(
         ["compare", "--losses", f"focal,{spelling}" if canonical != "focal" else spelling]

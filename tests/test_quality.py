@@ -1,4 +1,4 @@
-"""Score-IoU diagnostics and AP90 (qfocal.detection.quality, evaluate.coco_metrics) on hand-made detections with
+"""Score-IoU diagnostics and AP90 (qfocal_lab.detection.quality, evaluate.coco_metrics) on hand-made detections with
 known answers, and a one-epoch compare that reports them with the paired differences."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qfocal.data.records import DetectionData, ImageRecord
-from qfocal.detection.evaluate import METRIC_KEYS, QUALITY_KEYS, coco_metrics, to_coco_results
-from qfocal.detection.quality import (
+from qfocal_lab.data.records import DetectionData, ImageRecord
+from qfocal_lab.detection.evaluate import METRIC_KEYS, QUALITY_KEYS, coco_metrics, to_coco_results
+from qfocal_lab.detection.quality import (
     box_iou,
     mean_iou_per_score_bin,
     pearson,
@@ -143,8 +143,8 @@ def test_ap90_known_values():
 def test_compare_reports_quality_and_paired_differences(tmp_path):
     """Two losses x two seeds, one epoch on 10 tiny images: every new key lands in metrics.json, compare.json and
     compare.md, and every plot is written."""
-    from qfocal.data import generate_dataset
-    from qfocal.detection import COMPARE_KEYS, TrainConfig, compare
+    from qfocal_lab.data import generate_dataset
+    from qfocal_lab.detection import COMPARE_KEYS, TrainConfig, compare
 
     generate_dataset(
         tmp_path / "data", images=10, seed=0, imgsz=64, min_size=6, val_fraction=0.2, mean_objects=3
@@ -191,9 +191,9 @@ def test_compare_reports_quality_and_paired_differences(tmp_path):
 def test_delta_table_and_plots_with_real_differences(tmp_path):
     """The compare outputs on made-up runs where the differences are known: the table cells, the words line,
     and the plots with intervals and hexbins (the one-epoch compare above has too few detections for them)."""
-    from qfocal.detection.compare import COMPARE_KEYS, format_deltas, format_table
-    from qfocal.detection.plots import plot_compare, plot_compare_score_iou, plot_score_iou
-    from qfocal.detection.stats import paired_deltas
+    from qfocal_lab.detection.compare import COMPARE_KEYS, format_deltas, format_table
+    from qfocal_lab.detection.plots import plot_compare, plot_compare_score_iou, plot_score_iou
+    from qfocal_lab.detection.stats import paired_deltas
 
     runs, summary = [], {}
     for loss, shift in (("focal", 0.0), ("qfl", 0.02)):

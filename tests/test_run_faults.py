@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from qfocal.data import generate_dataset
-from qfocal.detection import ConfigError, TrainConfig, load_checkpoint, train
-from qfocal.detection.train import RunLockedError, run_lock
+from qfocal_lab.data import generate_dataset
+from qfocal_lab.detection import ConfigError, TrainConfig, load_checkpoint, train
+from qfocal_lab.detection.train import RunLockedError, run_lock
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -79,7 +79,7 @@ _KILLER = """
 import os, signal, sys
 sys.path.insert(0, {src!r})
 import torch
-from qfocal.detection import TrainConfig, train
+from qfocal_lab.detection import TrainConfig, train
 mode, out, data = sys.argv[1], sys.argv[2], sys.argv[3]
 saves = []
 if mode == "write":  # SIGKILL with the new checkpoint half-written, after the first good one
@@ -129,8 +129,8 @@ _RANK = """
 import os, sys
 sys.path.insert(0, {src!r})
 import torch.distributed as dist
-from qfocal.detection import TrainConfig, train
-from qfocal.detection.train import DistributedError
+from qfocal_lab.detection import TrainConfig, train
+from qfocal_lab.detection.train import DistributedError
 if os.environ["RANK"] == "1":  # joins, then dies without a word: a crashed or killed worker
     dist.init_process_group("gloo")
     os._exit(0)

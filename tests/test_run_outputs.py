@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from qfocal.cli import main
-from qfocal.data import generate_dataset
-from qfocal.detection import ConfigError, TrainConfig, compare, load_checkpoint, train
-from qfocal.detection.train import CheckpointError, RunOutputError
+from qfocal_lab.data import generate_dataset
+from qfocal_lab.detection import ConfigError, TrainConfig, compare, load_checkpoint, train
+from qfocal_lab.detection.train import CheckpointError, RunOutputError
 
 from .conftest import tiny_config
 
@@ -237,7 +237,7 @@ def test_foreign_checkpoint_contents_are_one_line_errors(data, run, tmp_path, ca
 )
 def test_unwritable_out_is_refused_before_training(data, tmp_path, capsys, where, monkeypatch):
     trained = []
-    monkeypatch.setattr(sys.modules["qfocal.detection.train"], "_run", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr(sys.modules["qfocal_lab.detection.train"], "_run", lambda *a, **k: trained.append(1))
     a_file = tmp_path / "file"
     a_file.write_text("x")
     out = tmp_path / "out"

@@ -1,4 +1,4 @@
-"""Paired statistics over seeds (qfocal.detection.stats): the t quantile against scipy, the interval of the paired
+"""Paired statistics over seeds (qfocal_lab.detection.stats): the t quantile against scipy, the interval of the paired
 differences on hand-made numbers, pairing by seed, pycocotools' -1, and the sentences."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from qfocal.detection.stats import (
+from qfocal_lab.detection.stats import (
     describe_delta,
     excludes_zero,
     mean_ci95,

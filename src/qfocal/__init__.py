@@ -21,6 +21,8 @@ _EXPORTS = {
     "get_backend": "._backend",
     "set_backend": "._backend",
     "check_target": "._checks",
+    "describe_losses": "._names",
+    "loss_name": "._names",
     "set_value_checks": "._checks",
     "value_checks": "._checks",
     "value_checks_enabled": "._checks",
@@ -43,6 +45,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from ._backend import backend, get_backend, set_backend
     from ._checks import check_target, set_value_checks, value_checks, value_checks_enabled
+    from ._names import describe_losses, loss_name
     from .functional import (
         distribution_focal_loss,
         loss_function,
@@ -95,9 +98,11 @@ __all__ = [
     "backend",
     "build_loss",
     "check_target",
+    "describe_losses",
     "distribution_focal_loss",
     "get_backend",
     "loss_function",
+    "loss_name",
     "py_focal_loss_with_prob",
     "quality_focal_loss",
     "quality_focal_loss_with_prob",

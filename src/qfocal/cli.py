@@ -1,12 +1,17 @@
 """The ``qfocal`` command: one entry point, subcommands registered by the modules that implement them.
 
-Each module in ``_COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its subcommands with ``func``
-(called with the parsed ``argparse.Namespace``, returning an exit code). Registration imports only the standard
-library and torch, so ``qfocal --help`` works on a core install; heavy imports (torchvision, YOLOv5, Ultralytics,
-matplotlib) happen inside the subcommand, which names the extra to install when one is missing.
+The library's own commands (``table``, ``plot``, ``yolov5-train``, ``ultralytics-train``) are listed in
+``_COMMAND_MODULES``; other packages add theirs through the entry-point group ``qfocal.commands`` (the lab,
+:mod:`qfocal_lab`, registers ``data``, ``train``, ``evaluate``, ``compare``, ``pretrain``, ``demo`` and ``bench``
+that way). Each registers with ``register(subparsers)``, adding subcommands with ``func`` (called with the parsed
+``argparse.Namespace``, returning an exit code). Registration imports only the standard library and torch, so
+``qfocal --help`` works on a core install; heavy imports (torchvision, YOLOv5, Ultralytics, matplotlib) happen
+inside the subcommand, which names the extra to install when one is missing.
 
-Errors follow one convention (:mod:`qfocal._cli`): ``qfocal <cmd>: error: <message>`` on one line, exit 2 for a
-bad argument and 1 for a run that failed. Other exceptions are bugs and keep their traceback.
+Errors follow one convention: ``qfocal <cmd>: error: <message>`` on one line, exit 2 for a bad argument and 1 for
+a run that failed. Other exceptions are bugs and keep their traceback. The helpers of that convention
+(:class:`CommandError`, :func:`add_command`, the bounded argparse types) are public here, for the commands of
+other packages.
 """
 
 from __future__ import annotations
@@ -14,27 +19,66 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
-from ._cli import ArgumentParser, CommandError, add_command, missing_extras, report
+from ._cli import (
+    MAX_SEED,
+    ArgumentParser,
+    CommandError,
+    add_command,
+    device_arg,
+    file_stem_arg,
+    float_arg,
+    int_arg,
+    loss_arg,
+    loss_list_arg,
+    max_threads,
+    missing_extras,
+    report,
+    require,
+    seed_arg,
+    threads_arg,
+)
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "MAX_SEED",
+    "ArgumentParser",
+    "CommandError",
+    "add_command",
+    "build_parser",
+    "device_arg",
+    "file_stem_arg",
+    "float_arg",
+    "int_arg",
+    "loss_arg",
+    "loss_list_arg",
+    "main",
+    "max_threads",
+    "missing_extras",
+    "parse_args",
+    "register_missing",
+    "report",
+    "require",
+    "seed_arg",
+    "threads_arg",
+]
+
+# The entry-point group through which other packages add subcommands: ``name = "package.module:register"``.
+ENTRY_POINT_GROUP = "qfocal.commands"
 
 # module: (the modules it needs beyond torch, the commands it registers); the extra that brings them is named
 # by qfocal._cli.missing_extras
 _COMMAND_MODULES = {
     "qfocal.cli_losses": ((), ("table", "plot")),
-    "qfocal.bench.cli": ((), ("bench",)),
-    "qfocal.detection.cli": (
-        ("numpy", "PIL", "torchvision", "pycocotools"),
-        ("data", "train", "evaluate", "compare", "pretrain", "demo"),
-    ),
     "qfocal.integrations.cli": ((), ("yolov5-train", "ultralytics-train")),
 }
 
 
-def _register_missing(sub, commands: tuple[str, ...], message: str) -> None:
-    """Commands whose extra is not installed: listed, and each says what to install."""
+def register_missing(sub, commands: tuple[str, ...], message: str) -> None:
+    """Commands whose extra is not installed: listed in ``--help``, and each says what to install."""
 
     def fail(args: argparse.Namespace) -> int:
         raise CommandError(message)
@@ -55,9 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (needs, commands) in _COMMAND_MODULES.items():
         message = missing_extras(*needs)
         if message:
-            _register_missing(sub, commands, message)
+            register_missing(sub, commands, message)
         else:
             importlib.import_module(name).register(sub)
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            register = entry.load()
+        except (
+            ImportError
+        ) as exc:  # a plugin that cannot import: its commands are missing, qfocal still works
+            print(f"qfocal: warning: commands of {entry.value} not loaded ({exc})", file=sys.stderr)
+            continue
+        register(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ __all__ = ["register"]
 
 _YOLOV5_EPILOG = """\
 Every other argument is YOLOv5's train.py's, passed through unchanged (see `python -m yolov5.train --help`).
-Example (a toy dataset: python -c "from qfocal.integrations import write_toy_dataset as w; w('toy')"):
+Example (a toy dataset: python -c "from qfocal_lab.data import write_toy_dataset as w; w('toy')"):
   qfocal yolov5-train --obj-loss qfocal --data toy/data.yaml --cfg yolov5n.yaml --img 64 --epochs 1 --batch-size 4
 """
 

@@ -63,6 +63,7 @@ __all__ = [
     "DetectionLoss",
     "QFocalDetectionModel",
     "QFocalDetectionTrainer",
+    "check_cls_gain",
     "describe",
     "main",
     "record",
@@ -88,7 +89,7 @@ def _check_cls_loss(cls_loss: object, loss_kwargs: Mapping[str, Any]) -> tuple[s
     return cls_loss, {**_DEFAULTS[cls_loss], **loss_kwargs}
 
 
-def _check_cls_gain(cls_loss: str, cls_gain: object) -> float | None:
+def check_cls_gain(cls_loss: str, cls_gain: object) -> float | None:
     """The gain: a number, or None for gradient-norm matching; BCE's "auto" is exactly 1."""
     gain = check_gain(cls_gain, what="cls_gain")
     return 1.0 if gain is None and cls_loss == "bce" else gain
@@ -161,7 +162,7 @@ class DetectionLoss(v8DetectionLoss):
         **loss_kwargs: Any,
     ) -> None:
         cls_loss, options = _check_cls_loss(cls_loss, loss_kwargs)
-        gain = _check_cls_gain(cls_loss, cls_gain)
+        gain = check_cls_gain(cls_loss, cls_gain)
         kwargs = (
             {"tal_topk": tal_topk} if tal_topk2 is None else {"tal_topk": tal_topk, "tal_topk2": tal_topk2}
         )
@@ -198,7 +199,7 @@ class QFocalDetectionModel(DetectionModel):
     ) -> None:
         loss_kwargs = dict(loss_kwargs or {})
         cls_loss, options = _check_cls_loss(cls_loss, loss_kwargs)  # fail before building the network
-        gain = _check_cls_gain(cls_loss, cls_gain)
+        gain = check_cls_gain(cls_loss, cls_gain)
         super().__init__(cfg, ch=ch, nc=nc, verbose=verbose)
         self.cls_loss, self.loss_kwargs, self.cls_gain = cls_loss, loss_kwargs, gain
         # the run record, pickled with the model into every checkpoint (a plain dict: loads without qfocal)
@@ -260,7 +261,7 @@ class QFocalDetectionTrainer(DetectionTrainer):
         loss_kwargs = dict(loss_kwargs if loss_kwargs is not None else (given.get("loss_kwargs") or {}))
         cls_gain = cls_gain if cls_gain is not None else given.get("cls_gain", AUTO)
         self.cls_loss, options = _check_cls_loss(cls_loss, loss_kwargs)
-        self.loss_kwargs, self.cls_gain = loss_kwargs, _check_cls_gain(self.cls_loss, cls_gain)
+        self.loss_kwargs, self.cls_gain = loss_kwargs, check_cls_gain(self.cls_loss, cls_gain)
         super().__init__(cfg, overrides, _callbacks)
         self.qfocal = record(self.cls_loss, options, self.cls_gain)
         if RANK in {
@@ -489,7 +490,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise CommandError("expected data=<dataset.yaml>", usage=True)
     try:
         cls_loss, options = _check_cls_loss(cls_loss_name, loss_kwargs)
-        _check_cls_gain(cls_loss, cls_gain)
+        check_cls_gain(cls_loss, cls_gain)
         if cls_loss != "bce":
             _ElementwiseCls(cls_loss, options)  # the values, not only the names
     except (TypeError, ValueError) as exc:

@@ -75,17 +75,21 @@ from ._offline import _Patches, offline, offline_import, preserved_torch_state
 
 __all__ = [
     "LOSSES",
+    "LOSS_KEYS",
     "ComputeLoss",
     "build_criterion",
+    "check_loss_keys",
     "criterion_options",
     "effective_hyp",
+    "load_train_module",
     "main",
     "patch_train",
+    "stock_hyp",
     "train",
 ]
 
 LOSSES = YOLOV5_LOSSES
-_LOSS_KEYS = (
+LOSS_KEYS = (
     "obj_loss",
     "cls_loss",
     "obj_gain",
@@ -97,7 +101,7 @@ _LOSS_KEYS = (
     "vfl_gamma",
     "vfl_alpha",
 )
-_OPTION_KEYS = _LOSS_KEYS[4:]
+_OPTION_KEYS = LOSS_KEYS[4:]
 # Exponent used when fl_gamma is 0 (the stock hyps): YOLOv5's FocalLoss default, the papers' beta / gamma.
 _DEFAULT_EXPONENT = {"focal": 1.5, "qfl": 2.0, "vfl": 2.0}
 # The hyp keys that hold each criterion's options, in the order criterion_options returns them.
@@ -476,7 +480,7 @@ class ComputeLoss:
 # ----------------------------------------------------------------------------------------------------------
 # Training through YOLOv5's own train.py
 # ----------------------------------------------------------------------------------------------------------
-def _train_module(train_module: ModuleType | None) -> ModuleType:
+def load_train_module(train_module: ModuleType | None) -> ModuleType:
     if train_module is not None:
         if not hasattr(train_module, "ComputeLoss"):
             raise TypeError(
@@ -582,7 +586,7 @@ def patch_train(
         >>> with patch_train() as t:  # doctest: +SKIP
         ...     t.run(data="data.yaml", cfg="yolov5n.yaml", weights="", hyp="hyp.qfl.yaml", imgsz=320)
     """
-    module = _train_module(train_module)
+    module = load_train_module(train_module)
     patches = _Patches()
     with (
         offline(yolov5_package=_package_of(module)) if offline_mode else contextlib.nullcontext(),
@@ -600,6 +604,12 @@ def patch_train(
             yield module
         finally:
             patches.undo()
+
+
+def stock_hyp(hyp: str | Path | None = None) -> dict:
+    """YOLOv5's hyp file ``hyp`` (a path, or a name in YOLOv5's ``data/hyps``; default ``hyp.scratch-low.yaml``)
+    as a dict."""
+    return _load_yaml(_resolve_hyp(load_train_module(None), hyp))
 
 
 def _load_yaml(path: str | Path) -> dict:
@@ -639,7 +649,7 @@ def _full_hyp(module: ModuleType, hyp_file: str | Path | None, overrides: Mappin
     return effective_hyp({**stock, **_load_yaml(_resolve_hyp(module, hyp_file)), **overrides})
 
 
-def _validate_loss_keys(hyp: Mapping[str, Any]) -> None:
+def check_loss_keys(hyp: Mapping[str, Any]) -> None:
     """Check qfocal's hyp keys, names and values, before YOLOv5 scans the dataset: each criterion is built once on
     a stand-in BCE, so a bad value is reported under its hyp key."""
     for key in _OPTION_KEYS:
@@ -669,7 +679,7 @@ def effective_hyp(hyp: Mapping[str, Any]) -> dict:
         >>> {k: h[k] for k in ("obj_loss", "obj_gain", "qfl_beta", "qfl_alpha", "cls_loss", "cls_gain")}
         {'obj_loss': 'qfl', 'obj_gain': 'auto', 'qfl_beta': 2.0, 'qfl_alpha': None, 'cls_loss': 'bce', 'cls_gain': 'auto'}
     """
-    _validate_loss_keys(hyp)
+    check_loss_keys(hyp)
     out = dict(hyp)
     for term in ("obj", "cls"):
         kind, gain = _term_setup(hyp, term)
@@ -736,7 +746,7 @@ def train(
         >>> from qfocal.integrations import yolov5
         >>> yolov5.train(data="toy/data.yaml", hyp={"obj_loss": "qfocal"}, epochs=1, imgsz=64)  # doctest: +SKIP
     """
-    module = _train_module(train_module)
+    module = load_train_module(train_module)
     with tempfile.TemporaryDirectory(prefix="qfocal-yolov5-") as tmp:
         if isinstance(hyp, Mapping):
             hyp_path = _write_hyp(_full_hyp(module, base_hyp, hyp), tmp)
@@ -772,8 +782,8 @@ def run_command(
     args: argparse.Namespace, yolov5_args: Sequence[str], train_module: ModuleType | None = None
 ) -> int:
     """Parse ``yolov5_args`` with YOLOv5's own parser, merge qfocal's options into its hyp, and train."""
-    module = _train_module(train_module)
-    overrides = {key: getattr(args, key) for key in _LOSS_KEYS if hasattr(args, key)}
+    module = load_train_module(train_module)
+    overrides = {key: getattr(args, key) for key in LOSS_KEYS if hasattr(args, key)}
     patches = _Patches()
     try:
         # train from scratch unless told otherwise: YOLOv5's default --weights yolov5s.pt is a download

@@ -121,7 +121,7 @@ def _score_iou_panel(
 
 def plot_score_iou(scores: np.ndarray, ious: np.ndarray, path: str | Path, *, title: str = "") -> Path:
     """Score vs IoU of the validation detections that lie on an object (IoU > 0.1,
-    :func:`qfocal.detection.quality.score_iou_pairs`): a log-count hexbin with the mean IoU per score bin; a
+    :func:`qfocal_lab.detection.quality.score_iou_pairs`): a log-count hexbin with the mean IoU per score bin; a
     quality-aware score puts the curve near the diagonal (the GFL / VarifocalNet figure)."""
     plt = _plt()
     scores, ious = np.asarray(scores, dtype=float), np.asarray(ious, dtype=float)
@@ -178,7 +178,7 @@ def plot_compare(
     ylabel: str = "COCO val (%)",
 ) -> Path:
     """Bars of the mean of each metric of ``keys`` (fractions, drawn in percent) per loss with the standard
-    deviation over seeds as error bars; with ``deltas`` (:func:`qfocal.detection.stats.paired_deltas`) a panel of
+    deviation over seeds as error bars; with ``deltas`` (:func:`qfocal_lab.detection.stats.paired_deltas`) a panel of
     the mean paired difference from the baseline with its 95 % interval for the fractions (APs, mAPs: percentage
     points), and one for the other metrics (the score-IoU correlations) when ``deltas`` has any.
 

@@ -1,5 +1,5 @@
 """COCO evaluation of a detector with pycocotools: predictions in original pixels, the six standard APs, AP at
-IoU 0.9, and the score-IoU correlations of :mod:`qfocal.detection.quality`."""
+IoU 0.9, and the score-IoU correlations of :mod:`qfocal_lab.detection.quality`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ __all__ = ["METRIC_KEYS", "QUALITY_KEYS", "coco_metrics", "evaluate", "json_read
 # pycocotools' six summary APs, in its order.
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # Beside them, what tells quality-aware losses apart: AP at IoU 0.9 (strict localisation) and how well the score
-# ranks the boxes by IoU (qfocal.detection.quality).
+# ranks the boxes by IoU (qfocal_lab.detection.quality).
 QUALITY_KEYS = ("AP90", "score_iou_spearman", "score_iou_pearson")
 
 
@@ -150,7 +150,7 @@ def evaluate(
         ``(metrics, per-image predictions)``; ``metrics`` holds :data:`METRIC_KEYS` and ``AP90`` (fractions, see
         :func:`coco_metrics`), ``score_iou_spearman`` and ``score_iou_pearson`` (correlation of score and IoU of
         the detections on a same-class object, nan when undefined) and ``score_iou_n`` (how many detections that
-        is); see :func:`qfocal.detection.quality.score_iou_metrics`.
+        is); see :func:`qfocal_lab.detection.quality.score_iou_metrics`.
     """
     preds = predict(model, data, imgsz=imgsz, batch=batch, device=device, amp_dtype=amp_dtype)
     metrics: dict[str, float] = coco_metrics(data.to_coco(), to_coco_results(data, preds))

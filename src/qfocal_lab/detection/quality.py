@@ -6,7 +6,7 @@ ranking keep the best-localised box; the GFL and VarifocalNet papers show it as 
 :func:`match_scores`),
 :func:`score_iou_metrics` gives the Spearman and Pearson correlations of score and IoU, and
 :func:`mean_iou_per_score_bin` the curve the plots draw. AP at IoU 0.9 (``AP90``, the strict-localisation AP)
-is computed with the COCO APs in :func:`qfocal.detection.evaluate.coco_metrics`.
+is computed with the COCO APs in :func:`qfocal_lab.detection.evaluate.coco_metrics`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def score_iou_pairs(
 
     Args:
         predictions: per-image ``{"boxes" (K, 4) [x1, y1, x2, y2] original pixels, "scores" (K,), "labels" (K,)}``
-            numpy arrays, in the order of ``data.records`` (what :func:`qfocal.detection.evaluate.predict`
+            numpy arrays, in the order of ``data.records`` (what :func:`qfocal_lab.detection.evaluate.predict`
             returns).
         data: the ground truth (boxes in original pixels, contiguous labels).
         min_iou: detections whose best IoU is at or below this are left out; in [0, 1).

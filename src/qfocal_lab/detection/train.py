@@ -3,7 +3,7 @@
 One run writes to ``out``: ``last.pt`` (atomic, every epoch; loads with ``torch.load(..., weights_only=True)``),
 ``history.csv`` (one row per epoch), ``metrics.json`` (COCO APs, AP90 and the score-IoU correlations of the
 final epoch), ``score_iou.npz`` (score and IoU of each validation detection on an object, for compare's plot)
-and the plots of :mod:`qfocal.detection.plots`. Launch under ``torchrun --nproc-per-node N -m qfocal train ...``
+and the plots of :mod:`qfocal_lab.detection.plots`. Launch under ``torchrun --nproc-per-node N -m qfocal train ...``
 for DDP (gloo on CPU, nccl on GPU); each process takes ``batch`` images of every global batch of ``batch * N``.
 """
 
@@ -31,7 +31,7 @@ import torch.distributed as dist
 from .._machine import autocast_name, run_facts
 from ..data.dataset import DetectionDataset, load_split
 from ..data.synth import prepare_synthetic
-from ..integrations.torchvision import fcos_tiny
+from ..models import fcos_tiny
 from .backbone import load_backbone
 from .checkpoint import (
     CHECKSUM_FORMAT,
@@ -79,7 +79,7 @@ _RESULT_KEYS = (*METRIC_KEYS, *QUALITY_KEYS, "score_iou_n")
 
 
 def build_model(num_classes: int, cfg: TrainConfig) -> torch.nn.Module:
-    """The detector of a run: :func:`qfocal.integrations.torchvision.fcos_tiny` with the run's loss and size."""
+    """The detector of a run: :func:`qfocal_lab.models.fcos_tiny` with the run's loss and size."""
     return fcos_tiny(
         num_classes, loss=cfg.loss, imgsz=cfg.imgsz, box_bias=cfg.box_bias, **MODEL_SIZES[cfg.model_size]
     )
@@ -637,9 +637,9 @@ def train(
 ) -> dict[str, float]:
     """Train one detector as ``cfg`` says; return the final metrics (also in ``out/metrics.json``).
 
-    The metrics are :data:`~qfocal.detection.evaluate.METRIC_KEYS` and
-    :data:`~qfocal.detection.evaluate.QUALITY_KEYS` (APs as fractions, the score-IoU correlations nan when
-    undefined; ``null`` in the JSON file) and ``score_iou_n``, as :func:`~qfocal.detection.evaluate.evaluate` gives.
+    The metrics are :data:`~qfocal_lab.detection.evaluate.METRIC_KEYS` and
+    :data:`~qfocal_lab.detection.evaluate.QUALITY_KEYS` (APs as fractions, the score-IoU correlations nan when
+    undefined; ``null`` in the JSON file) and ``score_iou_n``, as :func:`~qfocal_lab.detection.evaluate.evaluate` gives.
 
     ``resume=True`` continues from ``out/last.pt`` (if present) to the same weights and metrics as an
     uninterrupted run. A NaN or infinite loss raises :class:`NonFiniteLossError` before the optimizer step, so
@@ -825,7 +825,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     ema: bool = True,
 ) -> dict[str, float]:
-    """The metrics of :func:`~qfocal.detection.evaluate.evaluate` for a saved run on the val split of ``data``
+    """The metrics of :func:`~qfocal_lab.detection.evaluate.evaluate` for a saved run on the val split of ``data``
     (default: the dataset it was trained on). A run that kept an EMA of its weights (``--ema``) is evaluated on
     the EMA, as it was during training, unless ``ema=False``."""
     ckpt = load_checkpoint(weights)

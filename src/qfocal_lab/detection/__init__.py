@@ -1,7 +1,7 @@
 """The training and evaluation harness: FCOS trainer, COCO evaluation, plots, and the focal/QFL/VFL compare.
 
 ``qfocal train``, ``qfocal evaluate``, ``qfocal compare`` and ``qfocal demo`` are defined in
-:mod:`qfocal.detection.cli`; the library entry points are :func:`train` (built from :func:`train_one_epoch`,
+:mod:`qfocal_lab.detection.cli`; the library entry points are :func:`train` (built from :func:`train_one_epoch`,
 :func:`evaluate` and the checkpoint functions) with :class:`TrainConfig`, :func:`compare`,
 :func:`compare_framework` (the same compare through YOLOv5's or Ultralytics' own trainer, :mod:`.frameworks`) and
 :func:`coco_metrics`; :mod:`.quality` has the score-IoU diagnostics and :mod:`.stats` the paired statistics over

@@ -1,4 +1,4 @@
-"""``qfocal bench``: the side-by-side loss benchmark of :mod:`qfocal.bench.losses` as a subcommand."""
+"""``qfocal bench``: the side-by-side loss benchmark of :mod:`qfocal_lab.bench.losses` as a subcommand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from .._cli import CommandError, add_command, require
+from qfocal.cli import CommandError, add_command, require
 
 
 def register(subparsers) -> None:

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._cli import device_arg, file_stem_arg, float_arg, int_arg, threads_arg
+from qfocal.cli import device_arg, file_stem_arg, float_arg, int_arg, threads_arg
+
 from .._machine import cpu_model
 
 DEFAULT_SHAPES = ((134400, 80), (40000, 1203), (4096, 20))

@@ -1,9 +1,9 @@
 """``qfocal compare --framework yolov5|ultralytics``: each loss variant x seed trained by YOLOv5's or Ultralytics'
 own trainer on the same data, scored by the framework's own validation (mAP50, mAP50-95, precision, recall), with
 qfocal's diagnostics per run, and reported by the FCOS compare's writer
-(:func:`qfocal.detection.compare.write_compare`): mean ± std and the paired per-seed differences from the first
+(:func:`qfocal_lab.detection.compare.write_compare`): mean ± std and the paired per-seed differences from the first
 variant with 95 % intervals. Planning and orchestration live here; one run is
-:mod:`qfocal.detection.framework_runs`.
+:mod:`qfocal_lab.detection.framework_runs`.
 
 A variant is a loss name of the integration (``bce``, ``focal``, ``qfl``, ``vfl`` or an alias) with an optional
 gain (:mod:`qfocal.integrations.balance`): ``qfl`` is balanced to BCE's gradient norm (the integrations'
@@ -34,7 +34,7 @@ epoch's weights, not of the epoch that scored best on the same validation images
 runs): YOLOv5's ``results.csv``, last row; Ultralytics trained with ``val=False`` (validation of the final epoch
 only), ``trainer.metrics``. Each run also records the score-IoU Spearman correlation of those validation
 predictions, the participation ratio of the varied term's gradient at the start and end, which criterion trained
-each epoch, and the run facts (autocast dtype, CPU, threads, versions): :mod:`~qfocal.detection.framework_runs`.
+each epoch, and the run facts (autocast dtype, CPU, threads, versions): :mod:`~qfocal_lab.detection.framework_runs`.
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ from typing import Any
 
 import torch
 
+from qfocal import describe_losses, loss_name
+
 from .._machine import cpu_model
-from .._names import describe_losses, loss_name
 from ..data.synth import prepare_synthetic
 from .compare import PRETRAIN_SEED, CompareMetrics, threads_per_job, worker_pool, write_compare
 from .config import ConfigError
@@ -440,7 +441,7 @@ def compare_framework(
             BCE). Ultralytics takes none (its variants always set the classification term).
         epochs, imgsz, batch: the frameworks' ``epochs``, ``imgsz``, ``batch_size`` / ``batch``.
         device: ``auto`` (the first GPU if any, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-        threads: CPU threads of every run (0 = auto: :func:`qfocal.detection.compare.threads_per_job`, the cores
+        threads: CPU threads of every run (0 = auto: :func:`qfocal_lab.detection.compare.threads_per_job`, the cores
             divided among ``jobs``), picked once. On the CPU the data loaders run in the training process
             (``workers=0``).
         jobs: runs trained at once, each in its own spawned process with ``threads`` threads; results are
@@ -467,10 +468,10 @@ def compare_framework(
 
     All but ``resume`` and ``log`` are :func:`plan_framework_compare`'s, with its defaults (losses
     ``bce,qfl,vfl``, seeds 0-2, the synthetic data, 12 epochs, imgsz 128, batch 16, device ``auto``).
-    Every argument is checked before any training (:class:`~qfocal.detection.config.ConfigError`, one line).
+    Every argument is checked before any training (:class:`~qfocal_lab.detection.config.ConfigError`, one line).
 
     Returns:
-        the content of ``compare.json`` (:func:`qfocal.detection.compare.write_compare`), with ``framework``,
+        the content of ``compare.json`` (:func:`qfocal_lab.detection.compare.write_compare`), with ``framework``,
         ``term`` (``obj_loss`` or ``cls_loss``), ``variants`` (each name's loss, gain and warm-up), ``start``
         (from scratch, or the checkpoint's path, sha256 and pretraining epochs) and ``jobs`` added; its runs hold
         ``mAP50``, ``mAP50-95``, ``precision``, ``recall``, ``score_iou_spearman``, ``pr_start``, ``pr_end``,

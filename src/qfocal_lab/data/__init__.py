@@ -8,7 +8,7 @@ finds either layout on disk; :class:`DetectionDataset` serves a split to torch.
 from .coco import read_coco
 from .dataset import DetectionDataset, collate, load_split
 from .records import AnnotationError, DetectionData, ImageRecord, SkipReport
-from .synth import CLASS_NAMES, generate_dataset
+from .synth import CLASS_NAMES, generate_dataset, write_toy_dataset
 from .yolo import read_yolo, read_yolo_yaml
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "read_coco",
     "read_yolo",
     "read_yolo_yaml",
+    "write_toy_dataset",
 ]

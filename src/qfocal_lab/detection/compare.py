@@ -3,7 +3,7 @@ and the score-IoU correlation, and the paired per-seed differences from the firs
 
 The writer of the outputs (:func:`write_compare`: ``compare.md``, ``compare.json``, ``compare.png``) takes the
 metrics to report as a :class:`CompareMetrics`; the FCOS harness passes :data:`FCOS_METRICS`, the compare through
-YOLOv5's and Ultralytics' trainers (:mod:`qfocal.detection.frameworks`) its mAP50 and mAP50-95."""
+YOLOv5's and Ultralytics' trainers (:mod:`qfocal_lab.detection.frameworks`) its mAP50 and mAP50-95."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qfocal import loss_name
+
 from .._machine import autocast_name, run_facts
-from .._names import loss_name
 from .config import HARNESS_LOSSES, ConfigError, TrainConfig
 from .evaluate import METRIC_KEYS, QUALITY_KEYS, json_ready
 from .stats import is_percent_metric, noise_line, paired_deltas, significance_line
@@ -63,7 +64,7 @@ _HEADINGS = {"score_iou_spearman": "score-IoU ρ", "score_iou_pearson": "score-I
 class CompareMetrics:
     """The metrics a compare records per run, and how :func:`write_compare` reports them.
 
-    Metrics that :func:`qfocal.detection.stats.is_percent_metric` names (``AP...``, ``mAP...``) are fractions in
+    Metrics that :func:`qfocal_lab.detection.stats.is_percent_metric` names (``AP...``, ``mAP...``) are fractions in
     [0, 1], shown in percent and differenced in percentage points; the others are shown in their own units.
 
     Attributes:
@@ -166,7 +167,7 @@ def format_deltas(
     label: str = "loss",
     headings: dict[str, str] | None = None,
 ) -> str:
-    """A markdown table of :func:`qfocal.detection.stats.paired_deltas` (one row per loss: ``mean [95 % CI]`` of
+    """A markdown table of :func:`qfocal_lab.detection.stats.paired_deltas` (one row per loss: ``mean [95 % CI]`` of
     each metric, APs and mAPs in percentage points), then one line per loss saying which intervals exclude 0.
     ``label`` and ``headings`` as in :func:`format_table`."""
     if not deltas:
@@ -209,7 +210,7 @@ def compare(
     """Train ``base`` once per loss and seed under ``out/{loss}-s{seed}`` and summarise.
 
     With ``base.data == "synthetic"`` the dataset is generated once in ``out/data`` and shared. ``base.threads``
-    is resolved once (:func:`~qfocal.detection.train.pick_threads`; 0 = auto) and every run gets that count, so
+    is resolved once (:func:`~qfocal_lab.detection.train.pick_threads`; 0 = auto) and every run gets that count, so
     runs are not timed or computed with different thread counts. ``jobs > 1`` trains that many runs at once, each
     in its own process with ``threads`` threads (0 = the CPU's cores divided among the jobs): on a 2-core CPU two
     1-thread runs do about 1.5x the work of one 2-thread run. ``resume=True`` reuses finished runs (their
@@ -218,7 +219,7 @@ def compare(
 
     The first loss is the baseline: for every other loss the per-seed differences of :data:`COMPARE_KEYS` (the
     COCO APs, AP90, the score-IoU Spearman and Pearson correlations) are averaged over the seeds both finished,
-    with a Student-t 95 % interval (:func:`qfocal.detection.stats.paired_deltas`).
+    with a Student-t 95 % interval (:func:`qfocal_lab.detection.stats.paired_deltas`).
 
     ``pretrain_epochs > 0`` first trains one focal-loss detector (seed :data:`PRETRAIN_SEED`) for that many
     epochs under ``out/pretrain``, on a second synthetic set (``synth_seed + 1``, same size; the training data
@@ -334,7 +335,7 @@ def pretrain_backbone(base: TrainConfig, epochs: int, out: Path, resume: bool, l
 
 
 def _fingerprint(cfg: TrainConfig) -> dict:
-    """The :func:`~qfocal.detection.train.data_fingerprint` of the data ``cfg`` trains on."""
+    """The :func:`~qfocal_lab.detection.train.data_fingerprint` of the data ``cfg`` trains on."""
     train_data, val_data = prepare_data(cfg, log=lambda msg: None)
     return data_fingerprint(("train", train_data), ("val", val_data))
 
@@ -550,7 +551,7 @@ def write_compare(
 
     The one writer of every compare (the FCOS harness's and the frameworks'). The first of ``names`` is the
     baseline: the other names' per-seed differences of ``metrics.keys`` from it are averaged with a Student-t
-    95 % interval (:func:`qfocal.detection.stats.paired_deltas`).
+    95 % interval (:func:`qfocal_lab.detection.stats.paired_deltas`).
 
     Args:
         out: the compare's folder.

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from .._cli import (
+from qfocal.cli import (
     MAX_SEED,
     CommandError,
     add_command,
@@ -20,6 +20,7 @@ from .._cli import (
     seed_arg,
     threads_arg,
 )
+
 from .config import AMP_CHOICES, HARNESS_LOSSES, MODEL_SIZES, ConfigError, TrainConfig
 
 _NEEDS = ("numpy", "PIL", "torchvision", "pycocotools", "yaml", "tqdm", "matplotlib")
@@ -115,7 +116,7 @@ PRESETS = {
 }
 
 
-# Bounds of the numeric options (shared argparse types of qfocal._cli): generous for real use, and refusing the
+# Bounds of the numeric options (shared argparse types of qfocal.cli): generous for real use, and refusing the
 # values that would run for ever, allocate without end, or overflow a generator.
 MAX_EPOCHS = 10_000
 MAX_IMGSZ = 4096
@@ -659,7 +660,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=seed_arg, default=0)
     s.add_argument("--imgsz", type=_imgsz, default=256, help="image side in pixels")
     s.add_argument("--val-fraction", type=float_arg(0.0, 1.0, low_open=True, high_open=True), default=0.25)
-    s.add_argument("--difficulty", default="hard", choices=("hard", "easy"), help="see qfocal.data.synth")
+    s.add_argument("--difficulty", default="hard", choices=("hard", "easy"), help="see qfocal_lab.data.synth")
 
     t = add_command(
         subparsers,

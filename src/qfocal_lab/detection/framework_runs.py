@@ -1,4 +1,4 @@
-"""One run of the framework compare (:mod:`qfocal.detection.frameworks`): train a loss variant with YOLOv5's or
+"""One run of the framework compare (:mod:`qfocal_lab.detection.frameworks`): train a loss variant with YOLOv5's or
 Ultralytics' own trainer, and read what the run reports and what qfocal measures along it.
 
 Per run, through the frameworks' callbacks (:class:`Probe`):
@@ -12,13 +12,13 @@ Per run, through the frameworks' callbacks (:class:`Probe`):
   criterion that computed each training batch of each epoch (read at ``on_train_batch_end``).
 * the score-IoU Spearman correlation of the framework's own validation predictions of the final epoch (after
   NMS, at the validator's confidence threshold): each prediction's score and its best IoU with a ground-truth box
-  of its class (:func:`qfocal.detection.quality.match_scores`), pooled over the validation images.
+  of its class (:func:`qfocal_lab.detection.quality.match_scores`), pooled over the validation images.
 * the participation ratio of the gradient of the varied term with respect to its logits
-  (:func:`qfocal.integrations.balance.participation_ratio`) on a fixed batch of training images (the first 8 of
+  (:func:`qfocal_lab.studies.balance.participation_ratio`) on a fixed batch of training images (the first 8 of
   the training split, resized, no augmentation), computed with the criterion the run ends with: ``pr_start`` on
   the starting weights (seen at the start of training), ``pr_end`` on the final weights (the run's
   ``weights/last.pt``, the EMA the framework validated).
-* the run facts (:func:`qfocal._machine.run_facts`): the autocast dtype the framework trained in (YOLOv5: what its
+* the run facts (:func:`qfocal_lab._machine.run_facts`): the autocast dtype the framework trained in (YOLOv5: what its
   ``check_amp`` returned; Ultralytics: ``trainer.amp`` and ``args.amp``), CPU, threads, versions.
 """
 
@@ -97,17 +97,17 @@ def parse_train_arg(text: object) -> tuple[str, Any]:
 
 def _yolov5_hyp_keys() -> set[str]:
     """The keys of YOLOv5's stock hyp file and qfocal's hyp keys: what ``train_args`` sends to the hyp."""
-    from ..integrations import yolov5 as integration
+    from qfocal.integrations import yolov5 as integration
 
-    stock = integration._load_yaml(integration._resolve_hyp(integration._train_module(None), None))
-    return set(stock) | set(integration._LOSS_KEYS)
+    stock = integration.stock_hyp()
+    return set(stock) | set(integration.LOSS_KEYS)
 
 
 def _yolov5_options() -> dict[str, argparse.Action]:
     """The options of YOLOv5's ``train.py`` by destination, as its own parser declares them (type, choices)."""
-    from ..integrations import yolov5 as integration
+    from qfocal.integrations import yolov5 as integration
 
-    module = integration._train_module(None)
+    module = integration.load_train_module(None)
     seen: list[argparse.ArgumentParser] = []
     real = argparse.ArgumentParser.parse_known_args
 
@@ -130,7 +130,7 @@ def _known_train_keys(framework: str) -> set[str]:
     config keys)."""
     if framework == "yolov5":
         return _yolov5_hyp_keys() | set(_yolov5_options())
-    from ..integrations._offline import offline
+    from qfocal.integrations import offline
 
     with offline(yolov5_package=None):
         from ultralytics.cfg import DEFAULT_CFG_DICT
@@ -189,17 +189,17 @@ def _check_yolov5_values(pairs: Mapping[str, Any]) -> None:
     """YOLOv5 has no validator of its own: its hyp values are numbers >= 0 (the learning rate > 0), fractions in
     [0, 1] where they are probabilities or fractions, qfocal's loss keys as the integration checks them; a
     ``train.py`` option must convert with the type its argparse declares and be one of its choices."""
-    from ..integrations import yolov5 as integration
+    from qfocal.integrations import yolov5 as integration
 
     hyp_keys, options = _yolov5_hyp_keys(), _yolov5_options()
-    loss = {k: v for k, v in pairs.items() if k in integration._LOSS_KEYS}
+    loss = {k: v for k, v in pairs.items() if k in integration.LOSS_KEYS}
     if loss:
-        integration._validate_loss_keys(loss)
+        integration.check_loss_keys(loss)
     for key, value in pairs.items():
         if key in hyp_keys:
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not number:
-                if key in integration._LOSS_KEYS:  # names, "auto", None: checked by the integration above
+                if key in integration.LOSS_KEYS:  # names, "auto", None: checked by the integration above
                     continue
                 raise TypeError(f"{key}: expected a number (a YOLOv5 hyp value), got {value!r}")
             if value < 0 or (key == "lr0" and value == 0):
@@ -232,7 +232,7 @@ def _check_yolov5_values(pairs: Mapping[str, Any]) -> None:
 
 def _check_ultralytics_values(pairs: Mapping[str, Any]) -> None:
     """Ultralytics' own validator (``ultralytics.cfg.check_cfg``: types, fractions in [0, 1], integer minimums)."""
-    from ..integrations._offline import offline
+    from qfocal.integrations import offline
 
     with offline(yolov5_package=None):
         from ultralytics.cfg import check_cfg
@@ -264,7 +264,7 @@ def _check_model(framework: str, model: str) -> None:
         raise ConfigError(
             f"model: expected an Ultralytics model yaml (yolov8n.yaml, yolo11n.yaml ...), got {model!r}"
         )
-    from ..integrations._offline import offline
+    from qfocal.integrations import offline
 
     with offline(yolov5_package=None):
         from ultralytics.nn.tasks import yaml_model_load
@@ -301,7 +301,7 @@ def pinned_threads(n: int, framework: str) -> Iterator[None]:
     old = torch.get_num_threads()
     torch_utils = None
     if framework == "ultralytics" and importlib.util.find_spec("ultralytics") is not None:
-        from ..integrations._offline import offline_import
+        from qfocal.integrations import offline_import
 
         with offline_import():
             torch_utils = importlib.import_module("ultralytics.utils.torch_utils")
@@ -329,7 +329,7 @@ def file_sha256(path: str | Path) -> str:
 def _load(path: Path) -> Any:
     """``torch.load`` as both frameworks load their own checkpoints (pickled modules: ``weights_only=False``; load
     only files you trust), with their packages importable offline."""
-    from ..integrations._offline import offline_import
+    from qfocal.integrations import offline_import
 
     with offline_import():
         if importlib.util.find_spec("yolov5") is not None:
@@ -413,9 +413,9 @@ class Probe:
 
     Args:
         framework: ``"yolov5"`` or ``"ultralytics"``.
-        variant: the :class:`~qfocal.detection.frameworks.Variant` (``loss``, ``gain_label``, ``warmup``).
+        variant: the :class:`~qfocal_lab.detection.frameworks.Variant` (``loss``, ``gain_label``, ``warmup``).
         term: the varied term, ``"obj"`` or ``"cls"``.
-        batch: the fixed ``(images, targets)`` of the PR (:func:`qfocal.integrations.balance.yolo_batch`), or None.
+        batch: the fixed ``(images, targets)`` of the PR (:func:`qfocal_lab.studies.balance.yolo_batch`), or None.
     """
 
     def __init__(self, framework: str, variant: Any, term: str, batch: tuple | None) -> None:
@@ -436,7 +436,7 @@ class Probe:
 
     def participation(self, model: nn.Module) -> float:
         """The PR of the varied term's gradient for ``model`` on the fixed batch, with the variant's criterion."""
-        from ..integrations.balance import (
+        from ..studies.balance import (
             participation_ratio,
             term_gradient_ultralytics,
             term_gradient_yolov5,
@@ -511,7 +511,7 @@ class Probe:
     # YOLOv5 ------------------------------------------------------------------------------------------------
     def yolov5_compute_loss(self, model: nn.Module, autobalance: bool = False):
         """What train.py builds its loss with: the integration's ComputeLoss, BCE on the term during a warm-up."""
-        from ..integrations.yolov5 import ComputeLoss
+        from qfocal.integrations.yolov5 import ComputeLoss
 
         loss = ComputeLoss(model, autobalance)
         if self.variant.warmup:
@@ -555,9 +555,9 @@ class Probe:
         return model.module if hasattr(model, "module") else model
 
     def _set_cls(self, model: nn.Module, loss: str, gain: Any) -> None:
-        from ..integrations.ultralytics import _check_cls_gain
+        from qfocal.integrations.ultralytics import check_cls_gain
 
-        model.cls_loss, model.cls_gain = loss, _check_cls_gain(loss, gain)
+        model.cls_loss, model.cls_gain = loss, check_cls_gain(loss, gain)
         model.criterion = None  # DetectionModel.loss builds the next one with init_criterion
 
     def ultralytics_callbacks(self) -> dict[str, Callable]:
@@ -601,7 +601,7 @@ class Probe:
 
 def _fixed_batch(data: str, imgsz: int) -> tuple | None:
     """The PR's batch: the first :data:`PR_IMAGES` training images, or None when the data cannot give one."""
-    from ..integrations.balance import yolo_batch
+    from ..studies.balance import yolo_batch
 
     try:
         return yolo_batch(data, images=PR_IMAGES, imgsz=imgsz)
@@ -685,9 +685,9 @@ def train_yolov5(train_fn, variant, seed: int, run_dir: Path, s: dict, *, diagno
     else:
         opts.update(cfg=s["model"])
     if importlib.util.find_spec("yolov5") is not None:
-        from ..integrations.yolov5 import _train_module
+        from qfocal.integrations.yolov5 import load_train_module
 
-        _train_module(None)  # imported, so that check_amp can be watched
+        load_train_module(None)  # imported, so that check_amp can be watched
     opts.update(callbacks=probe.yolov5_callbacks(), compute_loss=probe.yolov5_compute_loss)
     with _yolov5_amp(probe):
         opt = train_fn(
@@ -768,9 +768,9 @@ RUN = {"yolov5": train_yolov5, "ultralytics": train_ultralytics}
 
 def default_train_fn(framework: str) -> Callable[..., Any]:
     if framework == "yolov5":
-        from ..integrations.yolov5 import train
+        from qfocal.integrations.yolov5 import train
     else:
-        from ..integrations.ultralytics import train
+        from qfocal.integrations.ultralytics import train
     return train
 
 

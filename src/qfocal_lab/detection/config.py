@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .._cli import MAX_SEED, max_threads
-from .._names import loss_name
+from qfocal import loss_name
+from qfocal.cli import MAX_SEED, max_threads
 
 __all__ = ["AMP_CHOICES", "MODEL_SIZES", "RESUME_KEYS", "ConfigError", "TrainConfig"]
 

@@ -2,7 +2,7 @@
 
 A backbone file holds only the backbone body (the CNN under the FPN) of a trained qfocal detector, with a digest
 of its tensors: ``{"format": "qfocal-backbone", "version": 1, "model_size", "digest", "tensors", "made_by"}``.
-:func:`export_backbone` writes one from a checkpoint of :func:`qfocal.detection.train.train`;
+:func:`export_backbone` writes one from a checkpoint of :func:`qfocal_lab.detection.train.train`;
 :func:`read_backbone` checks it on every load (the digest of the tensors it holds must be the one it records, and
 the one the caller expects when given), so a damaged or foreign file is a one-line :class:`CheckpointError`.
 
@@ -42,7 +42,7 @@ BACKBONE_PREFIX = "backbone.body."
 # The shipped backbone of the demo (package data) and the digest its tensors must have.
 DEMO_BACKBONE = "demo_backbone.pt"
 DEMO_BACKBONE_DIGEST = "2e6a9c612000e219b5884317ca463b27f033f0dcaa2b850c3d3a795907505fb8"
-# How `qfocal pretrain` makes it: the training settings of the pretraining run (qfocal.detection.compare's
+# How `qfocal pretrain` makes it: the training settings of the pretraining run (qfocal_lab.detection.compare's
 # pretrain_backbone sets loss focal, seed 10000 and the synthetic set's seed + 1), pinned so that the same
 # command gives the same tensors whatever the machine's load: fp32 and one thread.
 DEMO_PRETRAIN = {
@@ -162,6 +162,6 @@ def demo_backbone() -> str:
     Raises:
         CheckpointError: the file is missing (a broken install), damaged, or not the one this version shipped.
     """
-    path = Path(str(resources.files("qfocal.detection") / "assets" / DEMO_BACKBONE))
+    path = Path(str(resources.files("qfocal_lab.detection") / "assets" / DEMO_BACKBONE))
     read_backbone(path, expected_digest=DEMO_BACKBONE_DIGEST)
     return str(path)

@@ -1,7 +1,7 @@
 """Reading qfocal's training checkpoints safely: the one error type, the tensor digest, the content checksum and
 the schema check that :func:`load_checkpoint` applies, and loading a state dict with a one-line error.
 
-:mod:`qfocal.detection.train` writes the checkpoints; :mod:`qfocal.detection.backbone` reads their backbones.
+:mod:`qfocal_lab.detection.train` writes the checkpoints; :mod:`qfocal_lab.detection.backbone` reads their backbones.
 Both import from here, so neither imports the other.
 """
 
@@ -59,7 +59,7 @@ def _tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 def checkpoint_checksum(ckpt: dict) -> str:
-    """The content checksum :func:`save_checkpoint` records: :func:`~qfocal.detection.backbone.backbone_digest`
+    """The content checksum :func:`save_checkpoint` records: :func:`~qfocal_lab.detection.backbone.backbone_digest`
     (names, dtypes, shapes and bytes) over the tensors of the model, EMA, optimizer, scaler and RNG state."""
     parts = {k: ckpt.get(k) for k in ("model", "ema", "optimizer", "scaler", "rng")}
     return backbone_digest(_tensors(parts))
