@@ -1,7 +1,7 @@
 """Side-by-side speed and memory benchmark of the focal-family losses (same code as ``qfocal bench``).
 
-    python benchmarks/bench_losses.py                     # full run, writes benchmarks/RESULTS.{md,csv,png}
-    python benchmarks/bench_losses.py --quick --out-dir /tmp/bench   # smoke test, seconds
+    python benchmarks/bench_losses.py --out-dir benchmarks   # full run, writes the published RESULTS.{md,csv,png}
+    python benchmarks/bench_losses.py --quick                # smoke test, seconds, into runs/bench (scratch)
     python benchmarks/bench_losses.py --providers qfocal-fused,yolov5-qfocal,bce --shapes 134400x80
 
 Providers are chosen by exact name (``--providers``); see ``--help`` and :mod:`qfocal_lab.bench.losses`.

@@ -26,6 +26,7 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.loss import v8DetectionLoss
 
 from qfocal.integrations import balance as rule
+from qfocal.integrations import offline_import
 from qfocal.integrations import ultralytics as qu
 from qfocal.integrations import yolov5 as qy
 from qfocal.integrations._offline import preserved_torch_state
@@ -34,7 +35,7 @@ from qfocal_lab.studies import balance as B
 
 from .conftest import assert_close
 
-with qy.offline_import():
+with offline_import():
     import yolov5.train as yolov5_train
     from yolov5.models.yolo import Model
     from yolov5.utils.loss import ComputeLoss as YOLOv5ComputeLoss

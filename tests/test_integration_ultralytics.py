@@ -150,7 +150,7 @@ def test_qfocal_is_qfocal_quality_focal_loss(model, preds, batch, qfl_calls):
 @pytest.mark.parametrize(
     "cls_loss, kwargs, error, match",
     [
-        ("qf", {}, ValueError, r"bce, qfl \(= qfocal\), vfl \(= varifocal\), focal, got 'qf'"),
+        ("qf", {}, ValueError, r"bce, focal, qfl \(= qfocal\), vfl \(= varifocal\), got 'qf'"),
         (None, {}, ValueError, "cls_loss"),
         ("qfocal", {"gamma": 2.0}, TypeError, r"\['alpha', 'beta'\]"),
         ("bce", {"beta": 2.0}, TypeError, "none"),

@@ -18,13 +18,13 @@ pytest.importorskip("yolov5")
 
 import qfocal
 import qfocal.functional as QF
-from qfocal.integrations import OfflineError, offline
+from qfocal.integrations import OfflineError, offline, offline_import
 from qfocal.integrations import yolov5 as qy
 from qfocal_lab.data import write_toy_dataset
 
 from .conftest import assert_close, readme_python_blocks
 
-with qy.offline_import():
+with offline_import():
     import yolov5.train as yolov5_train
     import yolov5.utils.general as yolov5_general
     from yolov5.models.yolo import Model

@@ -21,8 +21,12 @@ _EXPORTS = {
     "get_backend": "._backend",
     "set_backend": "._backend",
     "check_target": "._checks",
+    "LOSS_TABLE": "._names",
+    "LossEntry": "._names",
     "describe_losses": "._names",
+    "loss_entry": "._names",
     "loss_name": "._names",
+    "losses_for": "._names",
     "set_value_checks": "._checks",
     "value_checks": "._checks",
     "value_checks_enabled": "._checks",
@@ -45,7 +49,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from ._backend import backend, get_backend, set_backend
     from ._checks import check_target, set_value_checks, value_checks, value_checks_enabled
-    from ._names import describe_losses, loss_name
+    from ._names import LOSS_TABLE, LossEntry, describe_losses, loss_entry, loss_name, losses_for
     from .functional import (
         distribution_focal_loss,
         loss_function,
@@ -88,8 +92,10 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "LOSS_TABLE",
     "DistributionFocalLoss",
     "FocalLoss",
+    "LossEntry",
     "QFocalLoss",
     "QualityFocalLoss",
     "SigmoidFocalLoss",
@@ -101,8 +107,10 @@ __all__ = [
     "describe_losses",
     "distribution_focal_loss",
     "get_backend",
+    "loss_entry",
     "loss_function",
     "loss_name",
+    "losses_for",
     "py_focal_loss_with_prob",
     "quality_focal_loss",
     "quality_focal_loss_with_prob",

@@ -52,6 +52,8 @@ class LossEntry:
         module: the name of its module in :mod:`qfocal.modules` (None likewise).
         defaults: the function's default hyper-parameters.
         accepted_by: the :data:`ENTRY_POINTS` that accept it.
+        overrides: defaults that differ at an entry point (YOLOv5's and Ultralytics' focal loss has gamma 1.5):
+            ``{entry_point: {name: value}}``; :meth:`defaults_at` merges them.
     """
 
     name: str
@@ -61,14 +63,29 @@ class LossEntry:
     module: str | None
     defaults: Mapping[str, Any] = field(default_factory=dict)
     accepted_by: frozenset[str] = frozenset()
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
-        unknown = set(self.accepted_by) - set(ENTRY_POINTS)
+        object.__setattr__(
+            self,
+            "overrides",
+            MappingProxyType({k: MappingProxyType(dict(v)) for k, v in self.overrides.items()}),
+        )
+        unknown = (set(self.accepted_by) | set(self.overrides)) - set(ENTRY_POINTS)
         if unknown:
             raise ValueError(
                 f"accepted_by: expected entry points of {sorted(ENTRY_POINTS)}, got {sorted(unknown)}"
             )
+
+    def defaults_at(self, entry_point: str) -> dict[str, Any]:
+        """The default hyper-parameters at ``entry_point``: the function's, with that entry point's overrides.
+
+        Example:
+            >>> loss_entry("focal").defaults_at("ultralytics")
+            {'alpha': 0.25, 'gamma': 1.5}
+        """
+        return {**self.defaults, **self.overrides.get(entry_point, {})}
 
 
 _EVERYWHERE = frozenset(ENTRY_POINTS)
@@ -89,6 +106,8 @@ LOSS_TABLE: tuple[LossEntry, ...] = (
         "SigmoidFocalLoss",
         {"alpha": 0.25, "gamma": 2.0},
         _EVERYWHERE,
+        # YOLOv5's FocalLoss and Ultralytics' FocalLoss default to gamma 1.5
+        overrides={"yolov5": {"gamma": 1.5}, "ultralytics": {"gamma": 1.5}},
     ),
     LossEntry(
         "qfl",

@@ -40,7 +40,7 @@ from ._checks import (
     refuse_torchscript,
     value_checks_enabled,
 )
-from ._names import loss_name
+from ._names import loss_entry, losses_for
 from ._reference import LossSpec, distribution_focal_elementwise, weight_reduce
 from ._with_prob import py_focal_loss_with_prob, quality_focal_loss_with_prob
 
@@ -307,16 +307,11 @@ for _loss in (
 
 
 def loss_function(name: str):
-    """The function of loss ``name`` (any name or alias of :mod:`qfocal._names`, any case).
+    """The function of loss ``name`` (any name or alias of the loss table, :mod:`qfocal._names`, any case).
 
     Example:
         >>> loss_function("QFocal") is quality_focal_loss
         True
     """
-    functions = {
-        "qfl": quality_focal_loss,
-        "focal": sigmoid_focal_loss,
-        "vfl": varifocal_loss,
-        "dfl": distribution_focal_loss,
-    }
-    return functions[loss_name(name, tuple(functions))]
+    entry = loss_entry(name, losses_for("functional"))
+    return globals()[entry.function]

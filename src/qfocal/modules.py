@@ -18,7 +18,7 @@ from ._checks import (
     _check_reduction,
     torchscript_message,
 )
-from ._names import loss_name
+from ._names import loss_entry, losses_for
 from .functional import distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 
 __all__ = [
@@ -281,14 +281,6 @@ class FocalLoss(_YOLOv5Wrapper):
         return self.loss_fn(pred, true, gamma=self.gamma, **self._kwargs(pred))
 
 
-_BY_NAME = {
-    "qfl": QualityFocalLoss,
-    "focal": SigmoidFocalLoss,
-    "vfl": VarifocalLoss,
-    "dfl": DistributionFocalLoss,
-}
-
-
 def build_loss(name: str, **kwargs) -> nn.Module:
     """The loss module called ``name`` (any name or alias of :mod:`qfocal._names`: ``"qfl"``, ``"QFocal"``,
     ``"varifocal"``, ...) built with ``kwargs``.
@@ -297,4 +289,4 @@ def build_loss(name: str, **kwargs) -> nn.Module:
         >>> build_loss("qfocal", beta=2.0)
         QualityFocalLoss(beta=2.0, alpha=None, reduction='mean', loss_weight=1.0)
     """
-    return _BY_NAME[loss_name(name, tuple(_BY_NAME))](**kwargs)
+    return globals()[loss_entry(name, losses_for("functional")).module](**kwargs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .._cli import float_arg, loss_arg
-from .._names import describe_losses
+from .._names import describe_losses, losses_for
 
 __all__ = [
     "ULTRALYTICS_LOSSES",
@@ -16,8 +16,8 @@ __all__ = [
     "gain_arg",
 ]
 
-YOLOV5_LOSSES = ("bce", "focal", "qfl", "vfl")
-ULTRALYTICS_LOSSES = ("bce", "qfl", "vfl", "focal")
+YOLOV5_LOSSES = losses_for("yolov5")
+ULTRALYTICS_LOSSES = losses_for("ultralytics")
 
 
 _fraction = float_arg(0.0, 1.0)

@@ -22,18 +22,12 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops import generalized_box_iou_loss
 
 from .._checks import _check_exponent, _check_real
-from .._names import loss_name
+from .._names import loss_name, losses_for
 from ..functional import distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 
 __all__ = ["GFL_REG_MAX", "LOSSES", "FocalFCOSHead", "QualityFCOS", "QualityFCOSHead", "check_loss"]
 
-LOSSES = (
-    "focal",
-    "qfl",
-    "vfl",
-    "gfl",
-    "focal_noctr",
-)  # canonical names of qfocal._names; aliases are accepted
+LOSSES = losses_for("fcos")  # canonical names of the loss table; aliases are accepted
 # GFL's box distribution: distances in anchor-size (stride) units over the bins 0..GFL_REG_MAX.
 GFL_REG_MAX = 16
 

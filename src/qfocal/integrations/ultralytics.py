@@ -42,10 +42,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._cli import CommandError, report
-from .._names import loss_name
-from ..modules import QualityFocalLoss, SigmoidFocalLoss, VarifocalLoss
-from ._cli_args import ULTRALYTICS_LOSSES, add_ultralytics_arguments
+from .. import modules
+from .._cli import CommandError
+from .._names import loss_entry, loss_name
+from ._cli_args import ULTRALYTICS_LOSSES
 from ._gain import AUTO, check_gain, gain_label, matched_gain
 from ._offline import offline, offline_import, preserved_torch_state
 
@@ -71,13 +71,11 @@ __all__ = [
 ]
 
 CLS_LOSSES = ULTRALYTICS_LOSSES
+# Each criterion's options and their defaults at this entry point, and its module: from the loss table.
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "bce": {},
-    "qfl": {"beta": 2.0, "alpha": None},
-    "vfl": {"alpha": 0.75, "gamma": 2.0, "iou_weighted": True},
-    "focal": {"alpha": 0.25, "gamma": 1.5},
+    name: loss_entry(name).defaults_at("ultralytics") for name in CLS_LOSSES
 }
-_MODULES = {"qfl": QualityFocalLoss, "vfl": VarifocalLoss, "focal": SigmoidFocalLoss}
+_MODULES = {name: getattr(modules, loss_entry(name).module) for name in CLS_LOSSES if loss_entry(name).module}
 
 
 def _check_cls_loss(cls_loss: object, loss_kwargs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -513,16 +511,12 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m qfocal.integrations.ultralytics MODEL data=... [key=value ...] [--cls-loss qfocal]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m qfocal.integrations.ultralytics",
-        description="Train an Ultralytics YOLO detector with qfocal's classification loss, offline.",
-    )
-    add_ultralytics_arguments(parser)
-    try:
-        return run_command(parser.parse_args(argv))
-    except CommandError as exc:
-        return report(parser.prog, exc)
+    """``python -m qfocal.integrations.ultralytics ...``: the same as ``qfocal ultralytics-train ...``."""
+    import sys
+
+    from ..cli import main as qfocal_main
+
+    return qfocal_main(["ultralytics-train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import shlex
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -384,7 +383,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--quick", action="store_true", help="smoke test: small shape, fp32, 3 repeats")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument(
-        "--out-dir", type=Path, default=Path("benchmarks"), help="where the files go (default: benchmarks)"
+        "--out-dir",
+        type=Path,
+        default=Path("runs/bench"),
+        help="where the files go (default: runs/bench, a scratch folder; --out-dir benchmarks writes the published "
+        "tables)",
     )
     parser.add_argument(
         "--name",
@@ -658,14 +661,7 @@ def write_chart(rows: list[Row], meta: dict, path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*pkg_resources.*")
-        rows = run(args)
-    out = args.out_dir / args.name
-    print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.csv')}, {out.with_suffix('.png')}")
-    failed = [r for r in rows if r.status.startswith("error")]
-    for r in failed:
-        print(f"  {r.provider} {r.shape} {r.dtype} {r.mode}: {r.status}", file=sys.stderr)
-    return 0
+    """``python benchmarks/bench_losses.py ...``: the same as ``qfocal bench ...``."""
+    from qfocal.cli import main as qfocal_main
+
+    return qfocal_main(["bench", *(sys.argv[1:] if argv is None else argv)])

@@ -6,19 +6,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from qfocal import loss_name
+from qfocal import loss_name, losses_for
 from qfocal.cli import MAX_SEED, max_threads
 
 __all__ = ["AMP_CHOICES", "MODEL_SIZES", "RESUME_KEYS", "ConfigError", "TrainConfig"]
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-HARNESS_LOSSES = (
-    "focal",
-    "qfl",
-    "vfl",
-    "gfl",
-    "focal_noctr",
-)  # the FCOS heads of qfocal.integrations.torchvision
+HARNESS_LOSSES = losses_for("fcos")  # the FCOS heads of qfocal.integrations.torchvision, from the loss table
 MODEL_SIZES = {
     "tiny": {"widths": (16, 32, 64, 96, 128), "fpn_channels": 64, "head_convs": 2},
     "small": {"widths": (24, 48, 96, 160, 256), "fpn_channels": 96, "head_convs": 3},

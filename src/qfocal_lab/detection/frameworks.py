@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from qfocal import describe_losses, loss_name
+from qfocal import describe_losses, loss_name, losses_for
 
 from .._machine import cpu_model
 from ..data.synth import prepare_synthetic
@@ -90,7 +90,8 @@ __all__ = [
 
 FRAMEWORKS = ("yolov5", "ultralytics")
 FRAMEWORK_LOSSES = ("bce", "qfl", "vfl")  # the default variants
-_LOSSES = ("bce", "focal", "qfl", "vfl")  # what both integrations take (YOLOV5_LOSSES, ULTRALYTICS_LOSSES)
+# what both integrations take, from the loss table
+_LOSSES = tuple(n for n in losses_for("yolov5") if n in losses_for("ultralytics"))
 _DEFAULT_MODEL = {"yolov5": "yolov5n.yaml", "ultralytics": "yolov8n.yaml"}
 _PACKAGE = {"yolov5": "yolov5", "ultralytics": "ultralytics"}
 # The term a variant sets by default, those it may set, and the first column of the tables (which says so).

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from qfocal import losses_for
 from qfocal.integrations.balance import AUTO, MAX_GAIN, check_gain, matched_gain
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
     "yolo_batch",
 ]
 
-LOSSES = ("bce", "qfl", "vfl", "focal")
+LOSSES = losses_for("ultralytics")  # the criteria both integrations take, from the loss table
 
 # The terms of each framework and the slice of the head output each acts on (YOLOv5: the last dimension of
 # (bs, na, ny, nx, 5 + nc); Ultralytics: the "boxes" (pred_distri) or "scores" (class logits) output).
