@@ -122,7 +122,7 @@ def mmdet_losses():
     """mmdetection's loss modules as shipped (see mmdet_oracle); skips where mmdet or mmengine is missing."""
     pytest.importorskip("mmengine")
     pytest.importorskip("mmdet")
-    from .mmdet_oracle import load
+    from tests.mmdet_oracle import load
 
     return load()
 

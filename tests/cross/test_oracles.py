@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import qfocal
-
-from .conftest import assert_close
+from tests.conftest import assert_close
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # yolov5 imports pkg_resources

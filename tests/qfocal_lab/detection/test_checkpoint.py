@@ -19,8 +19,7 @@ from qfocal.cli import main
 from qfocal_lab.data import generate_dataset
 from qfocal_lab.detection import ConfigError, TrainConfig, compare, load_checkpoint, train
 from qfocal_lab.detection.train import CheckpointError, RunOutputError
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")

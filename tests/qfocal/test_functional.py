@@ -11,8 +11,7 @@ import torch.nn.functional as F
 import qfocal
 import qfocal.functional
 import qfocal.modules
-
-from .conftest import DTYPE_PRECISIONS, assert_close
+from tests.conftest import DTYPE_PRECISIONS, assert_close
 
 LOSSES = ["qfl", "focal", "vfl"]
 ALL_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]

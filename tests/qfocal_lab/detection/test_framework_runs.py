@@ -19,8 +19,7 @@ from qfocal_lab.detection.config import ConfigError
 from qfocal_lab.detection.framework_runs import Probe, file_sha256
 from qfocal_lab.detection.frameworks import PRETRAIN_SEED, Variant, compare_framework, parse_variant
 from qfocal_lab.studies.balance import participation_ratio
-
-from .test_framework_compare import FakeUltralytics, FakeYOLOv5, _cli
+from tests.qfocal_lab.detection.test_frameworks import FakeUltralytics, FakeYOLOv5, _cli
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import qfocal
-
-from .conftest import DTYPE_PRECISIONS, assert_close
+from tests.conftest import DTYPE_PRECISIONS, assert_close
 
 KINDS = ("qfl", "focal", "vfl")
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)

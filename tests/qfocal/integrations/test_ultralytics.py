@@ -20,8 +20,7 @@ import qfocal.functional as QF
 from qfocal.integrations import OfflineError, offline
 from qfocal.integrations import ultralytics as qu
 from qfocal_lab.data import write_toy_dataset
-
-from .conftest import assert_close, readme_python_blocks
+from tests.conftest import assert_close, readme_python_blocks
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .conftest import README
-from .conftest import readme_python_blocks as _python_blocks
+from tests.conftest import README
+from tests.conftest import readme_python_blocks as _python_blocks
 
 
 def test_readme_quick_start_runs_and_trains():

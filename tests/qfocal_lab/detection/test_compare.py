@@ -21,8 +21,7 @@ from qfocal_lab.detection.train import (
     load_backbone,
     prepare_synthetic_data,
 )
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
@@ -191,7 +190,7 @@ def test_compare_refuses_bad_jobs(tiny_data, tmp_path, jobs):
             ["train", "--synth-val", "500"],
             "synth_val: expected 0 (a quarter) or fewer than synth_images (400)",
         ),
-        # --jobs and --pretrain-epochs are taken by the framework compare too (tests/test_framework_finetune.py)
+        # --jobs and --pretrain-epochs are taken by the framework compare too (tests/qfocal_lab/detection/test_framework_runs.py)
         (
             ["compare", "--framework", "ultralytics", "--box-bias", "1"],
             "--box-bias: an option of the FCOS harness",

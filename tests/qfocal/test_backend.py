@@ -12,8 +12,7 @@ import torch
 import qfocal
 from qfocal import _backend
 from qfocal.ops import _inductor, select
-
-from .conftest import assert_close
+from tests.conftest import assert_close
 
 
 @pytest.fixture(autouse=True)

@@ -32,8 +32,7 @@ from qfocal.integrations import yolov5 as qy
 from qfocal.integrations._offline import preserved_torch_state
 from qfocal_lab.data import write_toy_dataset
 from qfocal_lab.studies import balance as B
-
-from .conftest import assert_close
+from tests.conftest import assert_close
 
 with offline_import():
     import yolov5.train as yolov5_train

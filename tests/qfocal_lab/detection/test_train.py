@@ -23,8 +23,7 @@ from qfocal_lab.detection import (
 )
 from qfocal_lab.detection.train import amp_dtype
 from qfocal_lab.models import fcos_tiny
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 # What train returns and writes to metrics.json.
 RESULT_KEYS = [*METRIC_KEYS, *QUALITY_KEYS, "score_iou_n"]

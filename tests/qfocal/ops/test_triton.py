@@ -16,8 +16,7 @@ import pytest
 import torch
 
 import qfocal
-
-from .conftest import DTYPE_PRECISIONS, assert_close
+from tests.conftest import DTYPE_PRECISIONS, assert_close
 
 pytest.importorskip("triton")
 

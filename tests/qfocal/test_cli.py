@@ -217,7 +217,7 @@ def test_ctrl_c_during_the_imports_of_the_console_command(tmp_path):
     import sys
     import time
 
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     code = "import sys; from qfocal.cli import main; print('ready', flush=True); sys.exit(main(['table']))"
     # torch must not be imported before main's handler: the import of qfocal.cli stays light
     light = subprocess.run(

@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 import qfocal
-
-from .conftest import assert_close
+from tests.conftest import assert_close
 
 mpmath = pytest.importorskip("mpmath")
 
@@ -135,7 +134,7 @@ _TRITON_BCE_SCRIPT = textwrap.dedent(
     import sys
     sys.path.insert(0, {root!r})
     import torch, qfocal
-    from tests.test_loss_faults import _TARGETS, _bce_by_backend, _bce_errors, _logit_grid
+    from tests.cross.test_loss_faults import _TARGETS, _bce_by_backend, _bce_errors, _logit_grid
     x = _logit_grid(torch.float32)
     worst = 0.0
     for tv in _TARGETS:
@@ -150,7 +149,9 @@ _TRITON_BCE_SCRIPT = textwrap.dedent(
 def test_bce_exact_in_triton_kernel_under_interpreter():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", QFOCAL_BACKEND="auto")
-    script = _TRITON_BCE_SCRIPT.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = _TRITON_BCE_SCRIPT.format(
+        root=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    )
     proc = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
@@ -483,7 +484,7 @@ _TRITON_SPARSE_SCRIPT = textwrap.dedent(
     import sys
     sys.path.insert(0, {root!r})
     import torch
-    from tests.test_loss_faults import _sparse_dense_bits
+    from tests.cross.test_loss_faults import _sparse_dense_bits
     differ = _sparse_dense_bits("triton", range(6)) + _sparse_dense_bits("triton", range(2), n=300, c=81)
     assert not differ, differ[:5]
     print("TRITON-SPARSE-OK")
@@ -494,7 +495,9 @@ _TRITON_SPARSE_SCRIPT = textwrap.dedent(
 def test_sparse_and_dense_targets_bit_equal_in_triton_kernel_under_interpreter():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", QFOCAL_BACKEND="auto")
-    script = _TRITON_SPARSE_SCRIPT.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = _TRITON_SPARSE_SCRIPT.format(
+        root=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    )
     proc = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
@@ -655,7 +658,7 @@ _MMDET_BUILD_SCRIPT = textwrap.dedent(
 def test_mmdet_losses_build_with_mmcv_lite_through_the_readme_registries():
     pytest.importorskip("mmengine")
     pytest.importorskip("mmdet")
-    from .conftest import readme_python_blocks
+    from tests.conftest import readme_python_blocks
 
     block = next(b for b in readme_python_blocks("Use with mmdetection") if "MODELS.build" in b)
     proc = subprocess.run(

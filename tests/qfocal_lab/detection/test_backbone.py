@@ -17,8 +17,7 @@ from qfocal_lab.detection import backbone as bb
 from qfocal_lab.detection import cli as dcli
 from qfocal_lab.detection.stats import paired_deltas, verdict_lines
 from qfocal_lab.detection.train import build_model
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 
 def _tiny_checkpoint(tiny_data, tmp_path):

@@ -9,8 +9,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import qfocal
 from qfocal._checks import _check_in_unit_interval, _check_sparse_target
-
-from .conftest import assert_close
+from tests.conftest import assert_close
 
 
 @pytest.mark.parametrize("n, c", [(4, 4), (6, 4)])

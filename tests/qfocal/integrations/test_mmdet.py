@@ -26,9 +26,8 @@ from mmengine.registry import DefaultScope
 
 import qfocal
 from qfocal.integrations import mmdet as plugin
-
-from .conftest import DTYPE_PRECISIONS, assert_close, readme_python_blocks
-from .mmdet_oracle import load
+from tests.conftest import DTYPE_PRECISIONS, assert_close, readme_python_blocks
+from tests.mmdet_oracle import load
 
 MM = load()  # mmdetection's loss modules, registered in MODELS under their own names
 DTYPES = [torch.float64, torch.float32]
@@ -168,7 +167,7 @@ def test_type_name_alone_finds_the_plugin_in_a_fresh_process():
     assert out.stdout.split() == ["qfocal.integrations.mmdet", "QualityFocalLoss"]
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def _mmdet_config(name: str) -> Path:

@@ -21,8 +21,7 @@ import qfocal.functional as QF
 from qfocal.integrations import OfflineError, offline, offline_import
 from qfocal.integrations import yolov5 as qy
 from qfocal_lab.data import write_toy_dataset
-
-from .conftest import assert_close, readme_python_blocks
+from tests.conftest import assert_close, readme_python_blocks
 
 with offline_import():
     import yolov5.train as yolov5_train

@@ -20,7 +20,7 @@ from qfocal_lab.data import generate_dataset
 from qfocal_lab.detection import ConfigError, TrainConfig, load_checkpoint, train
 from qfocal_lab.detection.train import RunLockedError, run_lock
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 @pytest.fixture(scope="module")

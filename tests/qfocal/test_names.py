@@ -139,7 +139,12 @@ def _fcos(spelling: str) -> str:
     return canonical
 
 
-ENTRY_POINT_PROBES = {"functional": _functional, "yolov5": _yolov5, "ultralytics": _ultralytics, "fcos": _fcos}
+ENTRY_POINT_PROBES = {
+    "functional": _functional,
+    "yolov5": _yolov5,
+    "ultralytics": _ultralytics,
+    "fcos": _fcos,
+}
 
 
 def test_every_entry_point_of_the_table_is_probed():
@@ -148,7 +153,9 @@ def test_every_entry_point_of_the_table_is_probed():
 
 @pytest.mark.parametrize("entry_point", sorted(ENTRY_POINT_PROBES))
 @pytest.mark.parametrize("spelling, canonical", [c for e in qfocal.LOSS_TABLE for c in _cases(e.name)])
-def test_each_entry_point_takes_exactly_the_names_the_table_gives_it(entry_point, spelling, canonical, capsys):
+def test_each_entry_point_takes_exactly_the_names_the_table_gives_it(
+    entry_point, spelling, canonical, capsys
+):
     probe = ENTRY_POINT_PROBES[entry_point]
     if canonical in qfocal.losses_for(entry_point):
         assert probe(spelling) == canonical

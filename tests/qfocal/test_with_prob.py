@@ -12,8 +12,7 @@ import torch
 
 import qfocal
 from qfocal._with_prob import py_focal_loss_with_prob, quality_focal_loss_with_prob
-
-from .conftest import assert_close
+from tests.conftest import assert_close
 
 FNS = {"qfl": quality_focal_loss_with_prob, "focal": py_focal_loss_with_prob}
 
