@@ -42,9 +42,9 @@ ACTED = {"yolov5": ("obj", "cls"), "ultralytics": ("cls",)}
 
 
 def yolov5_model(seed: int):
-    from qfocal.integrations import yolov5 as qy
+    from qfocal.integrations import offline_import
 
-    with qy.offline_import():
+    with offline_import():
         import yolov5.train
         from yolov5.models.yolo import Model
 
@@ -170,9 +170,9 @@ def _span(values: list[float]) -> str:
 def markdown(rows: list[dict], logs: list[dict], command: str, seconds: float) -> str:
     import ultralytics
 
-    from qfocal.integrations import yolov5 as qy
+    from qfocal.integrations import offline_import
 
-    with qy.offline_import():
+    with offline_import():
         import yolov5
 
     seeds = sorted({r["seed"] for r in rows})
