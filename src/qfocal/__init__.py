@@ -11,7 +11,7 @@ Modules: :class:`QualityFocalLoss`, :class:`SigmoidFocalLoss`, :class:`Varifocal
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 # The public names and the module each lives in. They load on first use (PEP 562), so ``import qfocal`` and the
 # ``qfocal`` command start without torch: the command's entry point can then turn a Ctrl-C during the heavy
@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is not None:
         value = getattr(importlib.import_module(module, __name__), name)

@@ -15,15 +15,20 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from ._names import BACKENDS, backend_name
-from ._reference import LossSpec, reference_loss
+from ._reference import LossSpec, LossTensors, reference_loss
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # a dependency of torch; typing has it from Python 3.11
 
 __all__ = ["BACKENDS", "backend", "fused_impl", "get_backend", "run_loss", "set_backend"]
 
 _backend = "auto"
+
 _validate = backend_name
 
 
@@ -58,7 +63,7 @@ def backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
-def fused_impl(logits: Tensor) -> Callable | None:
+def fused_impl(logits: Tensor) -> Callable[..., Tensor] | None:
     """The fused loss entry point to use for ``logits``, or None for the reference math."""
     name = get_backend()
     if name == "reference":
@@ -72,7 +77,7 @@ def fused_impl(logits: Tensor) -> Callable | None:
     return select(name, logits)
 
 
-def run_loss(spec: LossSpec, logits: Tensor, **tensors) -> Tensor:
+def run_loss(spec: LossSpec, logits: Tensor, **tensors: Unpack[LossTensors]) -> Tensor:
     """Compute ``spec`` on validated inputs with the selected backend (``tensors``: those of
     :func:`qfocal._reference.reference_loss`: target or labels/scores, pos_weight, weight, avg_factor)."""
     fused = fused_impl(logits)

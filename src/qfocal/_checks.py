@@ -13,9 +13,12 @@ import math
 import numbers
 import os
 from collections.abc import Callable, Iterator
+from typing import Literal, TypeVar, overload
 
 import torch
 from torch import Tensor
+
+_F = TypeVar("_F", bound=Callable[..., object])
 
 _REDUCTIONS = ("none", "mean", "sum")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -55,7 +58,10 @@ def _vmap_active() -> bool:
     if current_level is None or current_level() is None:
         return False
     try:
-        from torch._functorch.pyfunctorch import TransformType, retrieve_all_functorch_interpreters
+        from torch._functorch.pyfunctorch import (  # type: ignore[attr-defined]  # torch re-exports it, no __all__
+            TransformType,
+            retrieve_all_functorch_interpreters,
+        )
     except ImportError:  # a torch without these names: treat any transform as a vmap
         return True
     return any(
@@ -89,16 +95,16 @@ def check_target(target: Tensor, *, name: str = "target") -> Tensor:
 
 
 @functools.cache
-def _eager_check_target():
+def _eager_check_target() -> Callable[[Tensor, str], Tensor]:
     # torch.compiler.disable imports torch._dynamo (and triton): done on first use, so `import qfocal` stays light
-    @torch.compiler.disable
+    @torch.compiler.disable  # type: ignore[untyped-decorator]  # torch.compiler.disable has no annotations
     def run(target: Tensor, name: str) -> Tensor:
         target = _check_float_tensor(name, target)
         with value_checks(True):
             _check_in_unit_interval(name, target)
         return target
 
-    return run
+    return run  # type: ignore[no-any-return]  # Any through the unannotated torch.compiler.disable
 
 
 def _describe(x: object) -> str:
@@ -170,6 +176,10 @@ def _check_exponent(name: str, value: object) -> float:
     return value
 
 
+@overload
+def _check_alpha(value: float, *, negative_disables: Literal[False] = ...) -> float: ...
+@overload
+def _check_alpha(value: object, *, negative_disables: bool = ...) -> float | None: ...
 def _check_alpha(value: object, *, negative_disables: bool = False) -> float | None:
     """None disables alpha; torchvision's convention (alpha < 0 disables) only where ``negative_disables``."""
     if value is None:
@@ -221,7 +231,7 @@ def _check_in_unit_interval(name: str, x: Tensor) -> None:
 def _broadcasts_to(shape: torch.Size, target_shape: torch.Size) -> bool:
     """Whether a tensor of ``shape`` broadcasts to ``target_shape`` without growing it."""
     try:
-        return torch.broadcast_shapes(shape, target_shape) == target_shape
+        return bool(torch.broadcast_shapes(shape, target_shape) == target_shape)
     except RuntimeError:
         return False
 
@@ -266,7 +276,7 @@ def _check_pos_weight(pos_weight: object, loss_shape: torch.Size, ref: Tensor) -
     return _check_broadcast_tensor("pos_weight", pos_weight, loss_shape, ref, " (e.g. one weight per class)")
 
 
-def _check_sparse_target(target: tuple, logits: Tensor) -> tuple[Tensor, Tensor]:
+def _check_sparse_target(target: tuple[object, ...], logits: Tensor) -> tuple[Tensor, Tensor]:
     """mmdetection's ``(labels, scores)`` form: labels in [0, C], C meaning background."""
     if len(target) != 2:
         raise ValueError(
@@ -322,7 +332,7 @@ def torchscript_message(name: str) -> str:
     )
 
 
-def refuse_torchscript(fn: Callable) -> Callable:
+def refuse_torchscript(fn: _F) -> _F:
     """Mark ``fn`` so that ``torch.jit.script(fn)`` fails with :func:`torchscript_message` (torch reads the
     attribute ``__script_unsupported``) instead of a parser error about keyword-only arguments."""
     setattr(fn, "__script_unsupported", torchscript_message(f"qfocal.{fn.__name__}"))

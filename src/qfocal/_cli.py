@@ -13,7 +13,8 @@ import importlib.util
 import math
 import os
 import sys
-from typing import NoReturn
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, TypeVar
 
 from ._names import LOSSES, loss_name
 
@@ -35,6 +36,8 @@ __all__ = [
     "seed_arg",
     "threads_arg",
 ]
+
+_ParserT = TypeVar("_ParserT", bound=argparse.ArgumentParser)
 
 # Seeds go to numpy's and torch's generators (and are multiplied there): 32 bits, as numpy's legacy seeds.
 MAX_SEED = 2**32 - 1
@@ -97,7 +100,7 @@ def max_threads() -> int:
     return 4 * (os.cpu_count() or 1)
 
 
-def int_arg(low: int, high: int, *, what: str = "an integer"):
+def int_arg(low: int, high: int, *, what: str = "an integer") -> Callable[[str], int]:
     """An argparse ``type``: an integer in ``[low, high]`` (``"expected an integer in [1, 4096], got '0'"``)."""
 
     def parse(text: str) -> int:
@@ -113,7 +116,9 @@ def int_arg(low: int, high: int, *, what: str = "an integer"):
     return parse
 
 
-def float_arg(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+def float_arg(
+    low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
     """An argparse ``type``: a finite number in the interval from ``low`` to ``high`` (open at an end when asked):
     ``nan``, ``inf`` and values like ``1e308`` for a learning rate are refused before anything runs."""
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
@@ -137,7 +142,7 @@ def float_arg(low: float, high: float, *, low_open: bool = False, high_open: boo
 seed_arg = int_arg(0, MAX_SEED, what="a seed (an integer)")
 
 
-def threads_arg(low: int = 0):
+def threads_arg(low: int = 0) -> Callable[[str], int]:
     """An argparse ``type`` for ``--threads``: ``low`` (0 = auto where allowed) to :func:`max_threads`."""
 
     def parse(text: str) -> int:
@@ -194,7 +199,7 @@ def report(prog: str, exc: CommandError) -> int:
     return exc.exit_code
 
 
-def loss_arg(allowed=tuple(LOSSES)):
+def loss_arg(allowed: Iterable[str] = tuple(LOSSES)) -> Callable[[str], str]:
     """An argparse ``type`` taking one loss name or alias (any case) of ``allowed``; returns the canonical name."""
 
     def loss(text: str) -> str:
@@ -206,7 +211,7 @@ def loss_arg(allowed=tuple(LOSSES)):
     return loss
 
 
-def loss_list_arg(allowed=tuple(LOSSES)):
+def loss_list_arg(allowed: Iterable[str] = tuple(LOSSES)) -> Callable[[str], list[str]]:
     """An argparse ``type`` taking comma-separated loss names; refuses repeats (they are not independent runs)."""
     one = loss_arg(allowed)
 
@@ -223,8 +228,13 @@ def loss_list_arg(allowed=tuple(LOSSES)):
 
 
 def add_command(
-    subparsers, name: str, func, *, pass_through: bool = False, **kwargs
-) -> argparse.ArgumentParser:
+    subparsers: argparse._SubParsersAction[_ParserT],
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    *,
+    pass_through: bool = False,
+    **kwargs: Any,
+) -> _ParserT:
     """Add subcommand ``name`` running ``func(args)``; the parsed namespace keeps its parser (for errors)."""
     parser = subparsers.add_parser(name, **kwargs)
     parser.set_defaults(func=func, parser=parser, pass_through=pass_through)

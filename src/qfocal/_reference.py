@@ -19,6 +19,7 @@ with ``a_t = alpha t + (1 - alpha)(1 - t)`` (1 without alpha).
 from __future__ import annotations
 
 import dataclasses
+from typing import TypedDict, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ __all__ = [
     "AVG_EPS",
     "KINDS",
     "LossSpec",
+    "LossTensors",
     "alpha_factor",
     "compute_dtype",
     "densify",
@@ -60,6 +62,18 @@ class LossSpec:
     alpha: float | None = None
     iou_weighted: bool = True
     reduction: str = "mean"
+
+
+class LossTensors(TypedDict, total=False):
+    """The keyword inputs of :func:`reference_loss` after ``spec`` and ``logits`` (the fused entry points take
+    the same)."""
+
+    target: Tensor | None
+    labels: Tensor | None
+    scores: Tensor | None
+    pos_weight: Tensor | None
+    weight: Tensor | None
+    avg_factor: float | Tensor | None
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -111,7 +125,8 @@ def _elementwise(spec: LossSpec, x: Tensor, t: Tensor, pos_weight: Tensor | None
         m = safe_pow(p * (1.0 - t) + (1.0 - p) * t, spec.exponent) * alpha_factor(t, spec.alpha)
     elif spec.kind == "vfl":
         pos_factor = t if spec.iou_weighted else torch.ones_like(t)
-        m = torch.where(t > 0, pos_factor, spec.alpha * safe_pow((p - t).abs(), spec.exponent))
+        alpha = cast(float, spec.alpha)  # varifocal always has one (qfocal.functional checks it)
+        m = torch.where(t > 0, pos_factor, alpha * safe_pow((p - t).abs(), spec.exponent))
     else:
         raise ValueError(f"kind: expected one of {KINDS}, got {spec.kind!r}")
     return _bce(x, t, pos_weight) * m
@@ -161,8 +176,10 @@ def reference_loss(
     """
     cdtype = compute_dtype(logits.dtype)
     if labels is not None:
-        target = densify(labels, scores, logits.shape, cdtype)
-    elem = _elementwise(spec, logits.to(cdtype), target.to(cdtype), pos_weight)
+        target = densify(labels, cast(Tensor, scores), logits.shape, cdtype)  # scores come with labels
+    elem = _elementwise(
+        spec, logits.to(cdtype), cast(Tensor, target).to(cdtype), pos_weight
+    )  # dense or sparse
     return weight_reduce(elem, weight, spec.reduction, avg_factor).to(logits.dtype)
 
 

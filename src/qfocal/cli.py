@@ -77,7 +77,9 @@ _COMMAND_MODULES = {
 }
 
 
-def register_missing(sub, commands: tuple[str, ...], message: str) -> None:
+def register_missing(
+    sub: argparse._SubParsersAction[ArgumentParser], commands: tuple[str, ...], message: str
+) -> None:
     """Commands whose extra is not installed: listed in ``--help``, and each says what to install."""
 
     def fail(args: argparse.Namespace) -> int:

@@ -9,12 +9,13 @@ their defaults (gamma = 1.5, alpha = 0.25).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._cli import CommandError, add_command, float_arg, require
+from ._cli import ArgumentParser, CommandError, add_command, float_arg, require
 from .functional import quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 
 # The seed's second table (its first differs only in the last row: targets 1, 0, 0 and logits 1.5, 2, -1.4).
@@ -105,7 +106,11 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def plot_losses(
-    out: str, *, targets=(0.0, 0.5, 0.9, 1.0), gamma: float = 2.0, alpha: float | None = None
+    out: str,
+    *,
+    targets: Sequence[float] = (0.0, 0.5, 0.9, 1.0),
+    gamma: float = 2.0,
+    alpha: float | None = None,
 ) -> str:
     """Loss against predicted probability, one panel per soft target: BCE, focal, QFL and VFL."""
     import matplotlib
@@ -170,7 +175,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
     p = add_command(
         sub,
         "table",

@@ -18,7 +18,8 @@ gradients.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -306,7 +307,7 @@ for _loss in (
     refuse_torchscript(_loss)
 
 
-def loss_function(name: str):
+def loss_function(name: str) -> Callable[..., Tensor]:
     """The function of loss ``name`` (any name or alias of the loss table, :mod:`qfocal._names`, any case).
 
     Example:
@@ -314,4 +315,5 @@ def loss_function(name: str):
         True
     """
     entry = loss_entry(name, losses_for("functional"))
-    return globals()[entry.function]
+    function: Callable[..., Tensor] = globals()[cast(str, entry.function)]  # set for every "functional" loss
+    return function

@@ -8,6 +8,7 @@ names (``utils/loss.py``): same constructor, same call, same numbers, but they n
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, NoReturn, TypedDict, cast
 
 from torch import Tensor, nn
 
@@ -39,17 +40,17 @@ class _Loss(nn.Module):
     the function a module runs, e.g. to count calls.
     """
 
-    loss_fn: staticmethod
+    loss_fn: staticmethod[..., Tensor]
 
     def __init__(self, reduction: str, loss_weight: float) -> None:
         super().__init__()
         self.reduction = _check_reduction(reduction)
         self.loss_weight = _check_finite_real("loss_weight", loss_weight)
 
-    def _hparams(self) -> dict:
+    def _hparams(self) -> dict[str, object]:
         raise NotImplementedError
 
-    def __prepare_scriptable__(self):
+    def __prepare_scriptable__(self) -> NoReturn:
         raise RuntimeError(torchscript_message(f"qfocal.{type(self).__name__}"))
 
     def forward(
@@ -110,7 +111,7 @@ class QualityFocalLoss(_Loss):
 
     loss_fn = staticmethod(quality_focal_loss)
 
-    def _hparams(self) -> dict:
+    def _hparams(self) -> dict[str, object]:
         return {"beta": self.beta, "alpha": self.alpha, "pos_weight": self.pos_weight}
 
 
@@ -140,7 +141,7 @@ class SigmoidFocalLoss(_Loss):
 
     loss_fn = staticmethod(sigmoid_focal_loss)
 
-    def _hparams(self) -> dict:
+    def _hparams(self) -> dict[str, object]:
         return {"alpha": self.alpha, "gamma": self.gamma, "pos_weight": self.pos_weight}
 
 
@@ -174,7 +175,7 @@ class VarifocalLoss(_Loss):
 
     loss_fn = staticmethod(varifocal_loss)
 
-    def _hparams(self) -> dict:
+    def _hparams(self) -> dict[str, object]:
         return {"alpha": self.alpha, "gamma": self.gamma, "iou_weighted": self.iou_weighted}
 
 
@@ -193,8 +194,17 @@ class DistributionFocalLoss(_Loss):
 
     loss_fn = staticmethod(distribution_focal_loss)
 
-    def _hparams(self) -> dict:
+    def _hparams(self) -> dict[str, object]:
         return {}
+
+
+class _WrappedBCE(TypedDict):
+    """What a YOLOv5 drop-in passes to its function besides the logits, target and exponent."""
+
+    alpha: float | None
+    pos_weight: Tensor | None
+    weight: Tensor | None
+    reduction: str
 
 
 class _YOLOv5Wrapper(nn.Module):
@@ -212,7 +222,7 @@ class _YOLOv5Wrapper(nn.Module):
         self.gamma = _check_exponent("gamma", gamma)
         self.alpha = _check_alpha(alpha)
 
-    def __prepare_scriptable__(self):
+    def __prepare_scriptable__(self) -> NoReturn:
         raise RuntimeError(torchscript_message(f"qfocal.{type(self).__name__}"))
 
     @property
@@ -220,7 +230,7 @@ class _YOLOv5Wrapper(nn.Module):
         """The wrapped BCE's reduction, which these losses honour (YOLOv5 overwrote it with "none")."""
         return self.loss_fcn.reduction
 
-    def _kwargs(self, pred: Tensor) -> dict:
+    def _kwargs(self, pred: Tensor) -> _WrappedBCE:
         weight = self.loss_fcn.weight
         if isinstance(weight, Tensor) and weight.dim() < pred.dim():
             # nn.BCEWithLogitsLoss broadcasts its weight by torch's rules (a (C,) weight is per class, whatever
@@ -281,7 +291,7 @@ class FocalLoss(_YOLOv5Wrapper):
         return self.loss_fn(pred, true, gamma=self.gamma, **self._kwargs(pred))
 
 
-def build_loss(name: str, **kwargs) -> nn.Module:
+def build_loss(name: str, **kwargs: Any) -> nn.Module:
     """The loss module called ``name`` (any name or alias of :mod:`qfocal._names`: ``"qfl"``, ``"QFocal"``,
     ``"varifocal"``, ...) built with ``kwargs``.
 
@@ -289,4 +299,5 @@ def build_loss(name: str, **kwargs) -> nn.Module:
         >>> build_loss("qfocal", beta=2.0)
         QualityFocalLoss(beta=2.0, alpha=None, reduction='mean', loss_weight=1.0)
     """
-    return globals()[loss_entry(name, losses_for("functional")).module](**kwargs)
+    module: nn.Module = globals()[cast(str, loss_entry(name, losses_for("functional")).module)](**kwargs)
+    return module  # every "functional" loss has a module

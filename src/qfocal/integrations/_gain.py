@@ -52,7 +52,7 @@ def gain_label(gain: float | None) -> str | float:
 def _grad_norm(criterion: Callable[[Tensor, Tensor], Tensor], pred: Tensor, target: Tensor) -> Tensor:
     x = pred.detach().clone().float().requires_grad_(True)  # a clone: never an inference tensor
     (grad,) = torch.autograd.grad(criterion(x, target).sum(), x)
-    return torch.linalg.vector_norm(grad.double())
+    return torch.linalg.vector_norm(grad.double())  # type: ignore[no-any-return]  # torch.linalg is unannotated
 
 
 def matched_gain(

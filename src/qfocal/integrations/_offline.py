@@ -21,12 +21,16 @@ imported, it stays offline for the rest of the process (probing the network to u
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from PIL import ImageFont
 
 __all__ = ["OfflineError", "offline", "offline_import", "preserved_torch_state"]
 
@@ -53,7 +57,7 @@ class _Patches:
     """A stack of reversible changes to attributes and environment variables."""
 
     def __init__(self) -> None:
-        self._undo: list[Callable[[], None]] = []
+        self._undo: list[Callable[[], object]] = []
 
     def setattr(self, obj: Any, name: str, value: Any) -> None:
         old = getattr(obj, name, _MISSING)
@@ -110,7 +114,7 @@ def _patch_ultralytics(p: _Patches, swaps: dict[int, tuple[Any, Any]]) -> None:
     config_dir = Path(getattr(U, "USER_CONFIG_DIR", Path.home()))
     weights_dir = Path(getattr(U, "WEIGHTS_DIR", Path.cwd()))
 
-    def check_font(font: str = "Arial.ttf"):
+    def check_font(font: str = "Arial.ttf") -> Path | str | None:
         """Ultralytics' check_font without the download: a local path or None (callers fall back to PIL's)."""
         name = Path(font).name
         if (config_dir / name).exists():
@@ -122,7 +126,7 @@ def _patch_ultralytics(p: _Patches, swaps: dict[int, tuple[Any, Any]]) -> None:
         except Exception:
             return None
 
-    def attempt_download_asset(file, *args, **kwargs) -> str:
+    def attempt_download_asset(file: object, *args: object, **kwargs: object) -> str:
         path = Path(str(file).strip().replace("'", ""))
         for candidate in (path, weights_dir / path.name):
             if candidate.exists():
@@ -132,16 +136,17 @@ def _patch_ultralytics(p: _Patches, swaps: dict[int, tuple[Any, Any]]) -> None:
             "or pass the path of a local .pt"
         )
 
-    def safe_download(url=None, file=None, *args, **kwargs):
+    def safe_download(url: object = None, file: object = None, *args: object, **kwargs: object) -> NoReturn:
         raise OfflineError(f"{url or file}: downloads are off (qfocal offline mode)")
 
-    def is_url(url, check: bool = False) -> bool:
+    def is_url(url: object, check: bool = False) -> bool:
         return False if check else original_is_url(url, check=False)
 
-    original_is_url = D.is_url
-    original_check_amp = C.check_amp
+    # Ultralytics leaves these two unannotated
+    original_is_url: Callable[..., bool] = D.is_url
+    original_check_amp: Callable[..., bool] = C.check_amp
 
-    def check_amp(model) -> bool:
+    def check_amp(model: Any) -> bool:
         try:
             device = next(model.parameters()).device
         except (AttributeError, StopIteration):
@@ -177,16 +182,16 @@ def _patch_yolov5(p: _Patches, package: str, swaps: dict[int, tuple[Any, Any]]) 
     if hasattr(general, "AUTOINSTALL"):
         p.setattr(general, "AUTOINSTALL", False)
 
-    def check_font(font="Arial.ttf", progress=False):
+    def check_font(font: str = "Arial.ttf", progress: bool = False) -> None:
         return None  # check_dataset only pre-fetches the font; check_pil_font (below) copes without it
 
     def check_online() -> bool:
         return False
 
-    def check_git_status(*args, **kwargs) -> None:
+    def check_git_status(*args: object, **kwargs: object) -> None:
         return None  # it runs `git fetch`
 
-    def attempt_download(file, *args, **kwargs) -> str:
+    def attempt_download(file: object, *args: object, **kwargs: object) -> str:
         path = Path(str(file).strip().replace("'", ""))
         if path.exists():
             return str(path)
@@ -195,13 +200,13 @@ def _patch_yolov5(p: _Patches, package: str, swaps: dict[int, tuple[Any, Any]]) 
             "--cfg <model>.yaml to train from scratch, or pass the path of a local .pt"
         )
 
-    def attempt_download_from_hub(*args, **kwargs) -> None:
+    def attempt_download_from_hub(*args: object, **kwargs: object) -> None:
         return None
 
-    def safe_download(*args, **kwargs):
+    def safe_download(*args: object, **kwargs: object) -> NoReturn:
         raise OfflineError("downloads are off (qfocal offline mode)")
 
-    patched: dict[str, Callable] = {
+    patched: dict[str, Callable[..., object]] = {
         "check_font": check_font,
         "check_online": check_online,
         "check_git_status": check_git_status,
@@ -213,7 +218,7 @@ def _patch_yolov5(p: _Patches, package: str, swaps: dict[int, tuple[Any, Any]]) 
     original_check_dataset = getattr(general, "check_dataset", None)
     if original_check_dataset is not None:
 
-        def check_dataset(data, autodownload=True):
+        def check_dataset(data: object, autodownload: bool = True) -> Any:  # YOLOv5's, unannotated
             return original_check_dataset(data, autodownload=False)
 
         swaps[id(original_check_dataset)] = (original_check_dataset, check_dataset)
@@ -221,7 +226,7 @@ def _patch_yolov5(p: _Patches, package: str, swaps: dict[int, tuple[Any, Any]]) 
     original_check_file = getattr(general, "check_file", None)
     if original_check_file is not None:
 
-        def check_file(file, suffix=""):
+        def check_file(file: object, suffix: str = "") -> Any:  # YOLOv5's, unannotated
             if str(file).startswith(("http:/", "https:/")):
                 raise OfflineError(f"{file}: downloads are off (qfocal offline mode); pass a local path")
             return original_check_file(file, suffix)
@@ -241,7 +246,9 @@ def _patch_yolov5(p: _Patches, package: str, swaps: dict[int, tuple[Any, Any]]) 
     if plots is not None and hasattr(plots, "check_pil_font"):
         config_dir = Path(getattr(general, "CONFIG_DIR", Path.home()))
 
-        def check_pil_font(font="Arial.ttf", size=10):
+        def check_pil_font(
+            font: str = "Arial.ttf", size: int = 10
+        ) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
             from PIL import ImageFont
 
             for candidate in (Path(font), config_dir / Path(font).name):
@@ -251,6 +258,13 @@ def _patch_yolov5(p: _Patches, package: str, swaps: dict[int, tuple[Any, Any]]) 
             return ImageFont.load_default()
 
         swaps[id(plots.check_pil_font)] = (plots.check_pil_font, check_pil_font)
+
+
+def _restore_env(key: str, old: str | None) -> None:
+    if old is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = old
 
 
 @contextlib.contextmanager
@@ -265,19 +279,14 @@ def preserved_torch_state() -> Iterator[None]:
     fill = getattr(torch.utils.deterministic, "fill_uninitialized_memory", None)
     p.setattr(torch.backends.cudnn, "deterministic", torch.backends.cudnn.deterministic)
     for key in ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED"):
-        old = os.environ.get(key)
-        p._undo.append(
-            lambda key=key, old=old: (
-                os.environ.pop(key, None) if old is None else os.environ.update({key: old})
-            )
-        )
+        p._undo.append(functools.partial(_restore_env, key, os.environ.get(key)))
     try:
         yield
     finally:
         p.undo()
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         if fill is not None:
-            torch.utils.deterministic.fill_uninitialized_memory = fill
+            torch.utils.deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]  # set by torch's module subclass
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .._cli import CommandError, add_command
+from .._cli import ArgumentParser, CommandError, add_command
 
 __all__ = ["register"]
 
@@ -42,7 +42,7 @@ def _ultralytics_train(args: argparse.Namespace) -> int:
     return ultralytics.run_command(args)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[ArgumentParser]) -> None:
     """Add ``yolov5-train`` and ``ultralytics-train`` to the ``qfocal`` command."""
     # Argument definitions live beside the code they drive; importing them must not import the frameworks.
     from ._cli_args import add_ultralytics_arguments, add_yolov5_arguments

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -139,10 +140,10 @@ class _MMDetLoss(nn.Module):
         self.reduction = _check_reduction(reduction)
         self.loss_weight = _check_loss_weight(loss_weight)
 
-    def _hparams(self) -> dict:
+    def _hparams(self) -> dict[str, object]:
         raise NotImplementedError
 
-    def __prepare_scriptable__(self):
+    def __prepare_scriptable__(self) -> NoReturn:
         raise RuntimeError(torchscript_message(f"qfocal.integrations.mmdet.{type(self).__name__}"))
 
     def extra_repr(self) -> str:
@@ -191,7 +192,7 @@ class QualityFocalLoss(_MMDetLoss):
         self.beta = _check_exponent("beta", beta)
         self.activated = _check_bool("activated", activated)
 
-    def _hparams(self) -> dict:
+    def _hparams(self) -> dict[str, object]:
         return {"beta": self.beta, "activated": self.activated}
 
     def forward(
@@ -247,7 +248,11 @@ def _background_outside_classes(pred: Tensor, labels: object, scores: object) ->
 
 
 def _sum_over_classes(
-    fn: Callable[..., Tensor], pred: Tensor, weight: Tensor | None, reduction: str, avg_factor
+    fn: Callable[..., Tensor],
+    pred: Tensor,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: float | Tensor | None,
 ) -> Tensor:
     """mmdetection's QFL reduction: the elementwise loss summed over dim 1, then ``weight_reduce_loss``."""
     anchors = pred.shape[:1] + pred.shape[2:]
@@ -308,7 +313,7 @@ class FocalLoss(_MMDetLoss):
         )
         self.activated = _check_bool("activated", activated)
 
-    def _hparams(self) -> dict:
+    def _hparams(self) -> dict[str, object]:
         return {"gamma": self.gamma, "alpha": self.alpha, "activated": self.activated}
 
     def forward(
@@ -422,7 +427,7 @@ class VarifocalLoss(_MMDetLoss):
         self.gamma = _check_exponent("gamma", gamma)
         self.iou_weighted = _check_bool("iou_weighted", iou_weighted)
 
-    def _hparams(self) -> dict:
+    def _hparams(self) -> dict[str, object]:
         return {"alpha": self.alpha, "gamma": self.gamma, "iou_weighted": self.iou_weighted}
 
     def forward(
@@ -478,7 +483,7 @@ class DistributionFocalLoss(_MMDetLoss):
     def __init__(self, reduction: str = "mean", loss_weight: float = 1.0) -> None:
         super().__init__(reduction, loss_weight)
 
-    def _hparams(self) -> dict:
+    def _hparams(self) -> dict[str, object]:
         return {}
 
     def forward(

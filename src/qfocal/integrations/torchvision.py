@@ -14,6 +14,8 @@ with their own backbone build ``QualityFCOS(backbone, num_classes, head=QualityF
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -73,22 +75,34 @@ def _match_targets(targets: list[dict[str, Tensor]], matched_idxs: list[Tensor])
     return torch.stack(classes), torch.stack(boxes)
 
 
-class FocalFCOSHead(FCOSHead):
+class FocalFCOSHead(FCOSHead):  # type: ignore[misc]  # torchvision ships no type information
     """torchvision's ``FCOSHead`` (focal loss, GIoU, centerness), normalised by the positives averaged over
     processes. In one process the losses equal torchvision's exactly (the rescale factor is 1)."""
 
-    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
-        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+    def compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> dict[str, Tensor]:
+        losses: dict[str, Tensor] = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
         local = sum(int((m >= 0).sum()) for m in matched_idxs)
         mean = _mean_over_processes(local, head_outputs["cls_logits"].device)
         scale = max(1.0, float(local)) / max(1.0, mean)
         return {k: v * scale for k, v in losses.items()} if scale != 1.0 else losses
 
 
-class _BoxRegressionHead(FCOSRegressionHead):
+class _BoxRegressionHead(FCOSRegressionHead):  # type: ignore[misc]  # torchvision ships no type information
     """FCOS's regression tower without the centerness branch (GFL folds quality into the class score)."""
 
-    def __init__(self, in_channels: int, num_anchors: int, num_convs: int = 4, norm_layer=None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_convs: int = 4,
+        norm_layer: Callable[..., nn.Module] | None = None,
+    ) -> None:
         super().__init__(in_channels, num_anchors, num_convs, norm_layer)
         del self.bbox_ctrness
 
@@ -110,10 +124,10 @@ class _DistributionRegressionHead(_BoxRegressionHead):
         self.reg_max = int(reg_max)
         self.bbox_reg = nn.Conv2d(in_channels, num_anchors * 4 * (self.reg_max + 1), 3, 1, 1)
         nn.init.normal_(self.bbox_reg.weight, std=0.01)
-        nn.init.zeros_(self.bbox_reg.bias)
+        nn.init.zeros_(self.bbox_reg.bias)  # type: ignore[arg-type]  # a Conv2d built with its bias
         self.register_buffer("bins", torch.arange(self.reg_max + 1, dtype=torch.float32), persistent=False)
 
-    def forward(self, x: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, x: list[Tensor]) -> tuple[Tensor, Tensor]:  # type: ignore[override]  # GFL's (sides, logits)
         bins = self.reg_max + 1
         out = []
         for features in x:
@@ -125,7 +139,7 @@ class _DistributionRegressionHead(_BoxRegressionHead):
         return dist, logits
 
 
-class QualityFCOSHead(FCOSHead):
+class QualityFCOSHead(FCOSHead):  # type: ignore[misc]  # torchvision ships no type information
     """FCOS head trained with the GFL joint classification-IoU target and QFL or VFL.
 
     Args:
@@ -183,7 +197,13 @@ class QualityFCOSHead(FCOSHead):
             out["bbox_regression"] = self.regression_head(x)
         return out
 
-    def compute_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, Tensor]:
+    def compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> dict[str, Tensor]:
         cls_logits = head_outputs["cls_logits"]  # (N, A, C)
         bbox_regression = head_outputs["bbox_regression"]  # (N, A, 4)
         gt_classes, gt_boxes = _match_targets(targets, matched_idxs)
@@ -213,11 +233,16 @@ class QualityFCOSHead(FCOSHead):
         return losses
 
 
-class QualityFCOS(FCOS):
+class QualityFCOS(FCOS):  # type: ignore[misc]  # torchvision ships no type information
     """torchvision's ``FCOS`` scoring each box by ``sigmoid(cls_logit)`` alone (no centerness), for
     :class:`QualityFCOSHead`. Construct it like ``FCOS``; pass ``head=QualityFCOSHead(...)``."""
 
-    def postprocess_detections(self, head_outputs, anchors, image_shapes):
+    def postprocess_detections(
+        self,
+        head_outputs: dict[str, list[Tensor]],
+        anchors: list[list[Tensor]],
+        image_shapes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
         class_logits = head_outputs["cls_logits"]
         box_regression = head_outputs["bbox_regression"]
         detections: list[dict[str, Tensor]] = []

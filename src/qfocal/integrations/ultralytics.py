@@ -35,9 +35,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -75,7 +76,9 @@ CLS_LOSSES = ULTRALYTICS_LOSSES
 _DEFAULTS: dict[str, dict[str, Any]] = {
     name: loss_entry(name).defaults_at("ultralytics") for name in CLS_LOSSES
 }
-_MODULES = {name: getattr(modules, loss_entry(name).module) for name in CLS_LOSSES if loss_entry(name).module}
+_MODULES: dict[str, Callable[..., nn.Module]] = {
+    name: getattr(modules, module) for name in CLS_LOSSES if (module := loss_entry(name).module)
+}
 
 
 def _check_cls_loss(cls_loss: object, loss_kwargs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -109,7 +112,7 @@ class _ElementwiseCls(nn.Module):
         super().__init__()
         self.gain = gain
         if cls_loss == "bce":
-            self.loss = nn.BCEWithLogitsLoss(reduction="none")
+            self.loss: nn.Module = nn.BCEWithLogitsLoss(reduction="none")
         else:
             self.loss = _MODULES[cls_loss](reduction="none", **options)
             # options the module's constructor lets through (varifocal's alpha=None) fail here, not mid-run
@@ -118,7 +121,7 @@ class _ElementwiseCls(nn.Module):
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         pred, target = pred.float(), target.float()
-        loss = self.loss(pred, target)
+        loss: Tensor = self.loss(pred, target)
         if self.gain is None:
             return loss * matched_gain(self.loss, self.reference, pred, target)
         return loss if self.gain == 1.0 else loss * self.gain
@@ -167,7 +170,8 @@ class DetectionLoss(v8DetectionLoss):
         super().__init__(model, **kwargs)
         self.cls_loss, self.cls_options, self.cls_gain = cls_loss, options, gain
         if cls_loss != "bce" or gain != 1.0:  # the only line v8DetectionLoss's classification term depends on
-            self.bce = _ElementwiseCls(cls_loss, options, gain).to(self.device)
+            # Ultralytics types bce as nn.BCEWithLogitsLoss; it only calls it as criterion(pred, target)
+            self.bce = _ElementwiseCls(cls_loss, options, gain).to(self.device)  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         options = "".join(f", {k}={v!r}" for k, v in self.cls_options.items())
@@ -186,7 +190,7 @@ class QFocalDetectionModel(DetectionModel):
 
     def __init__(
         self,
-        cfg: str | dict = "yolov8n.yaml",
+        cfg: str | dict[str, Any] = "yolov8n.yaml",
         ch: int = 3,
         nc: int | None = None,
         verbose: bool = True,
@@ -198,16 +202,17 @@ class QFocalDetectionModel(DetectionModel):
         loss_kwargs = dict(loss_kwargs or {})
         cls_loss, options = _check_cls_loss(cls_loss, loss_kwargs)  # fail before building the network
         gain = check_cls_gain(cls_loss, cls_gain)
-        super().__init__(cfg, ch=ch, nc=nc, verbose=verbose)
+        super().__init__(cfg, ch=ch, nc=nc, verbose=verbose)  # type: ignore[no-untyped-call]  # Ultralytics' method, unannotated
         self.cls_loss, self.loss_kwargs, self.cls_gain = cls_loss, loss_kwargs, gain
         # the run record, pickled with the model into every checkpoint (a plain dict: loads without qfocal)
         self.qfocal = record(cls_loss, options, gain)
 
-    def init_criterion(self):
-        make = functools.partial(
+    def init_criterion(self) -> Any:  # DetectionLoss, or Ultralytics' E2ELoss around it
+        make: Callable[[nn.Module], DetectionLoss] = functools.partial(
             DetectionLoss, cls_loss=self.cls_loss, cls_gain=self.cls_gain, **self.loss_kwargs
         )
-        if getattr(self.model[-1], "one2one_cv2", None) is not None:
+        # Ultralytics leaves DetectionModel.model unannotated: nn.Module.__getattr__ types it Tensor | Module
+        if getattr(self.model[-1], "one2one_cv2", None) is not None:  # type: ignore[index]
             if E2ELoss is None:
                 raise NotImplementedError("end-to-end heads need Ultralytics >= 8.4 (E2ELoss)")
             return E2ELoss(self, make)
@@ -238,9 +243,9 @@ class QFocalDetectionTrainer(DetectionTrainer):
 
     def __init__(
         self,
-        cfg=DEFAULT_CFG,
+        cfg: str | Path | dict[str, Any] | SimpleNamespace = DEFAULT_CFG,
         overrides: dict[str, Any] | None = None,
-        _callbacks: dict | None = None,
+        _callbacks: dict[str, Any] | None = None,
         *,
         cls_loss: str | None = None,
         loss_kwargs: Mapping[str, Any] | None = None,
@@ -268,7 +273,7 @@ class QFocalDetectionTrainer(DetectionTrainer):
         }:  # args.yaml again, with the record: the run's arguments say which loss it trained with
             YAML.save(self.save_dir / "args.yaml", {**vars(self.args), "qfocal": self.qfocal})
 
-    def train(self):
+    def train(self) -> None:
         if getattr(self, "ddp", False) and self.cls_loss != "bce":
             # Ultralytics' DDP workers rebuild the trainer from its Ultralytics arguments only: they would train
             # with BCE without a word. Refuse instead.
@@ -276,15 +281,15 @@ class QFocalDetectionTrainer(DetectionTrainer):
                 f"cls_loss={self.cls_loss!r} with multi-GPU DDP (device={self.args.device!r}): not supported; "
                 "train on one device"
             )
-        return super().train()
+        return super().train()  # type: ignore[no-untyped-call,no-any-return]  # Ultralytics' method, unannotated
 
     def get_model(
-        self, cfg: str | dict | None = None, weights: nn.Module | None = None, verbose: bool = True
-    ):
+        self, cfg: str | dict[str, Any] | None = None, weights: nn.Module | None = None, verbose: bool = True
+    ) -> QFocalDetectionModel:
         from ultralytics.utils import RANK
 
         model = QFocalDetectionModel(
-            cfg,
+            cfg,  # type: ignore[arg-type]  # as Ultralytics' get_model: the trainer passes its model yaml
             ch=self.data.get("channels", 3),
             nc=self.data["nc"],
             verbose=verbose and RANK == -1,
@@ -299,16 +304,16 @@ class QFocalDetectionTrainer(DetectionTrainer):
         if hasattr(
             self, "set_model_names_for_load"
         ):  # Ultralytics >= 8.4: class names before loading weights
-            model = self.set_model_names_for_load(model)
+            model = self.set_model_names_for_load(model)  # type: ignore[no-untyped-call]  # Ultralytics' method, unannotated
         if weights:
-            model.load(weights)
+            model.load(weights)  # type: ignore[no-untyped-call]  # Ultralytics' method, unannotated
         return model
 
-    def save_model(self):
+    def save_model(self) -> None:
         # Save the EMA as Ultralytics' own DetectionModel: checkpoints then load without qfocal installed.
         ema = self.ema.ema if self.ema is not None else None
         if not isinstance(ema, QFocalDetectionModel):
-            return super().save_model()
+            return super().save_model()  # type: ignore[no-untyped-call,no-any-return]  # Ultralytics' method, unannotated
         ema.__class__ = DetectionModel
         try:
             return super().save_model()
@@ -373,6 +378,7 @@ def _value(text: str) -> Any:
 
 
 DEFAULT_MODEL = "yolov8n.yaml"
+_T = TypeVar("_T")
 # qfocal's settings that may also come as key=value among Ultralytics' arguments, and the option each one is.
 _QFOCAL_KEYS = {
     "model": "MODEL",
@@ -382,7 +388,9 @@ _QFOCAL_KEYS = {
 }
 
 
-def _resolve_command(args: argparse.Namespace) -> tuple[str, str, Any, dict, dict]:
+def _resolve_command(
+    args: argparse.Namespace,
+) -> tuple[str, str, float | str | None, dict[str, Any], dict[str, Any]]:
     """``(model, cls_loss, cls_gain, loss_kwargs, overrides)`` of the command line: the key=value forms of
     ``model``, ``data``, ``cls_loss``, ``cls_gain`` and ``loss_kwargs`` mean what the options mean (a positional
     ``data=...`` is not taken for the model); the same setting given twice with different values is an error."""
@@ -404,7 +412,7 @@ def _resolve_command(args: argparse.Namespace) -> tuple[str, str, Any, dict, dic
             raise CommandError(f"{key}: given twice ({key}={overrides[key]!r} and {item!r})", usage=True)
         overrides[key] = _value(value)
 
-    def merge(key: str, option_value, parse):
+    def merge(key: str, option_value: _T | None, parse: Callable[[object], _T]) -> _T | None:
         if key not in overrides:
             return option_value
         raw = overrides.pop(key)
@@ -419,7 +427,7 @@ def _resolve_command(args: argparse.Namespace) -> tuple[str, str, Any, dict, dic
             )
         return value
 
-    def text(value) -> str:
+    def text(value: object) -> str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise TypeError(f"expected a name, got {value!r}")
         return str(value)

@@ -109,7 +109,7 @@ def available_impls(logits: Tensor) -> tuple[str, ...]:
     return tuple(impls)
 
 
-def select(name: str, logits: Tensor) -> Callable | None:
+def select(name: str, logits: Tensor) -> Callable[..., Tensor] | None:
     """The fused loss callable for backend ``name`` and these logits, or None to run the reference math.
 
     Raises ValueError for an unknown name, and for ``"triton"`` where Triton cannot run on ``logits``.

@@ -11,8 +11,10 @@ import contextlib
 import threading
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from ._math import fused_loss_and_grad
 
@@ -20,7 +22,7 @@ from ._math import fused_loss_and_grad
 _RECOMPILE_LIMIT = 64
 
 _lock = threading.Lock()
-_compiled: Callable | None = None
+_compiled: Callable[..., tuple[Tensor, Tensor | None]] | None = None
 _broken: str | None = None
 
 
@@ -29,15 +31,15 @@ def inductor_failed() -> str | None:
     return _broken
 
 
-def _limit_patch() -> contextlib.AbstractContextManager:
+def _limit_patch() -> contextlib.AbstractContextManager[object]:
     config = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):  # renamed in torch 2.7
         if hasattr(config, name):
-            return config.patch({name: max(getattr(config, name), _RECOMPILE_LIMIT)})
+            return config.patch({name: max(getattr(config, name), _RECOMPILE_LIMIT)})  # type: ignore[no-any-return]  # torch's config module is unannotated
     return contextlib.nullcontext()
 
 
-def _get_compiled() -> Callable:
+def _get_compiled() -> Callable[..., tuple[Tensor, Tensor | None]]:
     global _compiled
     with _lock:
         if _compiled is None:
@@ -45,7 +47,7 @@ def _get_compiled() -> Callable:
         return _compiled
 
 
-def inductor_loss_and_grad(*args, **kwargs):
+def inductor_loss_and_grad(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
     """Compiled :func:`fused_loss_and_grad`; eager after a compilation failure (warned once)."""
     global _broken
     if _broken is None:

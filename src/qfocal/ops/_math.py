@@ -82,9 +82,9 @@ def fused_loss_and_grad(
         # Sparse QFL target: t[i, j] = scores[i] where labels[i] == j, as _reference.densify (the same values);
         # the Inductor implementation receives it densified (see _op._forward_impl)
         cols = torch.arange(x.shape[-1], device=x.device)
-        t = torch.where(labels.unsqueeze(-1) == cols, scores.to(cdtype).unsqueeze(-1), 0.0)
+        t = torch.where(labels.unsqueeze(-1) == cols, scores.to(cdtype).unsqueeze(-1), 0.0)  # type: ignore[union-attr]  # scores come with labels
     else:
-        t = target.to(cdtype)
+        t = target.to(cdtype)  # type: ignore[union-attr]  # dense: target is given
 
     # torch.sigmoid, as the reference: |t - p| ** gamma is ill-conditioned where t ~ p (for gamma < 1 its slope
     # is singular there), so p must round as the reference's does, not merely be as accurate.

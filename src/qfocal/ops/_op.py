@@ -14,7 +14,7 @@ The op's arguments are addressed by name everywhere (``_TENSORS`` and ``_ATTRS``
 # ruff: noqa: UP045  (torch.library infers the op schema from typing.Optional on every supported torch)
 
 import inspect
-from typing import Optional
+from typing import Any, Optional, Protocol
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -22,7 +22,7 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
 from .._names import FUSED_IMPLS
-from .._reference import AVG_EPS, LossSpec, densify, reference_loss
+from .._reference import AVG_EPS, LossSpec, LossTensors, densify, reference_loss
 from ._inductor import inductor_loss_and_grad
 from ._math import fused_loss_and_grad
 
@@ -67,7 +67,7 @@ def _forward_impl(
         # Inductor generates different code (vectorisation, reduction order) for the sparse and the dense graph,
         # which then differ in the last bit: build the dense target, as the reference does, so that both forms
         # run the same compiled code and give the same bits. Eager and Triton compute t in place, identically.
-        target = densify(labels, scores, logits.shape, scores.dtype)
+        target = densify(labels, scores, logits.shape, scores.dtype)  # type: ignore[arg-type,union-attr]  # scores come with labels
         labels = scores = None
     has_alpha = alpha >= 0
     alpha_offset = 1.0 - alpha if has_alpha else 1.0
@@ -119,12 +119,12 @@ _TENSORS = tuple(n for n, p in _SIGNATURE.parameters.items() if "Tensor" in str(
 _ATTRS = tuple(n for n in _SIGNATURE.parameters if n not in _TENSORS)
 
 
-def _bind(args: tuple, kwargs: dict) -> dict:
+def _bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """The op's arguments by name, however they were passed."""
     return dict(_SIGNATURE.bind(*args, **kwargs).arguments)
 
 
-def _spec(attrs: dict) -> LossSpec:
+def _spec(attrs: dict[str, Any]) -> LossSpec:
     alpha = attrs["alpha"]
     return LossSpec(
         kind=attrs["kind"],
@@ -139,7 +139,7 @@ fused_loss_op = torch.library.custom_op("qfocal::fused_loss", _forward_impl, mut
 
 
 @fused_loss_op.register_fake
-def _fake(*args, **kwargs):
+def _fake(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
     a = _bind(args, kwargs)
     logits = a["logits"]
     # the layout of empty_like(logits), as _forward_impl returns: a permuted input keeps its strides
@@ -148,7 +148,22 @@ def _fake(*args, **kwargs):
     return loss, grad
 
 
-def _setup_context(ctx, inputs, output) -> None:
+class _Ctx(Protocol):
+    """The autograd context as this op uses it: torch's, with the attributes _setup_context sets."""
+
+    attrs: dict[str, Any]
+    traced: bool
+    grad: Optional[Tensor]
+    consumed: bool
+    saved_tensors: tuple[Tensor, ...]
+    needs_input_grad: tuple[bool, ...]
+
+    def set_materialize_grads(self, value: bool) -> None: ...
+
+    def save_for_backward(self, *tensors: Optional[Tensor]) -> None: ...
+
+
+def _setup_context(ctx: _Ctx, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
     a = dict(zip(_SIGNATURE.parameters, inputs, strict=True))
     ctx.set_materialize_grads(False)  # else autograd allocates zeros for the unused gradient output
     ctx.attrs = {n: a[n] for n in _ATTRS}
@@ -167,11 +182,12 @@ def _traced(t: Tensor) -> bool:
     return torch.compiler.is_compiling() or is_fake(t)
 
 
-def _reference_grad(ctx, tensors: dict, grad_loss: Tensor, create_graph: bool) -> Tensor:
+def _reference_grad(ctx: _Ctx, tensors: dict[str, Any], grad_loss: Tensor, create_graph: bool) -> Tensor:
     """d loss / d logits through the reference math, differentiable again (double backward)."""
     avg_value = ctx.attrs["avg_value"]
     if tensors["avg_factor"] is None and avg_value >= 0:
         tensors = {**tensors, "avg_factor": avg_value}
+    grad: Tensor
     with torch.enable_grad():
         loss = reference_loss(_spec(ctx.attrs), **tensors)
         (grad,) = torch.autograd.grad(
@@ -180,18 +196,20 @@ def _reference_grad(ctx, tensors: dict, grad_loss: Tensor, create_graph: bool) -
     return grad
 
 
-def _backward(ctx, grad_loss: Optional[Tensor], _grad_of_grad: Optional[Tensor]):
+def _backward(
+    ctx: _Ctx, grad_loss: Optional[Tensor], _grad_of_grad: Optional[Tensor]
+) -> tuple[Optional[Tensor], ...]:
     grads = dict.fromkeys(_SIGNATURE.parameters)
     if grad_loss is not None and ctx.needs_input_grad[0]:
         grads["logits"] = _logits_grad(ctx, grad_loss)
     return tuple(grads.values())
 
 
-def _saved(ctx) -> dict:
+def _saved(ctx: _Ctx) -> dict[str, Any]:
     return dict(zip(_TENSORS, ctx.saved_tensors[: len(_TENSORS)], strict=True))
 
 
-def _logits_grad(ctx, grad_loss: Tensor) -> Tensor:
+def _logits_grad(ctx: _Ctx, grad_loss: Tensor) -> Tensor:
     if ctx.traced:
         return ctx.saved_tensors[-1] * grad_loss  # traced by AOTAutograd: Inductor plans the memory itself
     if torch.is_grad_enabled():  # create_graph=True: differentiate the reference math instead
@@ -208,7 +226,7 @@ def _logits_grad(ctx, grad_loss: Tensor) -> Tensor:
     if ctx.consumed:
         _, grad = _forward_impl(**_saved(ctx), **{**ctx.attrs, "need_grad": True})
     else:
-        grad, ctx.grad, ctx.consumed = ctx.grad, None, True
+        grad, ctx.grad, ctx.consumed = ctx.grad, None, True  # type: ignore[assignment]  # set until consumed
     if grad_loss.numel() != 1:
         grad.mul_(grad_loss)
     elif grad_loss.device.type == "cpu":
@@ -232,7 +250,7 @@ def _functorch_active() -> bool:
     return current_level is not None and current_level() is not None
 
 
-def _under_transform(logits: Tensor, tensors: dict) -> bool:
+def _under_transform(logits: Tensor, tensors: LossTensors) -> bool:
     """Whether forward-mode AD or a functorch transform (vmap, grad, jvp, jacrev, hessian, ...) sees this call.
 
     The op differentiates in reverse mode only: torch.library's ``register_autograd`` has no forward rule (forward
@@ -253,7 +271,7 @@ def _under_transform(logits: Tensor, tensors: dict) -> bool:
     )
 
 
-def _needs_reference(impl: str, logits: Tensor, tensors: dict) -> bool:
+def _needs_reference(impl: str, logits: Tensor, tensors: LossTensors) -> bool:
     if logits.dtype not in _SUPPORTED_DTYPES or logits.numel() == 0:
         return True
     if _under_transform(logits, tensors):
@@ -274,14 +292,14 @@ def fused_loss(
     scores: Optional[Tensor] = None,
     pos_weight: Optional[Tensor] = None,
     weight: Optional[Tensor] = None,
-    avg_factor=None,
+    avg_factor: float | Tensor | None = None,
     impl: str,
 ) -> Tensor:
     """The fused loss with the contract of :func:`qfocal._reference.reference_loss`; ``impl`` is one of
     ``FUSED_IMPLS`` (eager, inductor, triton)."""
     if impl not in FUSED_IMPLS:
         raise ValueError(f"impl: expected one of {FUSED_IMPLS}, got {impl!r}")
-    tensors = {
+    tensors: LossTensors = {
         "target": target, "labels": labels, "scores": scores,
         "pos_weight": pos_weight, "weight": weight, "avg_factor": avg_factor,
     }  # fmt: skip
@@ -289,6 +307,7 @@ def fused_loss(
         return reference_loss(spec, logits, **tensors)
     avg_tensor = avg_factor if isinstance(avg_factor, Tensor) else None
     avg_value = float(avg_factor) if avg_factor is not None and avg_tensor is None else -1.0
+    loss: Tensor
     loss, _ = fused_loss_op(
         logits=logits, **{**tensors, "avg_factor": avg_tensor},
         kind=spec.kind, exponent=float(spec.exponent),

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -72,12 +72,14 @@ def _number(hyp: Mapping[str, Any], key: str, default: float | None) -> float | 
 class _Varifocal(nn.Module):
     """YOLOv5-style call ``criterion(pred, true)`` for :class:`qfocal.VarifocalLoss` (mean over elements)."""
 
-    def __init__(self, alpha: float, gamma: float) -> None:
+    def __init__(self, alpha: float | None, gamma: float) -> None:
         super().__init__()
-        self.loss = VarifocalLoss(alpha=alpha, gamma=gamma, reduction="mean")
+        # alpha None (hyp vfl_alpha: null) reaches VarifocalLoss's own check, which names it
+        self.loss = VarifocalLoss(alpha=alpha, gamma=gamma, reduction="mean")  # type: ignore[arg-type]
 
     def forward(self, pred: Tensor, true: Tensor) -> Tensor:
-        return self.loss(pred, true)
+        loss: Tensor = self.loss(pred, true)
+        return loss
 
 
 def criterion_options(kind: str, hyp: Mapping[str, Any]) -> dict[str, float | None]:
@@ -92,16 +94,22 @@ def criterion_options(kind: str, hyp: Mapping[str, Any]) -> dict[str, float | No
     kind = _check_loss_name("loss", kind)
     if kind == "bce":
         return {}
-    shared = _number(hyp, "fl_gamma", 0.0) or _DEFAULT_EXPONENT[kind]
     exponent_key, alpha_key = _KEYS_OF[kind]
+    exponent, alpha = _exponent_and_alpha(kind, hyp)
+    return {exponent_key: exponent, alpha_key: alpha}
+
+
+def _exponent_and_alpha(kind: str, hyp: Mapping[str, Any]) -> tuple[float, float | None]:
+    """The options of criterion ``kind`` (a canonical name other than ``"bce"``), see :func:`criterion_options`."""
+    shared: float = _number(hyp, "fl_gamma", 0.0) or _DEFAULT_EXPONENT[kind]
     if kind == "focal":
-        return {"fl_gamma": shared, "fl_alpha": _number(hyp, "fl_alpha", _DEFAULTS["focal"]["alpha"])}
-    exponent = _number(hyp, exponent_key, None)
+        return shared, _number(hyp, "fl_alpha", _DEFAULTS["focal"]["alpha"])
+    exponent = _number(hyp, _KEYS_OF[kind][0], None)
     if kind == "qfl":  # no alpha unless one is given: the paper's QFL
         alpha = _number(hyp, "qfl_alpha", None) if "qfl_alpha" in hyp else _number(hyp, "fl_alpha", None)
     else:
         alpha = _number(hyp, "vfl_alpha", _DEFAULTS["vfl"]["alpha"])
-    return {exponent_key: shared if exponent is None else exponent, alpha_key: alpha}
+    return shared if exponent is None else exponent, alpha
 
 
 def build_criterion(kind: str, bce: nn.BCEWithLogitsLoss, hyp: Mapping[str, Any]) -> nn.Module:
@@ -121,7 +129,7 @@ def build_criterion(kind: str, bce: nn.BCEWithLogitsLoss, hyp: Mapping[str, Any]
     kind = _check_loss_name("loss", kind)
     if kind == "bce":
         return bce
-    exponent, alpha = criterion_options(kind, hyp).values()
+    exponent, alpha = _exponent_and_alpha(kind, hyp)
     if kind == "focal":
         return FocalLoss(bce, gamma=exponent, alpha=alpha)
     if kind == "qfl":
@@ -183,11 +191,22 @@ def _ciou(box1: Tensor, box2: Tensor, eps: float = 1e-7) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # ComputeLoss
 # ----------------------------------------------------------------------------------------------------------
-def _detect_layer(model: nn.Module) -> nn.Module:
+class _DetectLayer(Protocol):
+    """What ComputeLoss reads of YOLOv5's ``Detect`` layer (YOLOv5 ships no type information)."""
+
+    na: int
+    nc: int
+    nl: int
+    anchors: Tensor
+    stride: Tensor
+
+
+def _detect_layer(model: nn.Module) -> _DetectLayer:
     inner = (
         model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
     )
-    layers = getattr(inner, "model", None)
+    layers: Any = getattr(inner, "model", None)  # the DetectionModel's nn.Sequential, or anything
+    m: _DetectLayer | None
     try:
         m = layers[-1]
     except (TypeError, IndexError, KeyError):
@@ -201,7 +220,7 @@ def _detect_layer(model: nn.Module) -> nn.Module:
     return m
 
 
-def _model_hyp(model: nn.Module) -> dict:
+def _model_hyp(model: nn.Module) -> dict[str, Any]:
     hyp = getattr(model, "hyp", None)
     if hyp is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         hyp = getattr(model.module, "hyp", None)
@@ -303,7 +322,12 @@ class ComputeLoss:
 
     @staticmethod
     def _balanced(
-        value: Tensor, gain: float | None, criterion, reference, pred: Tensor, true: Tensor
+        value: Tensor,
+        gain: float | None,
+        criterion: Callable[[Tensor, Tensor], Tensor],
+        reference: Callable[[Tensor, Tensor], Tensor],
+        pred: Tensor,
+        true: Tensor,
     ) -> Tensor:
         if gain is None:
             return value * matched_gain(criterion, reference, pred, true)
@@ -373,7 +397,10 @@ class ComputeLoss:
         ``(image, anchor, gy, gx)`` and the matched anchors.
         """
         na, nt = self.na, targets.shape[0]
-        tcls, tbox, indices, anch = [], [], [], []
+        tcls: list[Tensor] = []
+        tbox: list[Tensor] = []
+        indices: list[tuple[Tensor, ...]] = []
+        anch: list[Tensor] = []
         gain = torch.ones(7, device=self.device)
         ai = torch.arange(na, device=self.device).float().view(na, 1).repeat(1, nt)
         targets = torch.cat((targets.repeat(na, 1, 1), ai[..., None]), 2)  # (na, nt, 7): + anchor index
@@ -385,6 +412,7 @@ class ComputeLoss:
             anchors, shape = self.anchors[i], p[i].shape
             gain[2:6] = torch.tensor(shape)[[3, 2, 3, 2]]  # normalised xywh -> grid units
             t = targets * gain
+            offsets: Tensor | int
             if nt:
                 r = t[..., 4:6] / anchors[:, None]
                 keep = torch.max(r, 1 / r).max(2)[0] < self.hyp["anchor_t"]

@@ -37,7 +37,7 @@ def load_train_module(train_module: ModuleType | None) -> ModuleType:
     with offline_import():  # yolov5 imports Ultralytics, which probes the network on import otherwise
         import yolov5.train as module
 
-    return module
+    return module  # type: ignore[no-any-return]  # yolov5 ships no type information
 
 
 def _package_of(train_module: ModuleType) -> str:
@@ -73,7 +73,7 @@ def _pillow_compat(patches: _Patches, package: str) -> None:
     if check_pil_font is None:
         return
 
-    def with_getsize(*args, **kwargs):
+    def with_getsize(*args: Any, **kwargs: Any) -> Any:  # YOLOv5's check_pil_font, unannotated
         font = check_pil_font(*args, **kwargs)
         if font is not None and not hasattr(font, "getsize") and hasattr(font, "getbbox"):
             font.getsize = lambda text: font.getbbox(text)[2:4]  # what Ultralytics' own Annotator does
@@ -90,7 +90,9 @@ def _dataset_path_compat(patches: _Patches, package: str) -> None:
     if check_dataset is None:
         return
 
-    def relative_to_yaml(data, *args, **kwargs):
+    def relative_to_yaml(
+        data: object, *args: Any, **kwargs: Any
+    ) -> Any:  # YOLOv5's check_dataset, unannotated
         path = Path(str(data))
         if isinstance(data, (str, Path)) and path.suffix in (".yaml", ".yml") and path.is_file():
             content = _load_yaml(path)
@@ -153,13 +155,13 @@ def patch_train(
             patches.undo()
 
 
-def stock_hyp(hyp: str | Path | None = None) -> dict:
+def stock_hyp(hyp: str | Path | None = None) -> dict[str, Any]:
     """YOLOv5's hyp file ``hyp`` (a path, or a name in YOLOv5's ``data/hyps``; default ``hyp.scratch-low.yaml``)
     as a dict."""
     return _load_yaml(_resolve_hyp(load_train_module(None), hyp))
 
 
-def _load_yaml(path: str | Path) -> dict:
+def _load_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 
     with open(path, errors="ignore") as f:
@@ -179,17 +181,19 @@ def _write_hyp(hyp: Mapping[str, Any], directory: str) -> str:
 
 def _resolve_hyp(module: ModuleType, hyp: str | Path | None) -> Path:
     if hyp is None:
-        return Path(module.__file__).parent / "data" / "hyps" / "hyp.scratch-low.yaml"
+        return Path(module.__file__).parent / "data" / "hyps" / "hyp.scratch-low.yaml"  # type: ignore[arg-type]  # a file
     path = Path(hyp)
     if path.is_file():
         return path
-    found = Path(module.__file__).parent / "data" / "hyps" / path.name
+    found = Path(module.__file__).parent / "data" / "hyps" / path.name  # type: ignore[arg-type]  # a file
     if found.is_file():
         return found
     raise FileNotFoundError(f"hyp: expected a hyperparameter YAML file, got {hyp!s} (not found)")
 
 
-def _full_hyp(module: ModuleType, hyp_file: str | Path | None, overrides: Mapping[str, Any]) -> dict:
+def _full_hyp(
+    module: ModuleType, hyp_file: str | Path | None, overrides: Mapping[str, Any]
+) -> dict[str, Any]:
     """A hyp file laid over YOLOv5's stock ``hyp.scratch-low.yaml`` (so one holding only qfocal's keys works), then
     ``overrides``; qfocal's keys are checked before anything else runs, and filled in (:func:`effective_hyp`)."""
     stock = _load_yaml(_resolve_hyp(module, None))
@@ -211,7 +215,7 @@ def check_loss_keys(hyp: Mapping[str, Any]) -> None:
             raise type(exc)(f"hyp[{key!r}]={hyp.get(key)!r} with {keys or 'the defaults'}: {exc}") from None
 
 
-def effective_hyp(hyp: Mapping[str, Any]) -> dict:
+def effective_hyp(hyp: Mapping[str, Any]) -> dict[str, Any]:
     """``hyp`` with qfocal's keys checked and filled in with the values :class:`ComputeLoss` will use: both
     criteria by canonical name (a term not named gets YOLOv5's rule's choice), their gains (``"auto"`` or the
     number; YOLOv5's own ``fl_gamma`` focal loss gets ``1.0``), and the options of every criterion in use under
@@ -242,7 +246,7 @@ def effective_hyp(hyp: Mapping[str, Any]) -> dict:
     return out
 
 
-def _yolov5_callbacks(module: ModuleType, callbacks: Mapping[str, Any]):
+def _yolov5_callbacks(module: ModuleType, callbacks: Mapping[str, Any]) -> Any:
     """A fresh YOLOv5 ``Callbacks`` with ``callbacks`` (event -> function or list of functions) registered."""
     package = _package_of(module)
     with offline_import():
@@ -304,9 +308,12 @@ def train(
             patches.setattr(sys, "argv", sys.argv[:1])  # train.run parses sys.argv for its defaults
             with patch_train(module, offline_mode=offline_mode, compute_loss=compute_loss):
                 if not callbacks:
-                    return module.run(data=str(data), cfg=str(cfg), hyp=hyp_path, weights=weights, **opts)
+                    ran: argparse.Namespace = module.run(
+                        data=str(data), cfg=str(cfg), hyp=hyp_path, weights=weights, **opts
+                    )
+                    return ran
                 # train.run with our callbacks: run() passes none to main()
-                opt = module.parse_opt(True)
+                opt: argparse.Namespace = module.parse_opt(True)
                 for key, value in {
                     "data": str(data),
                     "cfg": str(cfg),
