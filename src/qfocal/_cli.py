@@ -13,7 +13,7 @@ import importlib.util
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 from ._names import LOSSES, loss_name
@@ -227,15 +227,48 @@ def loss_list_arg(allowed: Iterable[str] = tuple(LOSSES)) -> Callable[[str], lis
     return losses
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` as qfocal prints it: descriptions and examples as written, and every option's default shown
+    (``(default: X)``) unless its help already says it or it is a switch."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if (
+            text
+            and text != argparse.SUPPRESS
+            and "default" not in text.lower()
+            and "%(default)" not in text
+            and action.default not in (None, argparse.SUPPRESS, False, True)
+            and action.option_strings
+        ):
+            default = action.default
+            if isinstance(default, (list, tuple)):
+                default = ",".join(map(str, default))
+            text = f"{text} (default: {str(default).replace('%', '%%')})"
+        return text
+
+
 def add_command(
     subparsers: argparse._SubParsersAction[_ParserT],
     name: str,
     func: Callable[[argparse.Namespace], int],
     *,
     pass_through: bool = False,
+    example: str | Sequence[str] | None = None,
     **kwargs: Any,
 ) -> _ParserT:
-    """Add subcommand ``name`` running ``func(args)``; the parsed namespace keeps its parser (for errors)."""
+    """Add subcommand ``name`` running ``func(args)``; the parsed namespace keeps its parser (for errors).
+
+    ``help`` is the one line in ``qfocal --help``; ``description`` (default: ``help``) heads ``qfocal NAME --help``;
+    ``example``: command lines printed under it. Options show their defaults (:class:`HelpFormatter`).
+    """
+    kwargs.setdefault("formatter_class", HelpFormatter)
+    if kwargs.get("help") and not kwargs.get("description"):
+        kwargs["description"] = kwargs["help"][:1].upper() + kwargs["help"][1:] + "."
+    if example is not None:
+        lines = [example] if isinstance(example, str) else list(example)
+        epilog = "example:\n" + "\n".join(f"  {line}" for line in lines)
+        kwargs["epilog"] = f"{kwargs['epilog'].rstrip()}\n\n{epilog}" if kwargs.get("epilog") else epilog
     parser = subparsers.add_parser(name, **kwargs)
     parser.set_defaults(func=func, parser=parser, pass_through=pass_through)
     return parser

@@ -180,9 +180,14 @@ def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
         sub,
         "table",
         _cmd_table,
-        help="print BCE / focal / QFL / VFL for given targets and predictions (default: the seed thread's table)",
-        description="Elementwise BCE, focal (YOLOv5 FocalLoss), QFL (YOLOv5 QFocalLoss) and varifocal losses. "
-        "Matrices are rows separated by ';', values by ','.",
+        help="print BCE, focal, QFL and VFL for given targets and predictions",
+        description="Print the elementwise BCE, focal (YOLOv5's FocalLoss), QFL (YOLOv5's QFocalLoss) and "
+        "varifocal losses of predictions against soft targets. Matrices are rows separated by ';', values by ','. "
+        'Without --targets: the two tables of YOLOv5\'s "Add QFocalLoss()" pull request, reproduced.',
+        example=[
+            "qfocal table",
+            "qfocal table --targets '0.9,0;0.5,1' --probs '0.8,0.1;0.5,0.7' --gamma 2 --alpha 0.25",
+        ],
     )
     p.add_argument("--targets", help="soft targets, e.g. '0.6225,0,0;0.9,0,0;0.5,1,0'")
     p.add_argument("--logits", help="raw predictions, same shape as --targets")
@@ -194,7 +199,15 @@ def register(sub: argparse._SubParsersAction[ArgumentParser]) -> None:
         "--alpha", type=float_arg(0.0, 1.0), default=0.25, help="alpha of focal and QFL (YOLOv5 default 0.25)"
     )
 
-    p = add_command(sub, "plot", _cmd_plot, help="draw loss against predicted probability for soft targets")
+    p = add_command(
+        sub,
+        "plot",
+        _cmd_plot,
+        help="draw each loss against the predicted probability, one panel per soft target",
+        description="Draw BCE, focal loss, QFL and VFL against the predicted probability p, one panel per soft "
+        "target t: QFL is 0 at p = t, focal loss is not.",
+        example="qfocal plot --targets 0,0.5,0.9,1 --out losses.png",
+    )
     p.add_argument("--out", default="qfocal_losses.png", help="PNG file to write")
     p.add_argument("--targets", default="0,0.5,0.9,1", help="comma-separated soft targets, one panel each")
     p.add_argument("--gamma", type=float_arg(0.0, 100.0), default=2.0, help="focal gamma and QFL beta")

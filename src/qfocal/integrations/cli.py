@@ -55,7 +55,6 @@ def register(subparsers: argparse._SubParsersAction[ArgumentParser]) -> None:
         help="train YOLOv5 (its own train.py) with qfocal's objectness/classification losses",
         description="Train with YOLOv5's train.py and qfocal's ComputeLoss, offline, from scratch unless --weights.",
         epilog=_YOLOV5_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     add_yolov5_arguments(p)
@@ -68,7 +67,6 @@ def register(subparsers: argparse._SubParsersAction[ArgumentParser]) -> None:
         help="train an Ultralytics YOLO detector with qfocal's classification loss",
         description="Train with Ultralytics' DetectionTrainer and qfocal's DetectionLoss, offline.",
         epilog=_ULTRALYTICS_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     add_ultralytics_arguments(p)
