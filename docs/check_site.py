@@ -110,7 +110,12 @@ def screenshot(exe: str, site: Path) -> Path:
     shot = site.parent / "screenshots" / "index.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [*_browser_args(exe), f"--screenshot={shot}", "--window-size=1280,1600", (site / "index.html").as_uri()],
+        [
+            *_browser_args(exe),
+            f"--screenshot={shot}",
+            "--window-size=1280,1600",
+            (site / "index.html").as_uri(),
+        ],
         capture_output=True,
         timeout=120,
         check=False,

@@ -63,7 +63,6 @@ nitpicky = False
 linkcheck_ignore = [r"https?://.*"]  # no network where the site is built
 
 
-
 # Docstring faults the strict build would stop on, in code owned elsewhere: mended here, at render time only,
 # until the source is fixed. qfocal.integrations.ultralytics: the criterion table of the module docstring has
 # cells wider than their columns ("Malformed table"); it is shown as preformatted text instead.
