@@ -106,15 +106,22 @@ def qfl_calls(monkeypatch: pytest.MonkeyPatch) -> list:
     return calls
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def doc_python_blocks(path: str | Path, section: str | None = None) -> list[str]:
+    """The ```python examples of a Markdown page (a path relative to the repository root, or absolute), or of its
+    ``## section`` only."""
+    text = (ROOT / path).read_text()
+    if section is not None:
+        text = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
 def readme_python_blocks(section: str | None = None) -> list[str]:
     """The ```python examples of README.md, or of its ``## section`` only."""
-    text = README.read_text()
-    if section is not None:
-        text = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return doc_python_blocks(README, section)
 
 
 @pytest.fixture(scope="session")

@@ -658,9 +658,9 @@ _MMDET_BUILD_SCRIPT = textwrap.dedent(
 def test_mmdet_losses_build_with_mmcv_lite_through_the_readme_registries():
     pytest.importorskip("mmengine")
     pytest.importorskip("mmdet")
-    from tests.conftest import readme_python_blocks
+    from tests.conftest import doc_python_blocks
 
-    block = next(b for b in readme_python_blocks("Use with mmdetection") if "MODELS.build" in b)
+    block = next(b for b in doc_python_blocks("docs/frameworks/mmdet.md") if "MODELS.build" in b)
     proc = subprocess.run(
         [sys.executable, "-c", _MMDET_BUILD_SCRIPT.format(block=block)],
         capture_output=True,

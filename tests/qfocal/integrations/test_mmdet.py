@@ -26,7 +26,7 @@ from mmengine.registry import DefaultScope
 
 import qfocal
 from qfocal.integrations import mmdet as plugin
-from tests.conftest import DTYPE_PRECISIONS, assert_close, readme_python_blocks
+from tests.conftest import DTYPE_PRECISIONS, assert_close, doc_python_blocks
 from tests.mmdet_oracle import load
 
 MM = load()  # mmdetection's loss modules, registered in MODELS under their own names
@@ -181,7 +181,7 @@ def test_docs_config_turns_gfl_r50_into_qfocal_losses_with_mmdets_numbers(tmp_pa
     """The config fragment of the README's "Use with mmdetection", applied to mmdet's own GFL R-50 config file."""
     from mmengine.config import Config
 
-    fragment = next(b for b in readme_python_blocks("Use with mmdetection") if "_base_" in b)
+    fragment = next(b for b in doc_python_blocks("docs/frameworks/mmdet.md") if "_base_" in b)
     path = tmp_path / "gfl_r50_fpn_1x_coco_qfocal.py"
     path.write_text(fragment)
     cfg = Config.fromfile(str(path))

@@ -20,7 +20,7 @@ import qfocal.functional as QF
 from qfocal.integrations import OfflineError, offline
 from qfocal.integrations import ultralytics as qu
 from qfocal_lab.data import write_toy_dataset
-from tests.conftest import assert_close, readme_python_blocks
+from tests.conftest import assert_close, doc_python_blocks
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def test_command_and_yolo_api_end_to_end(tmp_path, network_guard, qfl_calls):
 
 
 def test_docs_examples_run_offline(tmp_path, monkeypatch, network_guard, qfl_calls):
-    blocks = readme_python_blocks("Use with Ultralytics")
+    blocks = doc_python_blocks("docs/frameworks/ultralytics.md")
     assert len(blocks) == 2
     monkeypatch.chdir(tmp_path)
     for i, block in enumerate(blocks):

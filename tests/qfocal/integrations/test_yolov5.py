@@ -21,7 +21,7 @@ import qfocal.functional as QF
 from qfocal.integrations import OfflineError, offline, offline_import
 from qfocal.integrations import yolov5 as qy
 from qfocal_lab.data import write_toy_dataset
-from tests.conftest import assert_close, readme_python_blocks
+from tests.conftest import assert_close, doc_python_blocks
 
 with offline_import():
     import yolov5.train as yolov5_train
@@ -401,7 +401,7 @@ def test_command_end_to_end(tmp_path, network_guard, qfl_calls):
 
 
 def test_docs_examples_run_offline(tmp_path, monkeypatch, network_guard, qfl_calls):
-    blocks = readme_python_blocks("Use with YOLOv5")
+    blocks = doc_python_blocks("docs/frameworks/yolov5.md")
     assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["docs-example"])  # train.run parses sys.argv, not pytest's arguments
