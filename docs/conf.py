@@ -61,23 +61,3 @@ napoleon_numpy_docstring = False
 
 nitpicky = False
 linkcheck_ignore = [r"https?://.*"]  # no network where the site is built
-
-
-# Docstring faults the strict build would stop on, in code owned elsewhere: mended here, at render time only,
-# until the source is fixed. qfocal.integrations.ultralytics: the criterion table of the module docstring has
-# cells wider than their columns ("Malformed table"); it is shown as preformatted text instead.
-_MALFORMED_TABLES = {"qfocal.integrations.ultralytics"}
-
-
-def _mend_docstring(app, what, name, obj, options, lines):
-    if what != "module" or name not in _MALFORMED_TABLES:
-        return
-    borders = [i for i, line in enumerate(lines) if line.startswith("====") and set(line) <= {"=", " "}]
-    if borders:
-        first, last = borders[0], borders[-1]
-        block = [".. code-block:: text", ""] + ["   " + line for line in lines[first : last + 1]] + [""]
-        lines[first : last + 1] = block
-
-
-def setup(app):
-    app.connect("autodoc-process-docstring", _mend_docstring)

@@ -25,7 +25,7 @@ mmdetection's target forms, weight shapes and reductions where they differ from 
 * ``DistributionFocalLoss`` takes ``(N, n + 1)`` logits, ``(N,)`` targets and a weight broadcastable to ``(N,)``.
 
 Options qfocal cannot honour fail when the model is built, with ``ValueError`` / ``TypeError``. Deliberate
-differences (the README's "Use with mmdetection" lists every option): targets are validated (scores in [0, 1], labels in range;
+differences (docs/frameworks/mmdet.md lists every option): targets are validated (scores in [0, 1], labels in range;
 ``qfocal.set_value_checks(False)`` turns that off); fp16/bf16 are computed in fp32; ``reduction="mean"`` of an
 empty batch without ``avg_factor`` is 0 (mmdetection: 0 / 0 = nan); weights that mmdetection would broadcast
 into a larger loss are refused.

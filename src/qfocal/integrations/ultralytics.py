@@ -6,15 +6,12 @@ assigner's soft targets (the alignment metric scaled to the IoU of the best-alig
 DFL terms and swaps only the elementwise classification criterion, so the term stays
 ``sum(loss * class_weights) / target_scores_sum`` as Ultralytics normalises BCE:
 
-==============  ==========================================================================  ======================
-``cls_loss``    criterion (:mod:`qfocal.functional`)                                        options (defaults)
-==============  ==========================================================================  ======================
-``"bce"``       Ultralytics' own ``nn.BCEWithLogitsLoss``; numbers identical to Ultralytics  none
-``"qfocal"``    :func:`qfocal.quality_focal_loss`, arXiv:2006.04388                          ``beta=2.0, alpha=None``
-``"varifocal"`` :func:`qfocal.varifocal_loss`, arXiv:2008.13367                              ``alpha=0.75, gamma=2.0,
-                                                                                            iou_weighted=True``
-``"focal"``     :func:`qfocal.sigmoid_focal_loss` (Ultralytics' ``FocalLoss`` defaults)     ``alpha=0.25, gamma=1.5``
-==============  ==========================================================================  ======================
+* ``cls_loss="bce"``: Ultralytics' own ``nn.BCEWithLogitsLoss``, numbers identical to Ultralytics'; no options.
+* ``cls_loss="qfocal"``: :func:`qfocal.quality_focal_loss` (arXiv:2006.04388); ``beta=2.0, alpha=None``.
+* ``cls_loss="varifocal"``: :func:`qfocal.varifocal_loss` (arXiv:2008.13367); ``alpha=0.75, gamma=2.0,
+  iou_weighted=True``.
+* ``cls_loss="focal"``: :func:`qfocal.sigmoid_focal_loss` with Ultralytics' ``FocalLoss`` defaults;
+  ``alpha=0.25, gamma=1.5``.
 
 Balance (``cls_gain``): Ultralytics' gains were tuned for BCE, and these criteria shrink its gradient (QFL's to
 0.02-0.09x of BCE's at initialisation, about 0.5x later). By default (``cls_gain="auto"``) the classification
