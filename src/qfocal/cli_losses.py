@@ -1,4 +1,4 @@
-"""``qfocal table`` and ``qfocal plot``: the seed thread's comparison of BCE, focal, QFL and VFL, in numbers and
+"""``qfocal table`` and ``qfocal plot``: the comparison in YOLOv5's "Add QFocalLoss()" pull request of BCE, focal, QFL and VFL, in numbers and
 in a picture.
 
 The defaults reproduce the two tables of YOLOv5's "Add QFocalLoss()" pull request: the printed probabilities
@@ -46,7 +46,7 @@ def _matrix(text: str, name: str) -> Tensor:
 def seed_losses(
     logits: Tensor, targets: Tensor, *, gamma: float = 1.5, alpha: float = 0.25
 ) -> dict[str, Tensor]:
-    """The elementwise losses the seed thread compares, plus VFL (defaults alpha 0.75, gamma 2)."""
+    """The elementwise losses YOLOv5's "Add QFocalLoss()" pull request compares, plus VFL (defaults alpha 0.75, gamma 2)."""
     return {
         "normal_loss (BCE)": F.binary_cross_entropy_with_logits(logits, targets, reduction="none"),
         f"focal_loss (gamma={gamma}, alpha={alpha})": sigmoid_focal_loss(

@@ -97,7 +97,7 @@ PRESETS = {
         "losses": ("bce", "focal", "qfl", "vfl"),
         "train_arg": _YOLOV5_ARGS,
     },
-    # The seed thread's second case: classification with label smoothing 0.1 (objectness BCE). Run it with
+    # The pull request's second case: classification with label smoothing 0.1 (objectness BCE). Run it with
     # --weights OUT/pretrain/weights/last.pt of the yolov5-finetune compare: --weights takes the place of the
     # preset's pretraining, and both compares start from the same model.
     "yolov5-cls-finetune": {
