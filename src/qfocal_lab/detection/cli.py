@@ -19,6 +19,7 @@ from qfocal.cli import (
     float_arg,
     int_arg,
     loss_list_arg,
+    missing_extras,
     require,
     seed_arg,
 )
@@ -65,6 +66,7 @@ def _running(what: str, fn, *args, **kwargs):
     checkpoints, a locked or unwritable output folder, and any OSError (a full disk, an unreadable folder)."""
     require(*_NEEDS, what=what)
     from ..data.records import AnnotationError
+    from .executors import ClusterJobError
     from .train import (
         CheckpointError,
         DistributedError,
@@ -83,6 +85,7 @@ def _running(what: str, fn, *args, **kwargs):
         RunLockedError,
         RunOutputError,
         DistributedError,
+        ClusterJobError,
     ) as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:
@@ -169,6 +172,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         raise CommandError(f"argument --losses: {exc}", usage=True) from None
     cfg = _config(args)
+    if args.executor == "submitit":
+        message = missing_extras("submitit")
+        if message:  # qfocal's table of extras does not know submitit: the cluster extra brings it
+            raise CommandError(
+                'qfocal compare --executor submitit needs submitit: pip install "qfocal[cluster]"'
+            )
+    elif args.cluster_folder is not None or args.slurm:
+        raise CommandError("--cluster-folder and --slurm: for --executor submitit", usage=True)
     from .compare import compare
 
     result = _running(
@@ -181,6 +192,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         resume=args.resume,
         jobs=args.jobs,
         pretrain_epochs=args.pretrain_epochs,
+        executor=args.executor,
+        cluster_folder=args.cluster_folder,
+        slurm=args.slurm,
     )
     print(result["table"])
     print(f"\n{args.out}/compare.md, compare.json, compare.png; wall {result['wall_s']:.0f} s")
@@ -403,6 +417,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="runs trained at once, each in its own process with --threads threads (default 0 = the cores "
         "shared among them); on 2 cores, --jobs 2 does about 1.5x the runs per hour",
+    )
+    c.add_argument(
+        "--executor",
+        choices=("local", "submitit"),
+        default="local",
+        help="where the runs train: local (default: this machine, --jobs processes) or submitit (every "
+        "unfinished run submitted as a job: SLURM where it exists, else submitit's local executor; needs "
+        'pip install "qfocal[cluster]"); --resume collects the jobs that finished and submits the rest',
+    )
+    c.add_argument(
+        "--cluster-folder",
+        default=None,
+        metavar="DIR",
+        help="with --executor submitit: submitit's folder for job logs and results, and jobs.json with the job "
+        "ids (default: OUT/submitit)",
+    )
+    c.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --executor submitit: a SLURM parameter, passed as slurm_KEY (e.g. --slurm partition=gpu "
+        "--slurm time=600); repeat for several (default: none; each job asks for --threads CPUs and 3 days)",
     )
     c.add_argument(
         "--pretrain-epochs",

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import as_completed
 from pathlib import Path
 
@@ -34,8 +34,14 @@ from .compare_report import (
 )
 from .config import HARNESS_LOSSES, ConfigError, TrainConfig
 from .executors import (  # noqa: F401  (moved to executors; importable from here)
+    CLUSTER_FOLDER,
+    EXECUTORS,
     _train_run,
+    cluster_seconds,
     exit_with_parent,
+    parse_slurm,
+    require_submitit,
+    run_on_cluster,
     worker_pool,
 )
 from .train import (
@@ -71,6 +77,10 @@ def compare(
     jobs: int = 1,
     pretrain_epochs: int = 0,
     log: Callable[[str], None] | None = None,
+    executor: str = "local",
+    cluster_folder: str | Path | None = None,
+    slurm: Sequence[str] | Mapping[str, object] | None = None,
+    cluster: str | None = None,
 ) -> dict:
     """Train ``base`` once per loss and seed under ``out/{loss}-s{seed}`` and summarise.
 
@@ -81,6 +91,17 @@ def compare(
     1-thread runs do about 1.5x the work of one 2-thread run. ``resume=True`` reuses finished runs (their
     ``metrics.json``, and the seconds they took) and resumes unfinished ones; ``wall_s`` then adds the wall time
     of the earlier sessions (each up to its last finished run) to this one's.
+
+    ``executor="submitit"`` hands the runs to a cluster instead of this machine's processes
+    (:func:`qfocal_lab.detection.executors.run_on_cluster`): every run not finished is submitted at once through
+    ``submitit.AutoExecutor(folder=cluster_folder)`` (default ``out/submitit``; SLURM where it exists, else
+    submitit's local executor; ``cluster`` names one, e.g. ``"local"``), each job asking for ``threads`` CPUs;
+    ``slurm`` (``["key=value", ...]`` or a mapping) is passed as ``slurm_<key>`` parameters. The job ids are kept
+    in ``cluster_folder/jobs.json``; the results are collected as the jobs finish, like the pool's. A failed job
+    does not stop the others (a :class:`~qfocal_lab.detection.executors.ClusterJobError` names it once all have
+    ended); ``resume=True`` then reuses what the cluster finished, with the settings and data checks of any
+    resumed compare, waits for SLURM jobs still queued or running, and submits only the rest. Pretraining
+    (``pretrain_epochs``) runs here, before the jobs are submitted.
 
     The first loss is the baseline: for every other loss the per-seed differences of :data:`COMPARE_KEYS` (the
     COCO APs, AP90, the score-IoU Spearman and Pearson correlations) are averaged over the seeds both finished,
@@ -116,11 +137,18 @@ def compare(
         raise ConfigError(
             f"pretrain_epochs: expected an integer >= 0 (0: no pretrained backbone), got {pretrain_epochs!r}"
         )
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor: expected one of {', '.join(EXECUTORS)}, got {executor!r}")
+    on_cluster = None
+    if executor == "submitit":
+        require_submitit()
+        folder = Path(out) / CLUSTER_FOLDER if cluster_folder is None else Path(cluster_folder)
+        on_cluster = {"folder": folder, "cluster": cluster, "slurm": parse_slurm(slurm)}
     if log is None:
         log = lambda msg: print(msg, flush=True)  # noqa: E731
     out = check_output_dir(out, ("compare.json", "compare.md", "compare.png", ".lock"))
     with run_lock(out):
-        return _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log)
+        return _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log, on_cluster)
 
 
 def threads_per_job(requested: int, jobs: int) -> int:
@@ -184,10 +212,12 @@ def _pretrain_config(base: TrainConfig, epochs: int, run_dir: Path) -> TrainConf
     )
 
 
-def _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log) -> dict:
+def _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log, on_cluster=None) -> dict:
     t_start = time.perf_counter()
     # Resumed: the runs reused keep the seconds they took, and the wall clock counts the earlier sessions too.
     before, spent = _previous_seconds(out / "compare.json") if resume else ({}, 0.0)
+    if resume and on_cluster is not None:  # runs the cluster finished while no compare was collecting them
+        before = {**cluster_seconds(on_cluster["folder"]), **before}
     data = base.data
     if data == "synthetic":
         data = str(prepare_synthetic_data(base, out / "data", log=log))
@@ -197,6 +227,8 @@ def _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log) -> di
         pre = dataclasses.replace(base, threads=threads)
         base = dataclasses.replace(base, init=pretrain_backbone(pre, pretrain_epochs, out, resume, log))
     at_once = f"{jobs} runs at a time, " if jobs > 1 else ""
+    if on_cluster is not None:
+        at_once = "submitted through submitit, "
     log(f"compare: {len(losses)} losses x {len(seeds)} seeds, {at_once}{threads} thread(s) per run")
     # Seeds outside, losses inside: an interrupted compare has balanced results, written after every run.
     plan = [(int(seed), loss) for seed in seeds for loss in losses]
@@ -231,7 +263,7 @@ def _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log) -> di
         run_dir = out / f"{loss}-s{seed}"
         cfg = dataclasses.replace(base, data=data, loss=loss, seed=seed, out=str(run_dir), threads=threads)
         # One progress bar per process would garble the terminal: parallel runs log their epochs instead.
-        if jobs > 1:
+        if jobs > 1 or on_cluster is not None:
             cfg = dataclasses.replace(cfg, progress=False)
         if resume and _finished(run_dir):
             check_finished_run(run_dir, cfg, fingerprint)
@@ -242,6 +274,10 @@ def _compare(base, losses, seeds, out, resume, jobs, pretrain_epochs, log) -> di
             todo.append(cfg)
     if finished:  # the reused runs' summary, written once
         summarise()
+    if on_cluster is not None:
+        if todo:
+            run_on_cluster(todo, resume=resume, threads=threads, record=record, log=log, **on_cluster)
+        return result
     if jobs == 1:
         for cfg in todo:
             t0 = time.perf_counter()

@@ -135,6 +135,9 @@ _FCOS_ONLY = (
     "ema",
     "box_bias",
     "init",
+    "executor",
+    "cluster_folder",
+    "slurm",
 )
 
 
