@@ -155,3 +155,42 @@ def test_failed_job_then_resume_collects_the_finished_run_and_submits_the_rest(t
     assert jobs_after["focal-s0"] == jobs_before["focal-s0"]  # not submitted again
     assert jobs_after["qfl-s0"]["job_id"] != jobs_before["qfl-s0"]["job_id"]
     assert (out / "qfl-s0" / "metrics.json").is_file()
+
+
+_ORPHAN_SCRIPT = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from qfocal_lab.detection.compare import exit_with_parent
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+        initializer=exit_with_parent, initargs=(os.getpid(), 0.1),
+    )
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 120)
+    time.sleep(0.5)
+    os._exit(0)  # killed: no pool shutdown
+"""
+
+
+def test_parallel_workers_do_not_outlive_a_killed_compare(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "killed.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    worker = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, 9)
+    pytest.fail(f"worker {worker} still ran 20 s after its compare was killed")
