@@ -14,7 +14,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --upgrade "pip>=23" "setuptools<81" wheel
 	$(PY) -m pip install "torch>=2.4" "torchvision>=0.19"
-	$(PY) -m pip install -e ".[dev,lab,integrations,mmdet,docs,release]"
+	$(PY) -m pip install -e ".[dev,lab,cluster,integrations,mmdet,docs,release]"
 	touch $(STAMP)
 
 install: $(STAMP)

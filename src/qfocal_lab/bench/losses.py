@@ -12,6 +12,10 @@ RSS before the call, and glibc is told (``mallopt(M_MMAP_THRESHOLD, 64 KiB)``, s
 after all timings) to map every buffer of 64 KiB or more fresh and unmap it on free, and ``malloc_trim`` runs
 before each call, so each tensor's pages count while it lives and no longer (resolution: about 1 MB). The figure includes the gradient itself (``N x C`` for fwd+bwd).
 
+Here: the options, the inputs, timing and peak memory, and the run over every case. The providers are
+:mod:`qfocal_lab.bench.providers`', the rows and what is written from them :mod:`qfocal_lab.bench.report`'s
+(their names stay importable from here).
+
 Used by ``benchmarks/bench_losses.py`` and ``qfocal bench``; both take the options of :func:`build_parser`.
 """
 
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import ctypes
 import datetime as _dt
 import os
@@ -28,176 +31,35 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from qfocal.cli import device_arg, file_stem_arg, float_arg, int_arg, threads_arg
 
 from .._machine import cpu_model
+from .providers import (
+    _CUDA_ONLY,
+    _FORWARD_ONLY,
+    FUSED,
+    PROVIDERS,
+)
+from .report import (
+    _DTYPES,
+    Row,
+    _finish_rows,
+    write_chart,
+    write_csv,
+    write_markdown,
+)
 
 DEFAULT_SHAPES = ((134400, 80), (40000, 1203), (4096, 20))
 QUICK_SHAPES = ((4096, 20),)
 DEFAULT_DTYPES = ("float32", "bfloat16")
-FUSED = "qfocal-fused"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _POS_FRACTION = 0.01
 _MB = 2.0**20
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Providers: name -> (what it computes, factory(pos_weight) -> loss(x, t, label) callable)
-# ----------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _qfocal_mode(backend: str, checks: bool) -> Iterator[None]:
-    import qfocal
-
-    previous_checks = qfocal.set_value_checks(checks)
-    try:
-        with qfocal.backend(backend):
-            yield
-    finally:
-        qfocal.set_value_checks(previous_checks)
-
-
-def _qfocal(kind: str, backend: str, checks: bool = False) -> Callable:
-    def make(pos_weight: Tensor) -> Callable:
-        import qfocal
-
-        def run(x: Tensor, t: Tensor, label: Tensor) -> Tensor:
-            with _qfocal_mode(backend, checks):
-                if kind == "qfl":
-                    return qfocal.quality_focal_loss(x, t, beta=1.5, alpha=0.25, pos_weight=pos_weight)
-                if kind == "focal":
-                    return qfocal.sigmoid_focal_loss(x, t, alpha=0.25, gamma=2.0)
-                return qfocal.varifocal_loss(x, t, alpha=0.75, gamma=2.0, reduction="sum") / x.shape[-1]
-
-        return run
-
-    return make
-
-
-def _yolov5(name: str) -> Callable:
-    def make(pos_weight: Tensor) -> Callable:
-        from yolov5.utils import loss as yolov5_loss
-
-        criterion = getattr(yolov5_loss, name)(
-            torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight), gamma=1.5, alpha=0.25
-        )
-        return lambda x, t, label: criterion(x, t)
-
-    return make
-
-
-def _yolov5_compiled(pos_weight: Tensor) -> Callable:
-    """YOLOv5's QFocalLoss under ``torch.compile``: what a savvy user tries before a fused kernel."""
-    from yolov5.utils.loss import QFocalLoss
-
-    criterion = QFocalLoss(torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight), gamma=1.5, alpha=0.25)
-    compiled = torch.compile(criterion, dynamic=False)
-    return lambda x, t, label: compiled(x, t)
-
-
-def _torchvision(pos_weight: Tensor) -> Callable:
-    from torchvision.ops import sigmoid_focal_loss
-
-    return lambda x, t, label: sigmoid_focal_loss(x, t, alpha=0.25, gamma=2.0, reduction="mean")
-
-
-def _ultralytics(pos_weight: Tensor) -> Callable:
-    from ultralytics.utils.loss import VarifocalLoss
-
-    criterion = VarifocalLoss(gamma=2.0, alpha=0.75)
-    return lambda x, t, label: criterion(x, t, label)
-
-
-def _kornia(pos_weight: Tensor) -> Callable:
-    from kornia.losses import binary_focal_loss_with_logits
-
-    return lambda x, t, label: binary_focal_loss_with_logits(x, t, alpha=0.25, gamma=2.0, reduction="mean")
-
-
-def _bce(pos_weight: Tensor) -> Callable:
-    return lambda x, t, label: F.binary_cross_entropy_with_logits(x, t)
-
-
-def _copy(pos_weight: Tensor) -> Callable:
-    out: dict[str, Tensor] = {}
-
-    def run(x: Tensor, t: Tensor, label: Tensor) -> Tensor:
-        buf = out.get("buf")
-        if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or buf.device != x.device:
-            buf = out["buf"] = torch.empty_like(x)
-        return buf.copy_(x)
-
-    return run
-
-
-PROVIDERS: dict[str, tuple[str, Callable]] = {
-    FUSED: (
-        "qfocal.quality_focal_loss, YOLOv5 form (beta=1.5, alpha=0.25, pos_weight), backend 'fused'",
-        _qfocal("qfl", "fused"),
-    ),
-    "qfocal-reference": ("the same, backend 'reference' (plain PyTorch)", _qfocal("qfl", "reference")),
-    "qfocal-inductor": (
-        "the same, backend 'inductor' (on CUDA: Inductor's generated Triton)",
-        _qfocal("qfl", "inductor"),
-    ),
-    "qfocal-fused-checked": (
-        "qfocal-fused with the value-range checks on (the default)",
-        _qfocal("qfl", "fused", True),
-    ),
-    "qfocal-fused-focal": (
-        "qfocal.sigmoid_focal_loss(alpha=0.25, gamma=2), backend 'fused'",
-        _qfocal("focal", "fused"),
-    ),
-    "qfocal-fused-vfl": (
-        "qfocal.varifocal_loss, Ultralytics' normalisation, backend 'fused'",
-        _qfocal("vfl", "fused"),
-    ),
-    "yolov5-qfocal": (
-        "yolov5.utils.loss.QFocalLoss(BCEWithLogitsLoss(pos_weight), 1.5, 0.25)",
-        _yolov5("QFocalLoss"),
-    ),
-    "yolov5-qfocal-compiled": (
-        "torch.compile(yolov5.utils.loss.QFocalLoss(BCEWithLogitsLoss(pos_weight), 1.5, 0.25))",
-        _yolov5_compiled,
-    ),
-    "yolov5-focal": (
-        "yolov5.utils.loss.FocalLoss(BCEWithLogitsLoss(pos_weight), 1.5, 0.25)",
-        _yolov5("FocalLoss"),
-    ),
-    "torchvision-focal": ("torchvision.ops.sigmoid_focal_loss(alpha=0.25, gamma=2, mean)", _torchvision),
-    "ultralytics-vfl": ("ultralytics.utils.loss.VarifocalLoss(gamma=2, alpha=0.75)", _ultralytics),
-    "kornia-focal": ("kornia.losses.binary_focal_loss_with_logits(alpha=0.25, gamma=2, mean)", _kornia),
-    "bce": ("torch.nn.functional.binary_cross_entropy_with_logits (eager, mean)", _bce),
-    "copy": ("device copy of the logits into a preallocated buffer (bandwidth yardstick, fwd only)", _copy),
-}
-_FORWARD_ONLY = {"copy"}
-_CUDA_ONLY = {"qfocal-inductor"}  # on the CPU it is what qfocal-fused runs
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Measurement
-# ----------------------------------------------------------------------------------------------------------
-@dataclass
-class Row:
-    provider: str
-    shape: str
-    dtype: str
-    mode: str  # "fwd" | "fwd+bwd"
-    median_ms: float | None = None
-    min_ms: float | None = None
-    repeats: int = 0
-    ratio_to_fused: float | None = None
-    extra_peak_mb: float | None = None
-    gb_per_s: float | None = None
-    status: str = "ok"
-    extra: dict = field(default_factory=dict, repr=False)
 
 
 def _sync(device: torch.device) -> None:
@@ -546,118 +408,6 @@ def run(args: argparse.Namespace, prog: str = "python benchmarks/bench_losses.py
     write_markdown(rows, meta, stem.with_suffix(".md"))
     write_chart(rows, meta, stem.with_suffix(".png"))
     return rows
-
-
-def _finish_rows(rows: list[Row]) -> None:
-    fused = {(r.shape, r.dtype, r.mode): r.median_ms for r in rows if r.provider == FUSED and r.median_ms}
-    for r in rows:
-        ref = fused.get((r.shape, r.dtype, r.mode))
-        if r.median_ms and ref:
-            r.ratio_to_fused = r.median_ms / ref
-        if r.median_ms and r.provider in (FUSED, "copy"):
-            n, c = (int(v) for v in r.shape.split("x"))
-            size = torch.empty((), dtype=_DTYPES[r.dtype]).element_size()
-            # copy: read + write the logits; fused: read logits and targets (+ write the gradient with bwd)
-            n_tensors = 2 if r.provider == "copy" or r.mode == "fwd" else 3
-            r.gb_per_s = n * c * size * n_tensors / (r.median_ms * 1e-3) / 1e9
-
-
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def write_csv(rows: list[Row], path: Path) -> None:
-    names = [k for k in asdict(rows[0]) if k != "extra"] if rows else list(Row.__dataclass_fields__)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=[n for n in names if n != "extra"])
-        writer.writeheader()
-        for r in rows:
-            d = asdict(r)
-            d.pop("extra", None)
-            writer.writerow(d)
-
-
-def write_markdown(rows: list[Row], meta: dict, path: Path) -> None:
-    lines = [
-        "# qfocal loss benchmark",
-        "",
-        f"- date: {meta['date']}",
-        f"- machine: {meta['machine']}",
-        f"- device: {meta['device']}; torch {meta['torch']}; python {meta['python']}",
-        f"- command: `{meta['command']}`",
-        f"- time: median of up to {meta['repeats']} calls after one warm-up (fewer for slow cases, at least 3 or --repeats); "
-        "fwd+bwd resets `logits.grad` before every call",
-        f"- extra peak memory: {meta['memory']}, one call, above the inputs; includes the gradient",
-        "- ratio: time / time of `qfocal-fused` for the same shape, dtype and mode (> 1: slower than fused)",
-        "- GB/s: bytes read and written (logits, targets, gradient) / time, for `qfocal-fused` and `copy`",
-        "- qfocal providers run with `qfocal.set_value_checks(False)` except `qfocal-fused-checked`",
-        "",
-    ]
-    cases = sorted({(r.shape, r.dtype) for r in rows if r.shape != "-"}, key=lambda c: (-_numel(c[0]), c[1]))
-    for shape, dtype in cases:
-        lines += [
-            f"## {shape} {dtype}",
-            "",
-            "| provider | fwd ms | fwd+bwd ms | fwd+bwd ratio | fwd peak MB | fwd+bwd peak MB | GB/s | note |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
-        ]
-        by_provider: dict[str, dict[str, Row]] = {}
-        for r in rows:
-            if r.shape == shape and r.dtype == dtype:
-                by_provider.setdefault(r.provider, {})[r.mode] = r
-        for provider, modes in by_provider.items():
-            fwd, both = modes.get("fwd"), modes.get("fwd+bwd")
-            notes = "; ".join(sorted({m.status for m in modes.values() if m.status != "ok"}))
-            gbps = (both or fwd).gb_per_s if (both or fwd) else None
-            lines.append(
-                f"| {provider} | {_fmt(fwd and fwd.median_ms, 2)} | {_fmt(both and both.median_ms, 2)} | "
-                f"{_fmt(both and both.ratio_to_fused, 2)} | {_fmt(fwd and fwd.extra_peak_mb)} | "
-                f"{_fmt(both and both.extra_peak_mb)} | {_fmt(gbps)} | {notes} |"
-            )
-        lines.append("")
-    skipped = [r for r in rows if r.shape == "-"]
-    if skipped:
-        lines += ["Skipped: " + "; ".join(f"{r.provider} ({r.status})" for r in skipped), ""]
-    lines += ["Providers:", ""]
-    lines += [f"- `{name}`: {PROVIDERS[name][0]}" for name in dict.fromkeys(r.provider for r in rows)]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _numel(shape: str) -> int:
-    n, c = (int(v) for v in shape.split("x"))
-    return n * c
-
-
-def write_chart(rows: list[Row], meta: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    cases = sorted({(r.shape, r.dtype) for r in rows if r.shape != "-"}, key=lambda c: (-_numel(c[0]), c[1]))
-    n = max(1, len(cases))
-    fig, axes = plt.subplots(n, 1, figsize=(9, 2.6 * n + 0.6), squeeze=False)
-    for ax, (shape, dtype) in zip(axes[:, 0], cases, strict=False):
-        data = [
-            (r.provider, r.median_ms)
-            for r in rows
-            if r.shape == shape and r.dtype == dtype and r.mode == "fwd+bwd" and r.median_ms is not None
-        ]
-        data.sort(key=lambda d: d[1])
-        names = [d[0] for d in data]
-        values = [d[1] for d in data]
-        colors = ["tab:red" if nm.startswith("qfocal-fused") else "tab:gray" for nm in names]
-        ax.barh(names, values, color=colors)
-        ax.set_xscale("log")
-        ax.invert_yaxis()
-        ax.set_title(f"{shape} {dtype}, forward+backward (median ms, log scale)", fontsize=9)
-        ax.tick_params(labelsize=8)
-        for i, v in enumerate(values):
-            ax.text(v, i, f" {v:.3g}", va="center", fontsize=7)
-    fig.suptitle(f"qfocal bench: {meta['device']}, torch {meta['torch']}, {meta['date']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,9 @@
-"""Subcommands of the training harness: ``data synth``, ``train``, ``evaluate``, ``compare`` and ``demo``."""
+"""Subcommands of the training harness: ``data synth``, ``train``, ``evaluate``, ``compare`` and ``demo``: the
+command functions and their parsers (:func:`register`).
+
+The options the commands share and their checks are :mod:`qfocal_lab.detection.cli_args`'; the presets
+(``--preset``, the demo) :mod:`qfocal_lab.detection.presets`'. Their names stay importable from here.
+"""
 
 from __future__ import annotations
 
@@ -8,297 +13,46 @@ import time
 from pathlib import Path
 
 from qfocal.cli import (
-    MAX_SEED,
     CommandError,
     add_command,
     device_arg,
     float_arg,
     int_arg,
-    loss_arg,
     loss_list_arg,
+    missing_extras,
     require,
     seed_arg,
-    threads_arg,
 )
 
-from .config import AMP_CHOICES, HARNESS_LOSSES, MODEL_SIZES, ConfigError, TrainConfig
+from .cli_args import (  # noqa: F401  (moved to cli_args; importable from here)
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_IMAGES,
+    MAX_IMGSZ,
+    MAX_SEEDS,
+    _add_train_args,
+    _check_out,
+    _config,
+    _imgsz,
+    _jobs,
+    _names,
+    _parse_seeds,
+    _pretrain_epochs,
+    _pretrain_images,
+)
+from .config import HARNESS_LOSSES, ConfigError, TrainConfig
+from .presets import (  # noqa: F401  (moved to presets; importable from here)
+    _FCOS_ONLY,
+    DEMO,
+    DEMO_INIT,
+    FCOS_LOSSES,
+    PRESETS,
+    _apply_preset,
+    _preset_for_framework,
+    _shipped_backbone,
+)
 
 _NEEDS = ("numpy", "PIL", "torchvision", "pycocotools", "yaml", "tqdm", "matplotlib")
-# A preset's init: the backbone shipped for the demo (resolved and hash-checked when the preset is applied).
-DEMO_INIT = "<demo backbone>"
-
-# The demo: the benchmark's regime (easy data, a pretrained backbone under every run, box sides started at 1)
-# sized to finish within 10 minutes on 2 CPU cores. The backbone ships with the package (`qfocal pretrain` makes
-# it); every run is pinned to fp32 and one thread, two at a time, so the numbers do not depend on the machine's
-# load or on whether its CPU has bf16.
-DEMO = {
-    "synth_images": 1300,
-    "synth_val": 400,
-    "synth_difficulty": "easy",
-    "epochs": 6,
-    "eval_every": 6,
-    "imgsz": 128,
-    "batch": 16,
-    "box_bias": 1.0,
-    "amp": "off",
-    "threads": 1,
-    "jobs": 2,
-    "init": DEMO_INIT,
-    "seeds": (0, 1, 2, 3),
-    "losses": ("focal", "qfl", "gfl"),
-}
-FCOS_LOSSES = ("focal", "qfl", "vfl")  # qfocal compare's default losses (framework: FRAMEWORK_LOSSES)
-# `qfocal compare --preset NAME`: settings laid under the command line (an option given explicitly wins).
-# bench: the regime where the detector localises well enough for the losses' difference in localisation quality
-# to decide the ranking (focal reaches > 50 % AP50), sized for 90 minutes on 2 CPU cores (benchmarks/DETECT.md):
-# a backbone pretrained once (a focal detector, 9 epochs on a second synthetic set) under every run, since
-# features learned from scratch moved whole models by +-2 AP per seed; then 1800 training images seen 6 times,
-# 800 validation images evaluated once at the end, box sides started at 1 (no dead-ReLU collapse), two 1-thread
-# runs at a time (1.5x the runs per hour), 8 seeds (10 would take about 87 min).
-# ultralytics-finetune / yolov5-finetune: the framework compares in the regime users train in (benchmarks/
-# FRAMEWORKS.md): one BCE model pretrained 30 epochs on a second, larger synthetic set (2000 images), then every
-# variant fine-tuned 10 epochs from it on 800 images (600 train / 200 val), 8 seeds, two 1-thread runs at a time;
-# threads pinned (and the frameworks train fp32 on the CPU) so that results do not depend on the load.
-_FINETUNE = {
-    "synth_difficulty": "easy",
-    "synth_images": 800,
-    "pretrain_images": 2000,
-    "pretrain_epochs": 30,
-    "epochs": 10,
-    "seeds": tuple(range(8)),
-    "jobs": 2,
-    "threads": 1,
-    "no_plots": True,
-}
-# YOLOv5 from its yaml with the stock hyp (SGD, lr0 0.01) reached 0.05 % mAP50-95 in a 10-epoch pilot: AdamW at
-# lr0 0.001 as Ultralytics' optimizer=auto picks for short runs (benchmarks/FRAMEWORKS.md), for the pretraining
-# and the fine-tuning alike.
-_YOLOV5_ARGS = ("optimizer=AdamW", "lr0=0.001", "warmup_bias_lr=0")
-PRESETS = {
-    "demo": DEMO,
-    "bench": {
-        "synth_images": 2600,
-        "synth_val": 800,
-        "synth_difficulty": "easy",
-        "epochs": 6,
-        "eval_every": 6,
-        "imgsz": 128,
-        "batch": 16,
-        "seeds": tuple(range(8)),
-        "losses": ("focal", "focal_noctr", "qfl", "vfl", "gfl"),
-        "jobs": 2,
-        "box_bias": 1.0,
-        "pretrain_epochs": 9,
-    },
-    "yolov5-finetune": {
-        "framework": "yolov5",
-        **_FINETUNE,
-        "pretrain_epochs": 60,
-        "losses": ("bce", "focal", "qfl", "vfl"),
-        "train_arg": _YOLOV5_ARGS,
-    },
-    # The pull request's second case: classification with label smoothing 0.1 (objectness BCE). Run it with
-    # --weights OUT/pretrain/weights/last.pt of the yolov5-finetune compare: --weights takes the place of the
-    # preset's pretraining, and both compares start from the same model.
-    "yolov5-cls-finetune": {
-        "framework": "yolov5",
-        **_FINETUNE,
-        "pretrain_epochs": 60,
-        "term": "cls",
-        "losses": ("bce", "qfl"),
-        "train_arg": (*_YOLOV5_ARGS, "label_smoothing=0.1"),
-    },
-    "ultralytics-finetune": {
-        "framework": "ultralytics",
-        **_FINETUNE,
-        "losses": ("bce", "qfl", "vfl", "qfl-warmup3"),
-    },
-}
-
-
-# Bounds of the numeric options (shared argparse types of qfocal.cli): generous for real use, and refusing the
-# values that would run for ever, allocate without end, or overflow a generator.
-MAX_EPOCHS = 10_000
-MAX_IMGSZ = 4096
-MAX_BATCH = 4096
-MAX_IMAGES = 10_000_000
-MAX_SEEDS = 1000  # runs of one compare
-
-_epochs = int_arg(1, MAX_EPOCHS)
-_imgsz = int_arg(32, MAX_IMGSZ)
-_batch = int_arg(1, MAX_BATCH)
-_images = int_arg(1, MAX_IMAGES)
-_val_images = int_arg(0, MAX_IMAGES)
-_jobs = int_arg(1, 64)
-_pretrain_epochs = int_arg(0, MAX_EPOCHS)
-_pretrain_images = int_arg(0, MAX_IMAGES)
-_decay = float_arg(0.0, 1.0, high_open=True)
-
-
-def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
-    d = TrainConfig()
-    p.add_argument(
-        "--data",
-        default="synthetic",
-        help="'synthetic' (the embedded dataset, generated under OUT/data), a YOLO data yaml, or a folder in COCO "
-        "(annotations/instances_{train,val}.json) or YOLO (data.yaml) layout",
-    )
-    if with_loss:
-        p.add_argument(
-            "--loss",
-            default=d.loss,
-            type=loss_arg(HARNESS_LOSSES),
-            help="classification loss: focal, qfl (= qfocal), vfl (= varifocal), or gfl (QFL plus GFL's box "
-            "distribution trained with DFL)",
-        )
-        p.add_argument("--seed", type=seed_arg, default=d.seed, help="seed of initialisation and data order")
-    p.add_argument("--epochs", type=_epochs, default=d.epochs)
-    p.add_argument("--imgsz", type=_imgsz, default=d.imgsz, help="square training size, a multiple of 32")
-    p.add_argument("--batch", type=_batch, default=d.batch, help="images per process per step")
-    p.add_argument(
-        "--lr", type=float_arg(0.0, 10.0, low_open=True), default=d.lr, help="AdamW peak learning rate"
-    )
-    p.add_argument("--weight-decay", type=float_arg(0.0, 10.0), default=d.weight_decay)
-    p.add_argument(
-        "--amp",
-        default=d.amp,
-        choices=AMP_CHOICES,
-        help="autocast: auto = bf16 on GPUs (fp16 without bf16) and on CPUs with AMX/AVX512-BF16, else off",
-    )
-    p.add_argument("--device", type=device_arg, default=d.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument(
-        "--threads",
-        type=threads_arg(0),
-        default=d.threads,
-        help="CPU threads (0 = auto: torch's default, 1 when other processes already load every core)",
-    )
-    p.add_argument("--model-size", default=d.model_size, choices=tuple(MODEL_SIZES))
-    p.add_argument(
-        "--ddp-timeout",
-        type=float_arg(0.0, 7 * 86400.0, low_open=True),
-        default=d.ddp_timeout,
-        help="seconds a DDP process waits for the others before the run stops with an error naming it",
-    )
-    p.add_argument(
-        "--eval-every",
-        type=_epochs,
-        default=d.eval_every,
-        help="COCO-evaluate every N epochs (and the last)",
-    )
-    p.add_argument("--synth-images", type=_images, default=d.synth_images, help="images of the synthetic set")
-    p.add_argument(
-        "--synth-val",
-        type=_val_images,
-        default=d.synth_val,
-        help="of the synthetic set's images, how many go to validation (default 0: a quarter); a larger split "
-        "measures AP with less noise",
-    )
-    p.add_argument(
-        "--ema",
-        type=_decay,
-        default=d.ema_decay,
-        metavar="DECAY",
-        help="evaluate an exponential moving average of the weights with this decay per step, e.g. 0.99 "
-        "(default 0: the weights themselves)",
-    )
-    p.add_argument(
-        "--box-bias",
-        type=float_arg(-100.0, 100.0),
-        default=d.box_bias,
-        help="initial bias of the box-side outputs (default 0, torchvision's; 1 starts them at one anchor size, "
-        "away from the dead side of their ReLU; no effect on gfl)",
-    )
-    p.add_argument(
-        "--init",
-        default=d.init,
-        metavar="CHECKPOINT",
-        help="start the backbone from this qfocal checkpoint's (a pretrained backbone; FPN and head from "
-        "scratch); default: all from scratch",
-    )
-    p.add_argument(
-        "--synth-difficulty",
-        default=d.synth_difficulty,
-        choices=("hard", "easy"),
-        help="the synthetic set: hard (small objects, clutter, blur) or easy (larger objects, little clutter)",
-    )
-    p.add_argument(
-        "--skip-bad", action="store_true", help="skip and count bad annotations instead of stopping"
-    )
-    p.add_argument(
-        "--allow-outside-root",
-        action="store_true",
-        help="read image paths that leave the dataset folder (absolute, or through ..); refused by default",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-plots", action="store_true", help="no PNG plots")
-    p.add_argument(
-        "--resume", action="store_true", help="continue from OUT/last.pt (compare: reuse finished runs)"
-    )
-
-
-def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
-    """The run's config from the command line, validated before any expensive work (usage errors: exit 2)."""
-    if args.amp == "fp16" and (args.device == "cpu" or not _cuda_available()):
-        raise CommandError("--amp fp16: fp16 autocast is for CUDA; use bf16 or off on the CPU", usage=True)
-    if args.init and not Path(args.init).is_file():
-        raise CommandError(
-            f"--init: expected a qfocal checkpoint file, got {args.init!r} (no such file)", usage=True
-        )
-    _check_out(args.out)
-    cfg = TrainConfig(
-        data=args.data,
-        loss=getattr(args, "loss", "focal"),
-        epochs=args.epochs,
-        imgsz=args.imgsz,
-        batch=args.batch,
-        seed=getattr(args, "seed", 0),
-        out=args.out,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        amp=args.amp,
-        device=args.device,
-        model_size=args.model_size,
-        threads=args.threads,
-        eval_every=args.eval_every,
-        synth_images=args.synth_images,
-        synth_difficulty=args.synth_difficulty,
-        synth_val=args.synth_val,
-        ema_decay=args.ema,
-        box_bias=args.box_bias,
-        init=args.init,
-        ddp_timeout=args.ddp_timeout,
-        allow_outside_root=args.allow_outside_root,
-        skip_bad=args.skip_bad,
-        progress=not args.no_progress,
-        plots=not args.no_plots,
-        **overrides,
-    )
-    try:
-        return cfg.validate()
-    except ConfigError as exc:
-        raise CommandError(str(exc), usage=True) from None
-
-
-def _check_out(text: str) -> Path:
-    """``--out`` as a path, refused at once (exit 2) when it is an existing file or a name the file system cannot
-    hold (too long); whether it can be written is checked before training (``check_output_dir``, exit 1)."""
-    out = Path(text)
-    try:
-        is_file = out.exists() and not out.is_dir()
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise CommandError(
-            f"--out: cannot use {text[:80]!r}{'...' if len(text) > 80 else ''} ({reason})", usage=True
-        ) from None
-    if is_file:
-        raise CommandError(f"--out: expected a folder, got the existing file {out}", usage=True)
-    return out
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _os_error(exc: OSError) -> str:
@@ -312,6 +66,7 @@ def _running(what: str, fn, *args, **kwargs):
     checkpoints, a locked or unwritable output folder, and any OSError (a full disk, an unreadable folder)."""
     require(*_NEEDS, what=what)
     from ..data.records import AnnotationError
+    from .executors import ClusterJobError
     from .train import (
         CheckpointError,
         DistributedError,
@@ -330,6 +85,7 @@ def _running(what: str, fn, *args, **kwargs):
         RunLockedError,
         RunOutputError,
         DistributedError,
+        ClusterJobError,
     ) as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:
@@ -387,85 +143,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        if "," in text:
-            seeds = [int(s) for s in text.split(",") if s.strip()]
-        else:
-            n = int(text)
-            if not 1 <= n <= MAX_SEEDS:
-                raise argparse.ArgumentTypeError(
-                    f"expected a count of seeds in [1, {MAX_SEEDS}], got {text!r}"
-                )
-            seeds = list(range(n))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count (3) or a list (0,4,7), got {text!r}") from None
-    if len(seeds) > MAX_SEEDS or any(not 0 <= s <= MAX_SEED for s in seeds):
-        raise argparse.ArgumentTypeError(
-            f"expected at most {MAX_SEEDS} seeds, each in [0, {MAX_SEED}], got {text!r}"
-        )
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(
-            f"expected distinct seeds (repeats are not independent runs), got {text!r}"
-        )
-    return seeds
-
-
-def _apply_preset(args: argparse.Namespace) -> None:
-    """Lay ``--preset``'s settings under the options left at their defaults."""
-    if args.preset is None:
-        return
-    for key, value in PRESETS[args.preset].items():
-        if key in ("pretrain_epochs", "pretrain_images") and getattr(args, "weights", None):
-            continue  # --weights says where the runs start: it takes the place of the preset's pretraining
-        if key == "init" and value == DEMO_INIT:
-            value = _shipped_backbone("qfocal compare")
-        if getattr(args, key) == args.parser.get_default(key):
-            setattr(args, key, list(value) if isinstance(value, tuple) else value)
-
-
-def _names(text: str) -> list[str]:
-    """``--losses``: a comma list of names, checked once ``--framework`` is known."""
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated loss names, got {text!r}")
-    return names
-
-
-# Options of the FCOS harness that a framework compare does not take (set: a usage error, never ignored).
-_FCOS_ONLY = (
-    "lr",
-    "weight_decay",
-    "amp",
-    "model_size",
-    "eval_every",
-    "ddp_timeout",
-    "skip_bad",
-    "allow_outside_root",
-    "no_progress",
-    "synth_val",
-    "ema",
-    "box_bias",
-    "init",
-)
-
-
-def _preset_for_framework(args: argparse.Namespace) -> None:
-    """``--preset``: a framework's preset sets ``--framework`` (and refuses another one); an FCOS preset refuses
-    ``--framework yolov5|ultralytics``."""
-    if args.preset is None:
-        return
-    wanted = PRESETS[args.preset].get("framework", "fcos")
-    if args.framework not in ("fcos", wanted) or (wanted == "fcos" and args.framework != "fcos"):
-        owner = "the FCOS harness" if wanted == "fcos" else f"--framework {wanted}"
-        raise CommandError(
-            f"--preset {args.preset}: a preset of {owner}, not taken with --framework {args.framework}",
-            usage=True,
-        )
-    if wanted != "fcos":
-        _apply_preset(args)
-
-
 def _cmd_compare(args: argparse.Namespace) -> int:
     _preset_for_framework(args)
     if args.framework != "fcos":
@@ -495,6 +172,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         raise CommandError(f"argument --losses: {exc}", usage=True) from None
     cfg = _config(args)
+    if args.executor == "submitit":
+        message = missing_extras("submitit")
+        if message:  # qfocal's table of extras does not know submitit: the cluster extra brings it
+            raise CommandError(
+                'qfocal compare --executor submitit needs submitit: pip install "qfocal[cluster]"'
+            )
+    elif args.cluster_folder is not None or args.slurm:
+        raise CommandError("--cluster-folder and --slurm: for --executor submitit", usage=True)
     from .compare import compare
 
     result = _running(
@@ -507,6 +192,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         resume=args.resume,
         jobs=args.jobs,
         pretrain_epochs=args.pretrain_epochs,
+        executor=args.executor,
+        cluster_folder=args.cluster_folder,
+        slurm=args.slurm,
     )
     print(result["table"])
     print(f"\n{args.out}/compare.md, compare.json, compare.png; wall {result['wall_s']:.0f} s")
@@ -556,19 +244,6 @@ def _compare_framework(args: argparse.Namespace) -> int:
     print(result["table"])
     print(f"\n{args.out}/compare.md, compare.json, compare.png; wall {result['wall_s']:.0f} s")
     return 0
-
-
-def _shipped_backbone(what: str) -> str:
-    """The demo's backbone shipped in the package, hash-checked; a missing, damaged or foreign file: one line."""
-    require("numpy", what=what)
-    from .backbone import CheckpointError, demo_backbone
-
-    try:
-        return demo_backbone()
-    except CheckpointError as exc:
-        raise CommandError(
-            f"the shipped demo backbone: {exc}; reinstall qfocal, or remake it with qfocal pretrain"
-        ) from None
 
 
 def demo_config(out: str, *, progress: bool = False) -> TrainConfig:
@@ -742,6 +417,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="runs trained at once, each in its own process with --threads threads (default 0 = the cores "
         "shared among them); on 2 cores, --jobs 2 does about 1.5x the runs per hour",
+    )
+    c.add_argument(
+        "--executor",
+        choices=("local", "submitit"),
+        default="local",
+        help="where the runs train: local (default: this machine, --jobs processes) or submitit (every "
+        "unfinished run submitted as a job: SLURM where it exists, else submitit's local executor; needs "
+        'pip install "qfocal[cluster]"); --resume collects the jobs that finished and submits the rest',
+    )
+    c.add_argument(
+        "--cluster-folder",
+        default=None,
+        metavar="DIR",
+        help="with --executor submitit: submitit's folder for job logs and results, and jobs.json with the job "
+        "ids (default: OUT/submitit)",
+    )
+    c.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --executor submitit: a SLURM parameter, passed as slurm_KEY (e.g. --slurm partition=gpu "
+        "--slurm time=600); repeat for several (default: none; each job asks for --threads CPUs and 3 days)",
     )
     c.add_argument(
         "--pretrain-epochs",

@@ -2,8 +2,10 @@
 own trainer on the same data, scored by the framework's own validation (mAP50, mAP50-95, precision, recall), with
 qfocal's diagnostics per run, and reported by the FCOS compare's writer
 (:func:`qfocal_lab.detection.compare.write_compare`): mean ± std and the paired per-seed differences from the first
-variant with 95 % intervals. Planning and orchestration live here; one run is
-:mod:`qfocal_lab.detection.framework_runs`.
+variant with 95 % intervals. Orchestration (resume, pretraining, the runs in a pool) lives here; the variants
+and the plan are :mod:`qfocal_lab.detection.framework_plan`'s, the checks of trainer arguments and weights
+:mod:`qfocal_lab.detection.framework_checks`', what is reported :mod:`qfocal_lab.detection.framework_report`'s,
+one run :mod:`qfocal_lab.detection.framework_runs`'. Their public names stay importable from here.
 
 A variant is a loss name of the integration (``bce``, ``focal``, ``qfl``, ``vfl`` or an alias) with an optional
 gain (:mod:`qfocal.integrations.balance`): ``qfl`` is balanced to BCE's gradient norm (the integrations'
@@ -39,39 +41,45 @@ each epoch, and the run facts (autocast dtype, CPU, threads, versions): :mod:`~q
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
 import json
 import math
-import re
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from qfocal import describe_losses, loss_name, losses_for
-
-from .._machine import cpu_model
 from ..data.synth import prepare_synthetic
-from .compare import PRETRAIN_SEED, CompareMetrics, threads_per_job, worker_pool, write_compare
+from .compare import PRETRAIN_SEED, threads_per_job, worker_pool
 from .config import ConfigError
 from .evaluate import json_ready
-from .framework_runs import (  # noqa: F401  (parse_train_arg, check_train_args: part of this module's API)
+from .framework_checks import (  # noqa: F401  (parse_train_arg, check_train_args: part of this module's API)
     _check_model,
-    _device,
     check_train_args,
     check_weights,
-    default_train_fn,
     file_sha256,
     final_weights,
     parse_train_arg,
-    run_one,
-    version,
 )
+from .framework_plan import (  # noqa: F401  (moved to framework_plan; importable from here)
+    _LABEL,
+    _TERM,
+    FRAMEWORK_LOSSES,
+    FRAMEWORKS,
+    FrameworkPlan,
+    Variant,
+    parse_variant,
+    parse_variants,
+    plan_framework_compare,
+)
+from .framework_report import (
+    _TITLE,
+    FRAMEWORK_METRICS,
+    _collect,
+    _write,
+)
+from .framework_runs import run_one
 from .train import check_output_dir, run_lock
 
 __all__ = [
@@ -88,43 +96,7 @@ __all__ = [
     "run_framework_compare",
 ]
 
-FRAMEWORKS = ("yolov5", "ultralytics")
-FRAMEWORK_LOSSES = ("bce", "qfl", "vfl")  # the default variants
-# what both integrations take, from the loss table
-_LOSSES = tuple(n for n in losses_for("yolov5") if n in losses_for("ultralytics"))
-_DEFAULT_MODEL = {"yolov5": "yolov5n.yaml", "ultralytics": "yolov8n.yaml"}
-_PACKAGE = {"yolov5": "yolov5", "ultralytics": "ultralytics"}
-# The term a variant sets by default, those it may set, and the first column of the tables (which says so).
-_TERM = {"yolov5": "obj", "ultralytics": "cls"}
-_TERMS = {"yolov5": ("obj", "cls")}
-_LABEL = {
-    ("yolov5", "obj"): "obj loss (cls: bce)",
-    ("yolov5", "cls"): "cls loss (obj: bce)",
-    ("ultralytics", "cls"): "cls loss",
-}
-_TITLE = {"yolov5": "YOLOv5", "ultralytics": "Ultralytics"}
 
-FRAMEWORK_METRICS = CompareMetrics(
-    keys=("mAP50", "mAP50-95", "precision", "recall", "score_iou_spearman", "pr_start", "pr_end"),
-    table=("mAP50", "mAP50-95", "precision", "recall", "score_iou_spearman", "pr_start", "pr_end"),
-    bars=("mAP50", "mAP50-95"),
-    axis="val mAP (%)",
-    delta_units="mAPs in percentage points, the others in their own units",
-    json_units=(
-        "runs, mean, std: mAP50 and mAP50-95, precision and recall as fractions in [0, 1], from the framework's "
-        "validation of the final epoch; score_iou_spearman in [-1, 1] (the same validation's predictions); "
-        "pr_start, pr_end: participation ratio of the varied term's gradient w.r.t. its logits (effective number "
-        "of elements, >= 1) on a fixed training batch at the starting and final weights; delta_vs_baseline: "
-        "variant minus baseline per seed, mAPs in percentage points, 95 % Student-t interval"
-    ),
-    headings={
-        "precision": "P",
-        "recall": "R",
-        "score_iou_spearman": "score-IoU ρ",
-        "pr_start": "PR start",
-        "pr_end": "PR end",
-    },
-)
 # Settings a finished run must share with the compare to be reused by resume (and those of the synthetic set).
 _RESUME_KEYS = (
     "framework",
@@ -145,268 +117,6 @@ _RESUME_KEYS = (
 # What a run recorded before these settings existed trained with: the default term is added per framework.
 _RESUME_DEFAULTS = {"train_args": {}, "warmup": 0, "pretrain_epochs": 0, "init_sha256": None}
 _SYNTH_KEYS = ("synth_images", "synth_seed", "synth_difficulty")
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """A loss of the integrations, its gain (``None`` for ``auto``: balanced to BCE, else the number) and the
-    epochs of BCE warm-up before it takes over (0: none)."""
-
-    loss: str
-    gain: float | None = None
-    warmup: int = 0
-
-    @property
-    def name(self) -> str:
-        """``qfl`` (balanced), ``qfl@1`` (unbalanced), ``qfl@0.5``, ``qfl-warmup3``, ``qfl@1-warmup3``; ``bce`` (its
-        ``auto`` is exactly 1)."""
-        if self.gain is None or (self.loss == "bce" and self.gain == 1.0):
-            name = self.loss
-        else:
-            name = f"{self.loss}@{self.gain:g}"
-        return f"{name}-warmup{self.warmup}" if self.warmup else name
-
-    @property
-    def gain_label(self) -> str | float:
-        """What the integrations take as the gain: ``"auto"`` or the number."""
-        return "auto" if self.gain is None else self.gain
-
-
-def _variant_help() -> str:
-    return (
-        f"{describe_losses(_LOSSES)}, each optionally with @GAIN (auto, the default: balanced to BCE's gradient "
-        "norm; a number >= 0: a fixed multiplier, @1 = unbalanced) or -unbalanced, then optionally -warmupK (K "
-        "epochs of BCE first)"
-    )
-
-
-_WARMUP = re.compile(r"^(?P<rest>.*?)[-_]warmup(?P<k>[^-_@]*)$", re.IGNORECASE)
-
-
-def parse_variant(text: object) -> Variant:
-    """The :class:`Variant` of ``"qfl"``, ``"qfocal@auto"``, ``"qfl@1"``, ``"qfl-unbalanced"``, ``"vfl@0.5"``,
-    ``"qfl-warmup3"``, ``"qfl@1-warmup3"``...
-
-    Raises:
-        ValueError: not a loss of the integrations, a gain that is not ``auto`` or a finite number >= 0, or a
-            warm-up that is not a whole number >= 1 (or of ``bce``, which is BCE throughout); the message lists the
-            valid names.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"losses: expected {_variant_help()}, got {text!r}")
-    body, warmup = text.strip(), 0
-    match = _WARMUP.match(body)
-    if match:
-        if not match["k"].isdigit() or int(match["k"]) < 1:
-            raise ValueError(f"losses: expected -warmupK with a whole number K >= 1 of epochs, got {text!r}")
-        body, warmup = match["rest"], int(match["k"])
-    name, sep, gain_text = body.partition("@")
-    gain: float | None = None
-    for suffix in ("-unbalanced", "_unbalanced"):
-        if not sep and name.lower().endswith(suffix):
-            name, gain = name[: -len(suffix)], 1.0
-    try:
-        loss = loss_name(name, _LOSSES, what="losses")
-    except ValueError:
-        raise ValueError(f"losses: expected {_variant_help()}, got {text!r}") from None
-    if sep and gain_text.strip().lower() != "auto":
-        try:
-            gain = float(gain_text)
-        except ValueError:
-            gain = math.nan
-        if not (math.isfinite(gain) and gain >= 0):
-            raise ValueError(f"losses: expected a gain 'auto' or a finite number >= 0 after @, got {text!r}")
-    if warmup and loss == "bce":
-        raise ValueError(
-            f"losses: expected a warm-up on a loss other than bce (BCE warms up into BCE), got {text!r}"
-        )
-    return Variant(loss, gain, warmup)
-
-
-def parse_variants(texts: Sequence[object]) -> list[Variant]:
-    """Each of ``texts`` as a :class:`Variant`; refuses none and repeats (``qfl@1`` and ``qfl-unbalanced`` are
-    one variant: not independent runs)."""
-    variants = [parse_variant(t) for t in texts]
-    if not variants:
-        raise ValueError(f"losses: expected at least one of {_variant_help()}")
-    names = [v.name for v in variants]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(
-            f"losses: expected each variant once, got {', '.join(repeated)} repeated in {list(texts)}"
-        )
-    return variants
-
-
-def _check_framework(framework: object) -> str:
-    if not isinstance(framework, str) or framework.strip().lower() not in FRAMEWORKS:
-        raise ConfigError(f"framework: expected one of {', '.join(FRAMEWORKS)}, got {framework!r}")
-    return framework.strip().lower()
-
-
-def _resolve_data(data: str | Path) -> str | Path:
-    """``"synthetic"``, or the path of a YOLO data yaml (a folder holding ``data.yaml`` gives that file)."""
-    if str(data) == "synthetic":
-        return "synthetic"
-    path = Path(data)
-    if path.is_dir() and (path / "data.yaml").is_file():
-        path = path / "data.yaml"
-    if not (path.is_file() and path.suffix in (".yaml", ".yml")):
-        raise ConfigError(
-            f"data: expected 'synthetic', a YOLO data yaml or a folder holding data.yaml, got {str(data)!r}"
-        )
-    return path.resolve()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The compare
-# ----------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class FrameworkPlan:
-    """A checked framework compare (:func:`plan_framework_compare`), run by :func:`run_framework_compare`."""
-
-    framework: str
-    variants: tuple[Variant, ...]
-    seeds: tuple[int, ...]
-    settings: dict[str, Any]
-    out: Path
-    train_fn: Callable[..., Any]
-
-
-def _whole(name: str, value: object, low: int, meaning: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name}: expected an integer >= {low} ({meaning}), got {value!r}")
-    return value
-
-
-def plan_framework_compare(
-    framework: str,
-    *,
-    losses: Sequence[str] = FRAMEWORK_LOSSES,
-    seeds: Sequence[int] = (0, 1, 2),
-    data: str | Path = "synthetic",
-    model: str | None = None,
-    term: str | None = None,
-    epochs: int = 12,
-    imgsz: int = 128,
-    batch: int = 16,
-    device: str = "auto",
-    threads: int = 0,
-    jobs: int = 1,
-    pretrain_epochs: int = 0,
-    pretrain_images: int = 0,
-    weights: str | Path | None = None,
-    synth_images: int = 400,
-    synth_seed: int = 0,
-    synth_difficulty: str = "hard",
-    plots: bool = True,
-    train_args: Mapping[str, Any] | Sequence[str] = (),
-    out: str | Path = "runs/compare",
-    train_fn: Callable[..., Any] | None = None,
-) -> FrameworkPlan:
-    """Check every argument of :func:`compare_framework` (which see), and find the framework, the model, the data
-    and the starting checkpoint, before anything is trained or written.
-
-    Raises:
-        ConfigError: the first bad argument, in one line (an unknown variant lists the valid names).
-    """
-    framework = _check_framework(framework)
-    try:
-        variants = parse_variants(losses)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    try:
-        seeds = [int(s) for s in seeds]
-    except (TypeError, ValueError):
-        raise ConfigError(f"seeds: expected integers, got {seeds!r}") from None
-    if not seeds:
-        raise ConfigError("seeds: expected at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds: expected each once (repeats are not independent runs), got {seeds}")
-    for name, value in (
-        ("epochs", epochs),
-        ("imgsz", imgsz),
-        ("batch", batch),
-        ("synth_images", synth_images),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
-    if imgsz % 32:
-        raise ConfigError(f"imgsz: expected a multiple of 32 (the coarsest stride), got {imgsz}")
-    _whole("threads", threads, 0, "0 = auto")
-    _whole("jobs", jobs, 1, "runs trained at once")
-    _whole("pretrain_epochs", pretrain_epochs, 0, "0: no pretraining")
-    _whole("pretrain_images", pretrain_images, 0, "0: as many as synth_images")
-    if pretrain_images and not pretrain_epochs:
-        raise ConfigError(
-            f"pretrain_images: expected pretrain_epochs > 0 with it, got pretrain_images={pretrain_images}"
-        )
-    if framework == "ultralytics" and term is not None:  # one term only: a term given is a YOLOv5 setting
-        raise ConfigError(
-            f"term: expected none for ultralytics (its variants always set cls_loss; it has no objectness term), "
-            f"got {term!r}"
-        )
-    term = _TERM[framework] if term is None else str(term).strip().lower()
-    if term not in _TERMS.get(framework, (term,)):
-        raise ConfigError(f"term: expected obj or cls for {framework}, got {term!r}")
-    too_long = [v.name for v in variants if v.warmup >= epochs]
-    if too_long:
-        raise ConfigError(
-            f"losses: expected warm-ups shorter than the {epochs} epochs (the loss must train after it), got "
-            f"{', '.join(too_long)}"
-        )
-    if synth_difficulty not in ("hard", "easy"):
-        raise ConfigError(f"synth_difficulty: expected 'hard' or 'easy', got {synth_difficulty!r}")
-    if weights is not None and pretrain_epochs:
-        raise ConfigError(
-            f"weights: expected either weights or pretrain_epochs (both say where the runs start), got {weights} "
-            f"and pretrain_epochs={pretrain_epochs}"
-        )
-    if weights is not None and model is not None:
-        raise ConfigError(
-            f"model: the architecture comes from weights ({weights}); expected no model, got {model!r}"
-        )
-    data = _resolve_data(data)
-    model = model or _DEFAULT_MODEL[framework]
-    dev = _device(device)
-    if train_fn is None:
-        if importlib.util.find_spec(_PACKAGE[framework]) is None:
-            raise ConfigError(
-                f'framework {framework}: needs the {_PACKAGE[framework]} package: pip install "qfocal[integrations]"'
-            )
-        if weights is None:
-            _check_model(framework, model)
-        train_args = check_train_args(framework, train_args)
-        train_fn = default_train_fn(framework)
-    else:  # a stand-in trainer: the keys it takes are its own
-        train_args = check_train_args(framework, train_args, known=False)
-    if weights is not None:
-        weights = check_weights(weights, framework)
-        model = str(weights)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out: expected a folder, got the existing file {out}")
-    settings = {
-        "framework": framework,
-        "model": model,
-        "data": str(data),
-        "term": term,
-        "epochs": epochs,
-        "imgsz": imgsz,
-        "batch": batch,
-        "device": dev,
-        "threads": threads,
-        "jobs": jobs,
-        "pretrain_epochs": pretrain_epochs,
-        "pretrain_images": pretrain_images or synth_images,
-        "weights": None if weights is None else str(weights),
-        "synth_images": synth_images,
-        "synth_seed": synth_seed,
-        "synth_difficulty": synth_difficulty,
-        "plots": plots,
-        "train_args": train_args,
-    }
-    return FrameworkPlan(framework, tuple(variants), tuple(seeds), settings, out, train_fn)
 
 
 def run_framework_compare(
@@ -651,138 +361,3 @@ def _compare(plan: FrameworkPlan, out: Path, resume: bool, log) -> dict:
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return result
-
-
-def _number(value: Any) -> float:
-    try:
-        return math.nan if value is None else float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _collect(out: Path, order, finished, names) -> tuple[dict, dict, list]:
-    """The finished runs in plan order (seed, then variant), whatever order they finished in."""
-    summary = {n: {k: [] for k in FRAMEWORK_METRICS.keys} for n in names}
-    seconds: dict[str, list[float]] = {n: [] for n in names}
-    runs: list[dict] = []
-    for seed, variant in order:
-        if (seed, variant.name) not in finished:
-            continue
-        rec, dt = finished[(seed, variant.name)]
-        values = {k: _number(rec.get(k)) for k in FRAMEWORK_METRICS.keys}
-        for k in FRAMEWORK_METRICS.keys:
-            summary[variant.name][k].append(values[k])
-        seconds[variant.name].append(dt)
-        runs.append(
-            {
-                "loss": variant.name,
-                "seed": seed,
-                "seconds": dt,
-                **values,
-                "score_iou_n": rec.get("score_iou_n"),
-                "switch_epoch": rec.get("switch_epoch"),
-                "run_facts": rec.get("run_facts"),
-                "dir": str(out / f"{variant.name}-s{seed}"),
-            }
-        )
-    return summary, seconds, runs
-
-
-def _extra(s: dict) -> str:
-    """The training settings a compare added, as the header names them: ``, optimizer=AdamW lr0=0.001``."""
-    if not s["train_args"]:
-        return ", the framework's default training settings"
-    return ", " + " ".join(f"{k}={v}" for k, v in s["train_args"].items())
-
-
-def _start(s: dict) -> tuple[str, dict]:
-    """Where the runs started, in words (``from scratch``, ``fine-tuned from ...``) and as compare.json says."""
-    if not s["init"]:
-        return "from scratch", {"from": "scratch"}
-    sha = s["init_sha256"]
-    if s["pretrain_epochs"]:
-        words = (
-            f"fine-tuned from a BCE model pretrained {s['pretrain_epochs']} epochs on a second set of "
-            f"{s['pretrain_images']} images (sha256 {sha[:12]})"
-        )
-    else:
-        words = f"fine-tuned from {s['init']} (sha256 {sha[:12]})"
-    return words, {"from": s["init"], "sha256": sha, "pretrain_epochs": s["pretrain_epochs"]}
-
-
-def _facts(runs: list[dict], s: dict, threads: int) -> dict:
-    """compare.json's run facts: the machine's, and the autocast dtypes the runs resolved."""
-    autocast = sorted({str((r.get("run_facts") or {}).get("autocast", "unknown")) for r in runs})
-    return {
-        "autocast": autocast,
-        "cpu": cpu_model(),
-        "torch_threads": threads,
-        "torch": torch.__version__,
-        "framework": s["framework"],
-        "framework_version": version(s["framework"]),
-        "device": s["device"],
-    }
-
-
-def _write(out: Path, plan: FrameworkPlan, s: dict, threads: int, collected, wall: float) -> dict:
-    summary, seconds, runs = collected
-    framework, variants, seeds, term = plan.framework, plan.variants, plan.seeds, s["term"]
-    other = {
-        ("yolov5", "obj"): "cls_loss: bce for every variant",
-        ("yolov5", "cls"): "obj_loss: bce for every variant",
-        ("ultralytics", "cls"): "Ultralytics has no objectness term",
-    }[(framework, term)]
-    word = {"obj": "objectness", "cls": "classification"}[term]
-    start, start_json = _start(s)
-    if not s["init"] and Path(s["model"]).suffix not in (".yaml", ".yml"):
-        start = f"from {s['model']}"
-    finished = f"{len(runs)} of {len(variants) * len(seeds)} runs"
-    facts = _facts(runs, s, threads)
-    at_once = f"{s['jobs']} runs at a time x " if s["jobs"] > 1 else ""
-    machine = (
-        f"{facts['cpu']}, device {s['device']}, {at_once}{threads} threads per run, autocast "
-        f"{'/'.join(facts['autocast'])}, torch {torch.__version__}"
-    )
-    header = (
-        f"{_TITLE[framework]} {facts['framework_version']}: mAP50 and mAP50-95 in percent, precision P and recall R "
-        f"from its own validation of the final epoch; score-IoU ρ: Spearman correlation of the score and the IoU of "
-        f"those validation predictions; PR start / end: participation ratio of the {term} term's gradient on a fixed "
-        f"training batch at the starting and final weights. Mean ± sample std over seeds {list(seeds)} "
-        f"({finished}). Each variant sets the {word} criterion ({term}_loss, {term}_gain; {other}): a name alone is "
-        f"balanced to BCE's gradient norm (gain auto), @1 is the unbalanced loss, -warmupK trains K epochs with BCE "
-        f"first. Data {s['data']}; model {s['model']}, {start}; {s['epochs']} epochs, imgsz {s['imgsz']}, batch "
-        f"{s['batch']}{_extra(s)}; {machine}; wall {wall:.0f} s."
-    )
-    data = "synthetic" if Path(s["data"]).parent == out / "data" else Path(s["data"]).parent.name
-    tuned = "fine-tuned" if s["init"] else "from scratch"
-    title = (
-        f"{_TITLE[framework]} {Path(s['model']).name}, {term} loss, {tuned}; data {data}, {s['epochs']} epochs, "
-        f"imgsz {s['imgsz']}, seeds {list(seeds)} ({finished}); differences vs {variants[0].name}"
-    )
-    config = {k: v for k, v in s.items() if k != "workers"}
-    config["version"] = facts["framework_version"]
-    config["run_facts"] = facts
-    return write_compare(
-        out,
-        FRAMEWORK_METRICS,
-        names=[v.name for v in variants],
-        seeds=seeds,
-        runs=runs,
-        summary=summary,
-        seconds=seconds,
-        config=config,
-        threads=threads,
-        wall=wall,
-        header=header,
-        title=title,
-        label=_LABEL[(framework, term)],
-        extra={
-            "framework": framework,
-            "term": f"{term}_loss",
-            "variants": {
-                v.name: {"loss": v.loss, "gain": v.gain_label, "warmup": v.warmup} for v in variants
-            },
-            "start": start_json,
-            "jobs": s["jobs"],
-        },
-    )

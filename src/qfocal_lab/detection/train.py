@@ -5,23 +5,24 @@ One run writes to ``out``: ``last.pt`` (atomic, every epoch; loads with ``torch.
 final epoch), ``score_iou.npz`` (score and IoU of each validation detection on an object, for compare's plot)
 and the plots of :mod:`qfocal_lab.detection.plots`. Launch under ``torchrun --nproc-per-node N -m qfocal train ...``
 for DDP (gloo on CPU, nccl on GPU); each process takes ``batch`` images of every global batch of ``batch * N``.
+
+Here: the model, the data, one epoch and the loop (with DDP). The run folder's files (lock, atomic writes,
+output checks, data fingerprint) are :mod:`qfocal_lab.detection.runfiles`'; the run state, EMA, saving and
+resuming checkpoints :mod:`qfocal_lab.detection.runstate`'; device, threads and autocast
+:mod:`qfocal_lab.detection.device`'. Their names stay importable from here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import csv
 import dataclasses
 import datetime
-import hashlib
 import json
 import math
 import os
-import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +35,42 @@ from ..data.synth import prepare_synthetic
 from ..models import fcos_tiny
 from .backbone import load_backbone
 from .checkpoint import (
-    CHECKSUM_FORMAT,
     CheckpointError,
     checkpoint_checksum,
     load_checkpoint,
     load_state,
 )
-from .config import AMP_CHOICES, MODEL_SIZES, RESUME_KEYS, ConfigError, TrainConfig
+from .config import AMP_CHOICES, MODEL_SIZES, ConfigError, TrainConfig
+from .device import (
+    _barrier,
+    _dist_info,
+    amp_dtype,
+    pick_threads,
+    resolve_device,
+)
 from .evaluate import METRIC_KEYS, QUALITY_KEYS, evaluate, json_ready
 from .quality import score_iou_pairs
+from .runfiles import (  # noqa: F401  (moved to runfiles; importable from here)
+    RUN_FILES,
+    RunLockedError,
+    RunOutputError,
+    _write_atomic,
+    _write_history,
+    _write_text,
+    check_output_dir,
+    data_fingerprint,
+    os_error_text,
+    run_lock,
+)
+from .runstate import (  # noqa: F401  (moved to runstate; importable from here)
+    ModelEMA,
+    RunState,
+    check_finished_run,
+    fingerprint_diff,
+    resume_checkpoint,
+    save_checkpoint,
+    settings_diff,
+)
 
 __all__ = [
     "AMP_CHOICES",
@@ -85,47 +113,6 @@ def build_model(num_classes: int, cfg: TrainConfig) -> torch.nn.Module:
     )
 
 
-_DEFAULT_THREADS = torch.get_num_threads()
-
-
-def pick_threads(requested: int = 0) -> int:
-    """CPU threads for a run: ``requested`` if positive, else torch's default, except 1 when the 1-minute load
-    average already exceeds the core count by more than half a core. OpenMP threads that wait for each other on
-    an oversubscribed machine ran a training step 10-25x slower than one thread (0.17 s vs 2-4 s here)."""
-    if requested > 0:
-        return int(requested)
-    n = _DEFAULT_THREADS
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return n
-    return 1 if n > 1 and load > (os.cpu_count() or n) + 0.5 else n
-
-
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device`` (``None``: full precision). ``auto`` uses bf16 on GPUs that
-    support it (else fp16) and on CPUs with AMX / AVX512-BF16, where it is faster; fp32 elsewhere."""
-    if amp == "off":
-        return None
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("amp: fp16 autocast is for CUDA; use bf16 or off on the CPU")
-        return torch.float16
-    if amp == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if _cpu_has_fast_bf16() else None
-
-
 def training_step(
     model: torch.nn.Module, images: list, targets: list, dtype: torch.dtype | None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -152,25 +139,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _dist_info() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def resolve_device(spec: str, local_rank: int) -> torch.device:
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def prepare_synthetic_data(
@@ -207,322 +175,8 @@ def prepare_data(cfg: TrainConfig, *, is_main: bool = True, log: Callable[[str],
     return train_data, val_data
 
 
-def _write_text(path: Path, text: str) -> None:
-    _write_atomic(path, lambda tmp: tmp.write_text(text))
-
-
-def _write_history(history: list[dict], path: Path) -> None:
-    if not history:
-        return
-    # Every key of every row: a run resumed from an older checkpoint has rows without the newer columns (AP90).
-    keys = list(dict.fromkeys(k for row in history for k in row))
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys, restval="")
-            w.writeheader()
-            w.writerows(history)
-
-    _write_atomic(path, write)
-
-
-@dataclasses.dataclass
-class RunState:
-    """What a run carries from epoch to epoch, and what its checkpoint holds."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    epoch: int = 0  # last finished epoch
-    history: list[dict] = dataclasses.field(default_factory=list)
-    ema: ModelEMA | None = None  # the averaged weights that are evaluated, when the run keeps them
-
-    @property
-    def eval_model(self) -> torch.nn.Module:
-        """The weights a run evaluates: the EMA's if it keeps one, else the model's."""
-        return self.ema.module if self.ema is not None else self.model
-
-
-class ModelEMA:
-    """An exponential moving average of a model's weights, updated after every optimizer step.
-
-    ``ema = d * ema + (1 - d) * weights`` over every floating-point parameter and buffer (others are copied),
-    with ``d = min(decay, (1 + updates) / (10 + updates))`` so the first steps' random weights fade fast. Averaging
-    the last few hundred steps' weights smooths the step-to-step noise of the final weights, which is what makes
-    two seeds of one run disagree at evaluation (as in YOLOv5 and Ultralytics, which evaluate an EMA too).
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay: expected a value in (0, 1), got {decay!r}")
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.decay = float(decay)
-        self.updates = int(updates)
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        """Move the average towards ``model``'s current weights by one step."""
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        current = model.state_dict()
-        for name, avg in self.module.state_dict().items():
-            new = current[name].detach()
-            if avg.dtype.is_floating_point:
-                avg.lerp_(new.to(avg.dtype), 1.0 - d)
-            else:
-                avg.copy_(new)
-
-    def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["module"])
-        self.updates = int(state["updates"])
-
-
-class RunLockedError(RuntimeError):
-    """Another process is running in the same ``--out`` folder."""
-
-
 class DistributedError(RuntimeError):
     """A process of a DDP run stopped answering; the last checkpoint on disk is the last good one."""
-
-
-@contextlib.contextmanager
-def run_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out`` for the block: a second run on the same folder fails at once, naming the
-    process that holds it (the lock goes with the process, so a killed run leaves nothing to clean up)."""
-    import fcntl
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fh = open(out / ".lock", "a+")  # noqa: SIM115 (held for the whole block)
-    except OSError as exc:
-        raise RunOutputError(f"cannot lock {out / '.lock'}: {os_error_text(exc)}") from None
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise RunLockedError(
-                f"{out} is in use by another qfocal run ({holder}); wait for it or choose another --out"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        fh.flush()
-        yield
-    finally:
-        fh.close()  # releases the lock
-
-
-class RunOutputError(RuntimeError):
-    """The run's output folder or one of its files cannot be written (a path too long, under a regular file,
-    read-only, a folder where a file goes, a full disk); the files written before are kept."""
-
-
-def os_error_text(exc: BaseException) -> str:
-    """One line for an OSError (or torch's writer failing): its reason, without the path when it is known."""
-    text = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
-
-
-# torch.save reports a failed write (a full disk) as a RuntimeError from its zip writer.
-_TORCH_WRITE_FAILED = ("PytorchStreamWriter", "inline_container", "file write failed")
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` to a temporary file unique to this process, flush it to disk, then rename it over ``path``.
-    A failure (a full disk, a folder in the way) is a one-line :class:`RunOutputError`; ``path`` keeps its
-    previous content."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        if path.is_dir() and not path.is_symlink():
-            raise IsADirectoryError(21, "a folder is in the way of the file", str(path))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise RunOutputError(f"cannot write {path}: {os_error_text(exc)}{_kept(path)}") from None
-    except RuntimeError as exc:
-        if not any(w in str(exc) for w in _TORCH_WRITE_FAILED):
-            raise
-        raise RunOutputError(f"cannot write {path}: {os_error_text(exc)} (disk full?){_kept(path)}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # the rename itself, where the file system allows it
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def _kept(path: Path) -> str:
-    return f"; the previous {path.name} is kept" if path.is_file() else ""
-
-
-# Files of a run folder that must be files (a folder by that name would fail the run after its first epoch).
-RUN_FILES = ("last.pt", "metrics.json", "history.csv", "facts.json", "score_iou.npz", ".lock")
-
-
-def check_output_dir(out: str | os.PathLike, files: Sequence[str] = RUN_FILES) -> Path:
-    """Make sure a run can write to ``out`` before it trains: create the folder, write and remove a probe file,
-    and find no folder where one of ``files`` goes. Returns ``out``.
-
-    Raises:
-        RunOutputError: one line: the path is too long, lies under a regular file, is read-only, or has a folder
-            in the way of a file.
-    """
-    out = Path(out)
-    try:
-        if out.exists() and not out.is_dir():
-            raise NotADirectoryError(20, "expected a folder, got a file", str(out))
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".qfocal-probe-{os.getpid()}"
-        try:
-            with open(probe, "wb") as fh:
-                fh.write(b"probe\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-        finally:
-            with contextlib.suppress(OSError):
-                probe.unlink()
-    except OSError as exc:
-        raise RunOutputError(f"--out {out}: cannot write there ({os_error_text(exc)})") from None
-    for name in files:
-        if (out / name).is_dir():
-            raise RunOutputError(
-                f"--out {out}: expected {name} to be a file, got a folder; remove or rename it"
-            )
-    return out
-
-
-def data_fingerprint(*splits) -> dict:
-    """What identifies the data a run trained on: per split, the image count, classes, and a hash of every image
-    path (relative to the split's source), size, box and label after reading (skips included)."""
-    result = {}
-    for name, data in splits:
-        digest = hashlib.sha256()
-        root = Path(data.source).parent
-        for rec in data.records:
-            path = Path(rec.path)
-            rel = path.relative_to(root.parent) if path.is_relative_to(root.parent) else path.name
-            digest.update(f"{rel}|{rec.width}|{rec.height}|".encode())
-            digest.update(np.ascontiguousarray(rec.boxes, dtype=np.float32).tobytes())
-            digest.update(np.ascontiguousarray(rec.labels, dtype=np.int64).tobytes())
-            if len(
-                rec.crowd_labels
-            ):  # only then: the fingerprints of data without crowd regions stay as they were
-                digest.update(b"crowd|" + np.ascontiguousarray(rec.crowd_boxes, dtype=np.float32).tobytes())
-                digest.update(np.ascontiguousarray(rec.crowd_labels, dtype=np.int64).tobytes())
-        result[name] = {
-            "images": len(data.records),
-            "classes": list(data.class_names),
-            "sha256": digest.hexdigest()[:16],
-        }
-    return result
-
-
-def save_checkpoint(
-    path: Path, state: RunState, cfg: TrainConfig, data, steps_per_epoch: int, fingerprint: dict | None = None
-) -> None:
-    """Write ``state`` to ``path`` atomically (a crash mid-write leaves the previous checkpoint intact), with the
-    content checksum :func:`load_checkpoint` verifies (:func:`checkpoint_checksum`)."""
-    obj = {
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scaler": state.scaler.state_dict() if state.scaler is not None else {},
-        "ema": state.ema.state_dict() if state.ema is not None else {},
-        "epoch": state.epoch,
-        "step": state.epoch * steps_per_epoch,
-        "history": state.history,
-        "rng": torch.get_rng_state(),
-        "config": dataclasses.asdict(cfg),
-        "class_names": list(data.class_names),
-        "category_ids": list(data.category_ids),
-        "data_fingerprint": fingerprint or {},
-    }
-    obj["checksum"] = {"format": CHECKSUM_FORMAT, "sha256": checkpoint_checksum(obj)}
-    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
-
-
-def settings_diff(ckpt: dict, cfg: TrainConfig) -> list[str]:
-    """The settings of :data:`RESUME_KEYS` in which the checkpoint ``ckpt`` differs from ``cfg``, as
-    ``key=saved (now value)``; a setting added after the checkpoint was written had its default then."""
-    defaults, now = dataclasses.asdict(TrainConfig()), dataclasses.asdict(cfg)
-    saved = {k: ckpt["config"].get(k, defaults.get(k)) for k in RESUME_KEYS}
-    return [f"{k}={saved[k]!r} (now {now.get(k)!r})" for k in RESUME_KEYS if saved[k] != now.get(k)]
-
-
-def fingerprint_diff(ckpt: dict, fingerprint: dict | None) -> list[str]:
-    """How the data a checkpoint was trained on (its :func:`data_fingerprint`) differs from ``fingerprint``."""
-    diff = []
-    for split, was in (ckpt.get("data_fingerprint") or {}).items():
-        is_now = (fingerprint or {}).get(split, {})
-        for key in ("images", "classes", "sha256"):
-            if was.get(key) != is_now.get(key):
-                what = "annotations/images hash" if key == "sha256" else key
-                diff.append(f"{split} {what} {was.get(key)!r} (now {is_now.get(key)!r})")
-    return diff
-
-
-def check_finished_run(run_dir: Path, cfg: TrainConfig, fingerprint: Callable[[], dict]) -> None:
-    """Before a compare reuses the finished run in ``run_dir``: its checkpoint must record ``cfg``'s settings
-    (:func:`settings_diff`), its final epoch, and the same data (``fingerprint()``, computed only when the
-    settings agree); otherwise a one-line :class:`ConfigError` naming every difference."""
-    path = run_dir / "last.pt"
-    if not path.is_file():
-        raise ConfigError(
-            f"--resume: {run_dir} has results but no last.pt recording its settings; choose another --out or "
-            "drop --resume"
-        )
-    ckpt = load_checkpoint(path)
-    diff = settings_diff(ckpt, cfg)
-    if not diff and int(ckpt["epoch"]) != cfg.epochs:
-        diff.append(f"finished epoch {ckpt['epoch']} (now {cfg.epochs})")
-    if not diff:
-        diff = fingerprint_diff(ckpt, fingerprint())
-    if diff:
-        raise ConfigError(
-            f"--resume: {path} was trained with other settings: {', '.join(diff)}; choose another --out or drop "
-            "--resume"
-        )
-
-
-def resume_checkpoint(path: Path, state: RunState, cfg: TrainConfig, fingerprint: dict | None = None) -> bool:
-    """Load ``path`` into ``state`` if it exists; False if there is none. Refuses a checkpoint written with other
-    settings (:data:`RESUME_KEYS`) or on other data (``fingerprint``, see :func:`data_fingerprint`), listing
-    every difference."""
-    if not path.is_file():
-        return False
-    ckpt = load_checkpoint(path)
-    diff = settings_diff(ckpt, cfg) + fingerprint_diff(ckpt, fingerprint)
-    if diff:
-        raise ConfigError(f"--resume: {path} was written with different settings: " + ", ".join(diff))
-    load_state(state.model, ckpt["model"], path)
-    if state.ema is not None:
-        if not ckpt.get("ema"):
-            raise CheckpointError(f"{path}: no EMA weights in it, but the run keeps an EMA (--ema)")
-        load_state(state.ema.module, ckpt["ema"]["module"], path, "EMA")
-        state.ema.updates = int(ckpt["ema"]["updates"])
-    try:
-        state.optimizer.load_state_dict(ckpt["optimizer"])
-        if state.scaler is not None and ckpt.get("scaler"):
-            state.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"])
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: its optimizer or RNG state does not fit this run ({first:.200})"
-        ) from None
-    state.epoch, state.history = int(ckpt["epoch"]), list(ckpt["history"])
-    return True
 
 
 def _last_good(ckpt_path: Path, epoch: int) -> str:

@@ -1,7 +1,6 @@
-"""The framework compare in the fine-tune regime: the participation ratio, warm-up variants, the YOLOv5 term, the
-checks of pretrain_epochs / weights / term / warm-ups before any training, presets, and tiny real runs of both
-frameworks (pretraining, fine-tuning from it, resume reusing it, the warm-up switch, the run facts, parallel
-runs)."""
+"""The framework compare in the fine-tune regime: the participation ratio, the YOLOv5 term, the command's one-line
+refusals, and tiny real runs of both frameworks (pretraining, fine-tuning from it, resume reusing it, the warm-up
+switch, the run facts, parallel runs)."""
 
 from __future__ import annotations
 
@@ -12,12 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from qfocal.cli import main
 from qfocal_lab.data.synth import write_toy_dataset
 from qfocal_lab.detection import framework_runs
 from qfocal_lab.detection.config import ConfigError
 from qfocal_lab.detection.framework_runs import Probe, file_sha256
-from qfocal_lab.detection.frameworks import PRETRAIN_SEED, Variant, compare_framework, parse_variant
+from qfocal_lab.detection.frameworks import PRETRAIN_SEED, compare_framework
 from qfocal_lab.studies.balance import participation_ratio
 from tests.qfocal_lab.detection.test_frameworks import FakeUltralytics, FakeYOLOv5, _cli
 
@@ -40,108 +38,6 @@ def test_participation_ratio_counts_the_elements_that_carry_the_gradient():
     )
     assert 1.0 <= participation_ratio(g) <= g.numel()
     assert math.isnan(participation_ratio(torch.zeros(4))) and math.isnan(participation_ratio(torch.zeros(0)))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Variants and checks
-# ----------------------------------------------------------------------------------------------------------
-def test_warmup_variants():
-    assert parse_variant("qfl-warmup3") == Variant("qfl", None, 3)
-    assert parse_variant("qfl-warmup3").name == "qfl-warmup3"
-    assert parse_variant("qfocal@1-Warmup2").name == "qfl@1-warmup2"
-    assert parse_variant("vfl-unbalanced-warmup1") == Variant("vfl", 1.0, 1)
-    assert parse_variant("qfl@0.5_warmup4").name == "qfl@0.5-warmup4"
-    assert parse_variant("qfl").warmup == 0
-    for bad in ("qfl-warmup0", "qfl-warmupx", "qfl-warmup", "qfl-warmup-2", "gfl-warmup2"):
-        with pytest.raises(ValueError, match="losses: expected"):
-            parse_variant(bad)
-    with pytest.raises(ValueError, match="warm-up on a loss other than bce"):
-        parse_variant("bce-warmup2")
-
-
-def _fake_checkpoints(tmp_path: Path) -> dict[str, Path]:
-    """A checkpoint of each framework (their own model classes, pickled as they pickle them), a qfocal FCOS
-    checkpoint and a file that is no checkpoint."""
-    from qfocal.integrations._offline import offline_import
-
-    with offline_import():
-        from ultralytics.nn.tasks import DetectionModel
-        from yolov5.models.yolo import Model
-
-    import yolov5
-
-    paths = {k: tmp_path / f"{k}.pt" for k in ("yolov5", "ultralytics", "fcos", "random")}
-    cfg = Path(yolov5.__file__).parent / "models" / "yolov5n.yaml"
-    torch.save({"epoch": -1, "model": Model(cfg, nc=2), "ema": None}, paths["yolov5"])
-    torch.save(
-        {"epoch": -1, "model": None, "ema": DetectionModel("yolov8n.yaml", nc=2, verbose=False)},
-        paths["ultralytics"],
-    )
-    torch.save(
-        {"config": {"loss": "focal"}, "model": {"w": torch.zeros(2)}, "class_names": ["a"]}, paths["fcos"]
-    )
-    paths["random"].write_bytes(bytes(range(256)) * 8)
-    return paths
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    return _fake_checkpoints(tmp_path_factory.mktemp("ckpts"))
-
-
-def test_weights_are_checked_before_training(tmp_path, checkpoints):
-    from qfocal_lab.detection.framework_runs import check_weights
-
-    assert check_weights(checkpoints["yolov5"], "yolov5") == checkpoints["yolov5"].resolve()
-    assert check_weights(checkpoints["ultralytics"], "ultralytics") == checkpoints["ultralytics"].resolve()
-    for framework, other in (("yolov5", "ultralytics"), ("ultralytics", "yolov5")):
-        with pytest.raises(
-            ConfigError,
-            match=f"weights: expected .*got an? {'YOLOv5' if other == 'yolov5' else 'Ultralytics'} checkpoint",
-        ):
-            check_weights(checkpoints[other], framework)
-        with pytest.raises(ConfigError, match=r"weights: expected .* got a qfocal FCOS checkpoint"):
-            check_weights(checkpoints["fcos"], framework)
-        with pytest.raises(ConfigError, match=r"weights: expected .* \(not loadable: "):
-            check_weights(checkpoints["random"], framework)
-        with pytest.raises(ConfigError, match="\\(no such file\\)"):
-            check_weights(tmp_path / "missing.pt", framework)
-
-
-@pytest.mark.parametrize(
-    "framework, kwargs, match",
-    [
-        ("yolov5", {"pretrain_epochs": -1}, "pretrain_epochs: expected an integer >= 0"),
-        ("yolov5", {"jobs": 0}, "jobs: expected an integer >= 1"),
-        (
-            "yolov5",
-            {"losses": ["bce", "qfl-warmup3"], "epochs": 3},
-            r"shorter than the 3 epochs \(the loss must train after it\), got qfl-warmup3",
-        ),
-        ("ultralytics", {"term": "cls"}, "term: expected none for ultralytics"),
-        ("ultralytics", {"term": "obj"}, "term: expected none for ultralytics"),
-        ("yolov5", {"term": "box"}, "term: expected obj or cls for yolov5, got 'box'"),
-        (
-            "yolov5",
-            {"weights": "W", "pretrain_epochs": 2},
-            "weights: expected either weights or pretrain_epochs",
-        ),
-        ("yolov5", {"weights": "W", "model": "yolov5s.yaml"}, "model: the architecture comes from weights"),
-        ("yolov5", {"weights": "missing.pt"}, "weights: expected a YOLOv5 detection checkpoint"),
-        ("yolov5", {"weights": "ultralytics"}, "got an Ultralytics checkpoint"),
-        ("ultralytics", {"weights": "yolov5"}, "got a YOLOv5 checkpoint"),
-        ("ultralytics", {"weights": "fcos"}, "got a qfocal FCOS checkpoint"),
-        ("yolov5", {"weights": "random"}, "not loadable"),
-    ],
-)
-def test_bad_fine_tune_settings_are_refused_before_training(tmp_path, checkpoints, framework, kwargs, match):
-    if "weights" in kwargs:
-        kwargs = {**kwargs, "weights": checkpoints.get(kwargs["weights"], tmp_path / kwargs["weights"])}
-    fake = FakeYOLOv5() if framework == "yolov5" else FakeUltralytics()
-    with pytest.raises(ConfigError, match=match) as info:
-        compare_framework(framework, out=tmp_path / "cmp", train_fn=fake, **{"epochs": 3, **kwargs})
-    assert "\n" not in str(info.value)
-    assert fake.calls == [] and not (tmp_path / "cmp").exists()
 
 
 @pytest.mark.parametrize(
@@ -176,65 +72,6 @@ def test_command_refuses_bad_fine_tune_arguments_in_one_line(tmp_path, capsys, c
     assert len(errors) == 1 and errors[0].startswith("qfocal compare: error: "), err
     assert match in errors[0], err
     assert "Traceback" not in err and not out.exists()
-
-
-def test_presets_pin_the_fine_tune_settings(tmp_path, monkeypatch, capsys, checkpoints):
-    """A framework preset sets --framework and its settings (threads pinned); options given explicitly win."""
-    from qfocal_lab.detection import frameworks
-
-    plans = []
-
-    def capture(plan, resume=False, log=None):
-        plans.append(plan)
-        return {"table": "", "wall_s": 0.0}
-
-    monkeypatch.setattr(frameworks, "run_framework_compare", capture)
-    adamw = {"optimizer": "AdamW", "lr0": 0.001, "warmup_bias_lr": 0}
-    for preset, losses, pretrain, train_args in (
-        ("yolov5-finetune", ["bce", "focal", "qfl", "vfl"], 60, adamw),
-        ("ultralytics-finetune", ["bce", "qfl", "vfl", "qfl-warmup3"], 30, {}),
-    ):
-        assert main(["compare", "--preset", preset, "--out", str(tmp_path / preset)]) == 0
-        plan = plans[-1]
-        assert plan.framework == preset.split("-")[0]
-        assert [v.name for v in plan.variants] == losses and plan.seeds == tuple(range(8))
-        s = plan.settings
-        assert (s["pretrain_epochs"], s["epochs"], s["jobs"], s["threads"]) == (pretrain, 10, 2, 1)
-        assert (s["synth_images"], s["pretrain_images"], s["plots"]) == (800, 2000, False)
-        assert s["synth_difficulty"] == "easy" and s["train_args"] == train_args
-    # The label-smoothing case starts from the objectness compare's pretraining: --weights replaces the preset's.
-    weights = checkpoints["yolov5"]
-    argv = [
-        "compare",
-        "--preset",
-        "yolov5-cls-finetune",
-        "--weights",
-        str(weights),
-        "--out",
-        str(tmp_path / "c"),
-    ]
-    assert main(argv) == 0
-    s = plans[-1].settings
-    assert [v.name for v in plans[-1].variants] == ["bce", "qfl"] and s["term"] == "cls"
-    assert s["pretrain_epochs"] == 0 and s["weights"] == str(weights.resolve())
-    assert s["train_args"] == {**adamw, "label_smoothing": 0.1}
-    assert (
-        main(
-            [
-                "compare",
-                "--preset",
-                "yolov5-finetune",
-                "--epochs",
-                "4",
-                "--jobs",
-                "3",
-                "--out",
-                str(tmp_path / "x"),
-            ]
-        )
-        == 0
-    )
-    assert (plans[-1].settings["epochs"], plans[-1].settings["jobs"]) == (4, 3)
 
 
 def test_yolov5_term_cls_and_label_smoothing_reach_the_trainer(tmp_path):

@@ -18,8 +18,6 @@ from qfocal_lab.detection.config import ConfigError
 from qfocal_lab.detection.frameworks import (
     FRAMEWORK_METRICS,
     compare_framework,
-    parse_variant,
-    parse_variants,
 )
 
 # Made-up final validations per (variant, seed): qfl is 2 mAP50 points above bce on both seeds, +-0.5.
@@ -126,25 +124,6 @@ def _check_outputs(out: Path, result: dict, label: str) -> None:
         for seed in (0, 1):
             record = json.loads((out / f"{variant}-s{seed}" / "metrics.json").read_text())
             assert record["variant"] == variant and record["seed"] == seed
-
-
-def test_variants():
-    assert [v.name for v in parse_variants(["bce@1", "QFocal", "qfl@1", "vfl-unbalanced", "focal@0.5"])] == [
-        "bce",
-        "qfl",
-        "qfl@1",
-        "vfl@1",
-        "focal@0.5",
-    ]
-    assert parse_variant("varifocal@auto") == parse_variant("vfl")
-    assert parse_variant("qfl_unbalanced").gain == 1.0 and parse_variant("qfl").gain is None
-    for bad in ("gfl", "x", "qfl@x", "qfl@-1", "qfl@inf", "qfl-unbalanced@2", 3):
-        with pytest.raises(ValueError, match="losses: expected"):
-            parse_variant(bad)
-    with pytest.raises(ValueError, match="qfl@1 repeated"):
-        parse_variants(["qfl@1", "qfl-unbalanced"])
-    with pytest.raises(ValueError, match="bce repeated"):
-        parse_variants(["bce", "bce@auto"])
 
 
 def test_yolov5_collection_resume_and_outputs(tmp_path):
