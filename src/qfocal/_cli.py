@@ -13,6 +13,7 @@ import importlib.util
 import math
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, TypeVar
 
@@ -228,8 +229,20 @@ def loss_list_arg(allowed: Iterable[str] = tuple(LOSSES)) -> Callable[[str], lis
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """``--help`` as qfocal prints it: descriptions and examples as written, and every option's default shown
-    (``(default: X)``) unless its help already says it or it is a switch."""
+    """``--help`` as qfocal prints it: descriptions wrapped to the terminal, indented lines (examples) kept as
+    written, and every option's default shown (``(default: X)``) unless its help already says it or it is a
+    switch."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            keep = not line.strip() or line.startswith(" ") or line.rstrip().endswith(":")
+            lines.append(
+                indent + line
+                if keep
+                else textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+            )
+        return "\n".join(lines)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help
@@ -238,7 +251,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             and text != argparse.SUPPRESS
             and "default" not in text.lower()
             and "%(default)" not in text
-            and action.default not in (None, argparse.SUPPRESS, False, True)
+            and not any(action.default is v for v in (None, argparse.SUPPRESS, False, True))
             and action.option_strings
         ):
             default = action.default

@@ -58,13 +58,15 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
             "distribution trained with DFL)",
         )
         p.add_argument("--seed", type=seed_arg, default=d.seed, help="seed of initialisation and data order")
-    p.add_argument("--epochs", type=_epochs, default=d.epochs)
+    p.add_argument("--epochs", type=_epochs, default=d.epochs, help="passes over the training images")
     p.add_argument("--imgsz", type=_imgsz, default=d.imgsz, help="square training size, a multiple of 32")
     p.add_argument("--batch", type=_batch, default=d.batch, help="images per process per step")
     p.add_argument(
         "--lr", type=float_arg(0.0, 10.0, low_open=True), default=d.lr, help="AdamW peak learning rate"
     )
-    p.add_argument("--weight-decay", type=float_arg(0.0, 10.0), default=d.weight_decay)
+    p.add_argument(
+        "--weight-decay", type=float_arg(0.0, 10.0), default=d.weight_decay, help="AdamW weight decay"
+    )
     p.add_argument(
         "--amp",
         default=d.amp,
@@ -78,7 +80,12 @@ def _add_train_args(p: argparse.ArgumentParser, *, with_loss: bool) -> None:
         default=d.threads,
         help="CPU threads (0 = auto: torch's default, 1 when other processes already load every core)",
     )
-    p.add_argument("--model-size", default=d.model_size, choices=tuple(MODEL_SIZES))
+    p.add_argument(
+        "--model-size",
+        default=d.model_size,
+        choices=tuple(MODEL_SIZES),
+        help="the FCOS's width: tiny (backbone 16-128 channels, 2 head convs) or small (24-256, 3 head convs)",
+    )
     p.add_argument(
         "--ddp-timeout",
         type=float_arg(0.0, 7 * 86400.0, low_open=True),
