@@ -77,6 +77,7 @@ _EXTRAS = {
     "kornia": "dev",
     "mmdet": "mmdet",
     "mmengine": "mmdet",
+    "submitit": "cluster",
 }
 
 
