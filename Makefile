@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.qfocal-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint lint-lab format bench docs docs-check dist clean
+.PHONY: install demo test test-all lint format bench docs docs-check dist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,15 +29,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	YOLO_OFFLINE=1 $(PY) -m pytest --run-slow $(PYTEST_ARGS)
 
-# mypy reads [tool.mypy] in pyproject.toml: strict on the library (qfocal).
+# mypy reads [tool.mypy] in pyproject.toml: strict on the library (qfocal), mypy's default checks on the lab.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
-	$(VENV)/bin/mypy src/qfocal
-
-# The lab (qfocal_lab) under mypy's default checks; not yet clean, so not part of `lint` for now.
-lint-lab: $(STAMP)
-	$(VENV)/bin/mypy src/qfocal_lab
+	$(VENV)/bin/mypy src/qfocal src/qfocal_lab
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks

@@ -18,7 +18,8 @@ def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``'s first ``model name``), else ``platform.processor()``, else the
     machine type (``x86_64``), with ``+avx512_bf16`` / ``+amx_bf16`` when the CPU has them (they decide what
     ``--amp auto`` picks, and so the numbers of a run)."""
-    name, flags = "", []
+    name = ""
+    flags: list[str] = []
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
         for line in fh:
             if not name and line.startswith("model name"):

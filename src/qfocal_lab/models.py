@@ -159,5 +159,7 @@ def fcos_tiny(
         reg_max=GFL_REG_MAX if loss == "gfl" else 0,
     )
     if loss != "gfl":
-        nn.init.constant_(head.regression_head.bbox_reg.bias, box_bias)
+        bias = head.regression_head.bbox_reg.bias
+        assert bias is not None  # a Conv2d built with its bias
+        nn.init.constant_(bias, box_bias)
     return QualityFCOS(backbone, num_classes, head=head, **common)

@@ -375,7 +375,7 @@ def run(args: argparse.Namespace, prog: str = "python benchmarks/bench_losses.py
                     if device.type == "cuda":
                         xin.grad = None
                         row.extra_peak_mb = _cuda_peak(once, device) / _MB
-                    elif peak.available:
+                    elif peak is not None and peak.available:
                         xin.grad = None
                         row.extra_peak_mb = peak.measure(once) / _MB
                     del xin

@@ -98,11 +98,16 @@ def write_markdown(rows: list[Row], meta: dict, path: Path) -> None:
         for provider, modes in by_provider.items():
             fwd, both = modes.get("fwd"), modes.get("fwd+bwd")
             notes = "; ".join(sorted({m.status for m in modes.values() if m.status != "ok"}))
-            gbps = (both or fwd).gb_per_s if (both or fwd) else None
+            shown = both or fwd
+            gbps = shown.gb_per_s if shown else None
+            fwd_ms, fwd_mb = (fwd.median_ms, fwd.extra_peak_mb) if fwd else (None, None)
+            both_ms, ratio, both_mb = (
+                (both.median_ms, both.ratio_to_fused, both.extra_peak_mb) if both else (None, None, None)
+            )
             lines.append(
-                f"| {provider} | {_fmt(fwd and fwd.median_ms, 2)} | {_fmt(both and both.median_ms, 2)} | "
-                f"{_fmt(both and both.ratio_to_fused, 2)} | {_fmt(fwd and fwd.extra_peak_mb)} | "
-                f"{_fmt(both and both.extra_peak_mb)} | {_fmt(gbps)} | {notes} |"
+                f"| {provider} | {_fmt(fwd_ms, 2)} | {_fmt(both_ms, 2)} | "
+                f"{_fmt(ratio, 2)} | {_fmt(fwd_mb)} | "
+                f"{_fmt(both_mb)} | {_fmt(gbps)} | {notes} |"
             )
         lines.append("")
     skipped = [r for r in rows if r.shape == "-"]

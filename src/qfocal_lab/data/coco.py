@@ -85,12 +85,12 @@ def read_coco(
         try:
             path = join_inside(img_root, e["file_name"], where, allow_outside_root=allow_outside_root)
         except AnnotationError as exc:
-            fail_or_skip(skip_bad, report, exc.reason, str(exc))
+            fail_or_skip(skip_bad, report, exc.reason or "path outside root", str(exc))
             continue
         try:
             actual = check_image(path)
         except AnnotationError as exc:
-            fail_or_skip(skip_bad, report, exc.reason, f"{where}: {exc}")
+            fail_or_skip(skip_bad, report, exc.reason or "corrupt image", f"{where}: {exc}")
             continue
         if actual != (e["width"], e["height"]):
             fail_or_skip(

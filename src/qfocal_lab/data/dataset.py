@@ -130,7 +130,7 @@ class DetectionDataset(torch.utils.data.Dataset):
                     f"expected {rec.width}x{rec.height} as read, got {im.size[0]}x{im.size[1]} (changed since?)"
                 )
             if im.size != (self.imgsz, self.imgsz):
-                im = im.resize((self.imgsz, self.imgsz), Image.BILINEAR)
+                im = im.resize((self.imgsz, self.imgsz), Image.Resampling.BILINEAR)
             arr = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
         except Exception as exc:  # changed or damaged since the readers checked it
             raise AnnotationError(

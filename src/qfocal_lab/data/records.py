@@ -8,6 +8,7 @@ import math
 import os
 import re
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,7 +110,8 @@ class DetectionData:
     def to_coco(self) -> dict:
         """The ground truth as a COCO instances dict (original pixel coordinates), for pycocotools; the crowd
         regions of the records go in with ``iscrowd: 1``."""
-        images, anns = [], []
+        images: list[dict] = []
+        anns: list[dict] = []
         for rec in self.records:
             images.append(
                 {"id": rec.image_id, "file_name": rec.path.name, "width": rec.width, "height": rec.height}
@@ -355,7 +357,7 @@ def check_image(path: Path) -> tuple[int, int]:
     return size
 
 
-def check_box(box: list[float], width: int, height: int, where: str) -> tuple[str, list[float]] | None:
+def check_box(box: list[float], width: int, height: int, where: str) -> tuple[str, str] | None:
     """``None`` if the xyxy box is valid (clipping overruns within tolerance in place), else ``(reason, message)``."""
     x1, y1, x2, y2 = box
     if not all(math.isfinite(v) for v in box):
@@ -394,8 +396,8 @@ def make_record(
     boxes: list,
     labels: list,
     image_id: int,
-    crowd_boxes: list = (),
-    crowd_labels: list = (),
+    crowd_boxes: Sequence = (),
+    crowd_labels: Sequence = (),
 ) -> ImageRecord:
     return ImageRecord(
         path=path,

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -32,11 +33,19 @@ __all__ = [
     "write_toy_dataset",
 ]
 
+
+class _Difficulty(TypedDict):
+    distractors: float
+    blur: float
+    noise: tuple[float, float]
+    min_fraction: float | None
+
+
 # Difficulty presets: clutter (mean distractors per image), chance of blur, sensor-noise range, and the smallest
 # object as a fraction of the image side (None: the ``min_size`` argument, 6 px by default).
 # "hard" is the original embedded dataset (byte-identical); "easy" has larger objects, little clutter and no
 # blur, so a small detector trained for minutes localises well and the losses differ in localisation quality.
-DIFFICULTIES = {
+DIFFICULTIES: dict[str, _Difficulty] = {
     "hard": {"distractors": 4.0, "blur": 0.3, "noise": (2.0, 10.0), "min_fraction": None},
     "easy": {"distractors": 1.0, "blur": 0.0, "noise": (1.0, 4.0), "min_fraction": 0.1},
 }
@@ -47,7 +56,7 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     cells = int(rng.integers(3, 9))
     grid = rng.random((cells, cells)).astype(np.float32)
     small = Image.fromarray((grid * 255).astype(np.uint8))
-    field = np.asarray(small.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
+    field = np.asarray(small.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     theta = rng.uniform(0, math.pi)
     freq = rng.uniform(2, 12)
@@ -113,7 +122,8 @@ def _shape_polygon(kind: str, cx: float, cy: float, r: float, rng: np.random.Gen
 
 
 def _color(rng: np.random.Generator) -> tuple[int, int, int]:
-    return tuple(int(v) for v in rng.integers(0, 256, 3))
+    r, g, b = (int(v) for v in rng.integers(0, 256, 3))
+    return r, g, b
 
 
 def _draw_object(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float, rng) -> list[float]:
@@ -260,8 +270,9 @@ def generate_dataset(
         raise ValueError(f"val_fraction: expected a value in (0, 1), got {val_fraction!r}")
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty: expected one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
-    if DIFFICULTIES[difficulty]["min_fraction"] is not None:
-        min_size = max(min_size, DIFFICULTIES[difficulty]["min_fraction"] * imgsz)
+    min_fraction = DIFFICULTIES[difficulty]["min_fraction"]
+    if min_fraction is not None:
+        min_size = max(min_size, min_fraction * imgsz)
     if not 1 <= min_size < imgsz / 2:
         raise ValueError(f"min_size: expected a value in [1, imgsz / 2), got {min_size!r}")
     if n_val is not None and (int(n_val) != n_val or not 1 <= n_val < images):
@@ -281,7 +292,8 @@ def generate_dataset(
         lbl_dir = root / "labels" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         lbl_dir.mkdir(parents=True, exist_ok=True)
-        coco_images, coco_anns = [], []
+        coco_images: list[dict] = []
+        coco_anns: list[dict] = []
         for i in range(count):
             rng = np.random.default_rng([seed, split_id, i])
             img, objects = _make_image(rng, imgsz, min_size, mean_objects, num_classes, difficulty)

@@ -282,7 +282,7 @@ def read_yolo(
         try:
             width, height = check_image(path)
         except AnnotationError as exc:
-            fail_or_skip(skip_bad, report, exc.reason, str(exc))
+            fail_or_skip(skip_bad, report, exc.reason or "corrupt image", str(exc))
             report.dropped += _count_rows(lbl)
             continue
         try:

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +167,11 @@ def format_deltas(
     return "\n".join(lines)
 
 
-def _collect(plan, finished, losses):
+def _collect(
+    plan: Sequence[tuple[int, str]],
+    finished: Mapping[tuple[int, str], tuple[dict, float]],
+    losses: Sequence[str],
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[float]], list[dict]]:
     """The finished runs in plan order (seed, then loss), whatever order they finished in."""
     summary: dict[str, dict[str, list[float]]] = {loss: {k: [] for k in COMPARE_KEYS} for loss in losses}
     seconds: dict[str, list[float]] = {loss: [] for loss in losses}

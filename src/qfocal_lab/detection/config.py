@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TypedDict
 
 from qfocal import loss_name, losses_for
 from qfocal.cli import MAX_SEED, max_threads
@@ -13,7 +14,17 @@ __all__ = ["AMP_CHOICES", "MODEL_SIZES", "RESUME_KEYS", "ConfigError", "TrainCon
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 HARNESS_LOSSES = losses_for("fcos")  # the FCOS heads of qfocal.integrations.torchvision, from the loss table
-MODEL_SIZES = {
+
+
+class _ModelSize(TypedDict):
+    """The size keywords of :func:`qfocal_lab.models.fcos_tiny`."""
+
+    widths: tuple[int, ...]
+    fpn_channels: int
+    head_convs: int
+
+
+MODEL_SIZES: dict[str, _ModelSize] = {
     "tiny": {"widths": (16, 32, 64, 96, 128), "fpn_channels": 64, "head_convs": 2},
     "small": {"widths": (24, 48, 96, 160, 256), "fpn_channels": 96, "head_convs": 3},
 }

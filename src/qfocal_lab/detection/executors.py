@@ -85,15 +85,16 @@ def parse_slurm(items: Sequence[str] | Mapping[str, object] | None) -> dict[str,
     numbers (submitit checks the types of its shared parameters), the others stay text."""
     if items is None:
         return {}
+    pairs: list[tuple[str, object]]
     if isinstance(items, Mapping):
         pairs = list(items.items())
     else:
         pairs = []
         for item in items:
-            key, sep, value = str(item).partition("=")
+            key, sep, text = str(item).partition("=")
             if not sep or not key.strip():
                 raise ConfigError(f"slurm: expected key=value (e.g. partition=gpu), got {item!r}")
-            pairs.append((key.strip(), value.strip()))
+            pairs.append((key.strip(), text.strip()))
     result: dict[str, object] = {}
     for key, value in pairs:
         if isinstance(value, str):
@@ -151,11 +152,11 @@ def cluster_seconds(folder: Path) -> dict[tuple[str, int], float]:
     jobs = _read_jobs(folder / JOBS_FILE)
     if not jobs or importlib.util.find_spec("submitit") is None:
         return seconds
-    import submitit
+    from submitit.core.utils import JobPaths
 
     for job in jobs.values():
         try:
-            with open(submitit.JobPaths(folder, str(job["job_id"])).result_pickle, "rb") as fh:
+            with open(JobPaths(folder, str(job["job_id"])).result_pickle, "rb") as fh:
                 outcome, result = pickle.load(fh)
             if outcome == "success":
                 seconds[(str(job["loss"]), int(job["seed"]))] = float(result[1])
@@ -196,7 +197,9 @@ def run_on_cluster(
         if resume and old and executor.cluster == "slurm" and old.get("cluster") == "slurm":
             import submitit
 
-            again = submitit.SlurmJob(folder=folder, job_id=str(old["job_id"]))
+            again: submitit.SlurmJob[tuple[dict, float]] = submitit.SlurmJob(
+                folder=folder, job_id=str(old["job_id"])
+            )
             if again.state in _SLURM_ALIVE:
                 job = again
                 log(f"{cfg.loss} seed {cfg.seed}: waiting for job {job.job_id} submitted before")

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from torch import nn
@@ -80,13 +81,11 @@ def _yolov5_options() -> dict[str, argparse.Action]:
         seen.append(self)
         return real(self, *args, **kwargs)
 
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    argparse.ArgumentParser.parse_known_args = spy
-    try:
+    with (
+        mock.patch.object(sys, "argv", sys.argv[:1]),
+        mock.patch.object(argparse.ArgumentParser, "parse_known_args", spy),
+    ):
         module.parse_opt(True)
-    finally:
-        argparse.ArgumentParser.parse_known_args = real
-        sys.argv = argv
     return {a.dest: a for a in seen[0]._actions if a.dest != "help"}
 
 
@@ -98,7 +97,7 @@ def _known_train_keys(framework: str) -> set[str]:
     from qfocal.integrations import offline
 
     with offline(yolov5_package=None):
-        from ultralytics.cfg import DEFAULT_CFG_DICT
+        from ultralytics.utils import DEFAULT_CFG_DICT
     return set(DEFAULT_CFG_DICT)
 
 
@@ -179,7 +178,7 @@ def _check_yolov5_values(pairs: Mapping[str, Any]) -> None:
                 continue
             if value is None:
                 continue
-            if action.type is not None and not isinstance(value, list):
+            if callable(action.type) and not isinstance(value, list):
                 try:
                     value = action.type(str(value))
                 except (TypeError, ValueError, argparse.ArgumentTypeError):
@@ -212,7 +211,14 @@ def _check_model(framework: str, model: str) -> None:
             raise ConfigError(
                 f"model: expected a YOLOv5 model yaml (yolov5n.yaml, yolov5s.yaml ...), got {model!r}"
             )
-        root = Path(importlib.util.find_spec("yolov5").origin).parent
+        spec = importlib.util.find_spec("yolov5")
+        if (
+            spec is None or spec.origin is None
+        ):  # the plan checks first (framework_plan.plan_framework_compare)
+            raise ConfigError(
+                'framework yolov5: needs the yolov5 package: pip install "qfocal[integrations]"'
+            )
+        root = Path(spec.origin).parent
         if not (path.is_file() or any(root.glob(f"**/{path.name}"))):
             found = sorted(p.name for p in (root / "models").glob("*.yaml"))
             raise ConfigError(
@@ -278,7 +284,8 @@ def _kind_of(ckpt: Any) -> str:
     model = _model_of(ckpt)
     if model is not None:
         package = type(model).__module__.split(".")[0]
-        head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
+        inner = getattr(model, "model", None)
+        head = inner[-1] if isinstance(inner, nn.Sequential) else None
         if package == "ultralytics":
             from ultralytics.nn.tasks import DetectionModel
 

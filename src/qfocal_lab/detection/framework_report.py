@@ -54,7 +54,7 @@ def _number(value: Any) -> float:
 
 def _collect(out: Path, order, finished, names) -> tuple[dict, dict, list]:
     """The finished runs in plan order (seed, then variant), whatever order they finished in."""
-    summary = {n: {k: [] for k in FRAMEWORK_METRICS.keys} for n in names}
+    summary: dict[str, dict[str, list[float]]] = {n: {k: [] for k in FRAMEWORK_METRICS.keys} for n in names}
     seconds: dict[str, list[float]] = {n: [] for n in names}
     runs: list[dict] = []
     for seed, variant in order:

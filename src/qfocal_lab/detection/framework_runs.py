@@ -32,7 +32,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -50,6 +51,9 @@ from .framework_checks import (
     final_weights,
     parse_train_arg,
 )
+
+if TYPE_CHECKING:
+    from qfocal.integrations.ultralytics import QFocalDetectionModel
 
 __all__ = [
     "Probe",
@@ -87,7 +91,7 @@ def pinned_threads(n: int, framework: str) -> Iterator[None]:
     """torch uses ``n`` CPU threads in the block, also through Ultralytics' ``select_device`` (which resets them to
     its own ``NUM_THREADS``: patched for the block only); both are restored on exit."""
     old = torch.get_num_threads()
-    torch_utils = None
+    torch_utils: Any = None  # the module, imported by name (its NUM_THREADS is set at run time)
     if framework == "ultralytics" and importlib.util.find_spec("ultralytics") is not None:
         from qfocal.integrations import offline_import
 
@@ -103,6 +107,12 @@ def pinned_threads(n: int, framework: str) -> Iterator[None]:
         if had:
             torch_utils.NUM_THREADS = old_ultralytics
         torch.set_num_threads(old)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """``model`` out of its DataParallel / DistributedDataParallel wrapper (``.module``), else ``model``."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -143,6 +153,8 @@ class Probe:
             ultralytics_batch,
         )
 
+        if self.batch is None:
+            raise ValueError("participation: expected a probe with a fixed batch, got batch=None")
         device = next(model.parameters()).device
         images, targets = (t.to(device) for t in self.batch)
         if self.framework == "yolov5":
@@ -217,7 +229,7 @@ class Probe:
         if self.variant.warmup:
             loss.set_criterion(self.term, "bce")
         self.loss = loss
-        self._started(model.module if hasattr(model, "module") else model)
+        self._started(_unwrap(model))
         return loss
 
     def yolov5_callbacks(self) -> dict[str, Callable]:
@@ -251,10 +263,12 @@ class Probe:
 
     # Ultralytics -------------------------------------------------------------------------------------------
     @staticmethod
-    def _unwrap(model: nn.Module) -> nn.Module:
+    def _trainer_model(trainer: Any) -> QFocalDetectionModel:
+        """The model an Ultralytics trainer trains (built by ``QFocalDetectionTrainer``), out of its DDP wrapper."""
+        model = trainer.model
         return model.module if hasattr(model, "module") else model
 
-    def _set_cls(self, model: nn.Module, loss: str, gain: Any) -> None:
+    def _set_cls(self, model: QFocalDetectionModel, loss: str, gain: Any) -> None:
         from qfocal.integrations.ultralytics import check_cls_gain
 
         model.cls_loss, model.cls_gain = loss, check_cls_gain(loss, gain)
@@ -262,17 +276,17 @@ class Probe:
 
     def ultralytics_callbacks(self) -> dict[str, Callable]:
         def train_start(trainer) -> None:
-            model = self._unwrap(trainer.model)
+            model = self._trainer_model(trainer)
             if self.variant.warmup:
                 self._set_cls(model, "bce", 1.0)
             self._started(model)
 
         def epoch_start(trainer) -> None:
             if self._epoch_start(int(trainer.epoch)):
-                self._set_cls(self._unwrap(trainer.model), self.variant.loss, self.variant.gain_label)
+                self._set_cls(self._trainer_model(trainer), self.variant.loss, self.variant.gain_label)
 
         def batch_end(trainer) -> None:
-            criterion = getattr(self._unwrap(trainer.model), "criterion", None)
+            criterion = getattr(self._trainer_model(trainer), "criterion", None)
             self._batch_loss(getattr(criterion, "cls_loss", type(criterion).__name__))
 
         def val_start(validator) -> None:
@@ -318,10 +332,12 @@ def _pr_end(probe: Probe, run_dir: Path, device: str) -> float:
     if model is None:
         return math.nan
     model = model.float()
-    if probe.framework == "ultralytics" and isinstance(getattr(model, "args", None), dict):
+    args = getattr(model, "args", None)
+    if probe.framework == "ultralytics" and isinstance(args, dict):
         from ultralytics.utils import IterableSimpleNamespace
 
-        model.args = IterableSimpleNamespace(**model.args)
+        # torch types Module.__setattr__'s value as Tensor | Module; a Module takes any attribute
+        model.args = IterableSimpleNamespace(**args)  # type: ignore[assignment]
     return probe.participation(model.to("cpu" if device == "cpu" else f"cuda:{device.split(',')[0]}"))
 
 
@@ -353,7 +369,7 @@ def _yolov5_amp(record: Probe) -> Iterator[None]:
     """Record what YOLOv5's ``check_amp`` returns (train.py's ``amp``) in the block."""
     module = sys.modules.get("yolov5.train")
     original = getattr(module, "check_amp", None)
-    if original is None:
+    if module is None or original is None:
         yield
         return
 
@@ -361,11 +377,8 @@ def _yolov5_amp(record: Probe) -> Iterator[None]:
         record.amp = bool(original(model))
         return record.amp
 
-    module.check_amp = check_amp
-    try:
+    with mock.patch.object(module, "check_amp", check_amp):
         yield
-    finally:
-        module.check_amp = original
 
 
 def train_yolov5(train_fn, variant, seed: int, run_dir: Path, s: dict, *, diagnostics: bool = True) -> dict:
@@ -468,10 +481,12 @@ RUN = {"yolov5": train_yolov5, "ultralytics": train_ultralytics}
 
 def default_train_fn(framework: str) -> Callable[..., Any]:
     if framework == "yolov5":
-        from qfocal.integrations.yolov5 import train
-    else:
-        from qfocal.integrations.ultralytics import train
-    return train
+        from qfocal.integrations.yolov5 import train as train_yolov5_run
+
+        return train_yolov5_run
+    from qfocal.integrations.ultralytics import train as train_ultralytics_run
+
+    return train_ultralytics_run
 
 
 def version(framework: str) -> str:

@@ -200,7 +200,8 @@ def _finished(done: Path, expected: dict) -> dict | None:
     recorded = record.get("settings") or {}
     framework = recorded.get("framework", expected.get("framework"))
     # runs recorded before a setting existed trained with its default
-    recorded = {**_RESUME_DEFAULTS, "term": _TERM.get(framework), **recorded}
+    term = None if framework is None else _TERM.get(framework)
+    recorded = {**_RESUME_DEFAULTS, "term": term, **recorded}
     differ = {k: (recorded.get(k), v) for k, v in expected.items() if recorded.get(k) != v}
     if differ:
         detail = ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in differ.items())

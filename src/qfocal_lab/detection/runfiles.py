@@ -86,7 +86,7 @@ def os_error_text(exc: BaseException) -> str:
 _TORCH_WRITE_FAILED = ("PytorchStreamWriter", "inline_container", "file write failed")
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """``write`` to a temporary file unique to this process, flush it to disk, then rename it over ``path``.
     A failure (a full disk, a folder in the way) is a one-line :class:`RunOutputError`; ``path`` keeps its
     previous content."""

@@ -326,10 +326,10 @@ def verdict_lines(
     points = "points" if is_percent_metric(metric) else "(own units)"
     for loss, per_metric in deltas.items():
         d = per_metric.get(metric)
-        n = 0 if d is None else int(d["n"])
-        if n < 2:
+        if d is None or int(d["n"]) < 2:
             lines.append(f"{loss} vs {baseline}: fewer than 2 paired seeds, no interval yet.")
             continue
+        n = int(d["n"])
         k = _digits(metric)
         mean, lo, hi = float(d["mean"]), float(d["ci95_low"]), float(d["ci95_high"])
         interval = f"95 % interval {lo:+.{k}f} to {hi:+.{k}f}, {n} seeds"

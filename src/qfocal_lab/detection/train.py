@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +134,8 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
@@ -146,7 +147,7 @@ def prepare_synthetic_data(
 ) -> Path:
     """Generate the embedded dataset ``cfg`` asks for (``synth_images``, ``synth_seed``, ``synth_difficulty``,
     ``synth_val``) in ``root`` unless it is there already; return ``root``."""
-    options = {"difficulty": cfg.synth_difficulty}
+    options: dict[str, str | int] = {"difficulty": cfg.synth_difficulty}
     if cfg.synth_val:
         options["n_val"] = cfg.synth_val
     return prepare_synthetic(root, images=cfg.synth_images, seed=cfg.synth_seed, log=log, **options)
@@ -211,15 +212,16 @@ def train_one_epoch(
     total_steps = steps_per_epoch * cfg.epochs
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
     sums: dict[str, float] = {}
-    bar = range(steps_per_epoch)
+    steps: Iterable[int] = range(steps_per_epoch)
+    bar = None
     if show_progress:
         from tqdm import tqdm
 
-        bar = tqdm(
-            bar, desc=f"{cfg.loss} seed {cfg.seed} epoch {epoch}/{cfg.epochs}", leave=False, mininterval=1
+        steps = bar = tqdm(
+            steps, desc=f"{cfg.loss} seed {cfg.seed} epoch {epoch}/{cfg.epochs}", leave=False, mininterval=1
         )
     lr = cfg.lr
-    for it in bar:
+    for it in steps:
         step = (epoch - 1) * steps_per_epoch + it
         lr = _lr_at(step, total_steps, cfg)
         for g in optimizer.param_groups:
@@ -264,9 +266,9 @@ def train_one_epoch(
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
-        if show_progress:
+        if bar is not None:
             bar.set_postfix(loss=f"{float(total.detach()):.3f}", lr=f"{lr:.2e}")
-    if show_progress:
+    if bar is not None:
         bar.close()
     keys = sorted(sums)
     avg = torch.tensor([sums[k] / steps_per_epoch for k in keys], dtype=torch.float64)
@@ -402,7 +404,7 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
         f"x {threads} thread(s)"
     )
     metrics: dict[str, float] = {}
-    last_preds = None
+    last_preds: list[dict] | None = None
     eval_batch = max(cfg.batch, 16)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         row = train_one_epoch(
@@ -427,7 +429,7 @@ def _run(cfg, resume, on_epoch_end, log, device, world, rank, is_main) -> dict[s
             on_epoch_end(epoch, row)
 
     if is_main:
-        if not metrics:  # resumed after the final epoch: evaluate the saved weights
+        if not metrics or last_preds is None:  # resumed after the final epoch: evaluate the saved weights
             metrics, last_preds = evaluate(
                 state.eval_model, val_data, imgsz=cfg.imgsz, batch=eval_batch, device=device
             )

@@ -153,7 +153,7 @@ class BalanceLog:
             "cls_gain": getattr(trainer, "cls_gain", None),
             **getattr(trainer, "loss_kwargs", {}),
         }
-        losses = {"bce": {"cls_loss": "bce"}}
+        losses: dict[str, dict[str, Any]] = {"bce": {"cls_loss": "bce"}}
         if own["cls_loss"] != "bce" or own["cls_gain"] not in (None, 1.0):
             losses[_label(own["cls_loss"], own["cls_gain"])] = own
         for name in self.compare:
@@ -180,9 +180,14 @@ class BalanceLog:
 
     def _yolov5_measure(self, epoch: int) -> None:
         model = self._model
-        hyp = dict(model.hyp)
+        if model is None:  # set with the batch, by _yolov5_batch_end
+            return
+        # YOLOv5's train.py attaches hyp, a dict (torch types Module attributes as Tensor | Module)
+        hyp = dict(model.hyp)  # type: ignore[arg-type]
         obj, cls = hyp.get("obj_loss") or "bce", hyp.get("cls_loss") or "bce"
-        losses = {"bce": {"obj_loss": "bce", "cls_loss": "bce", "obj_gain": AUTO, "cls_gain": AUTO}}
+        losses: dict[str, dict[str, Any]] = {
+            "bce": {"obj_loss": "bce", "cls_loss": "bce", "obj_gain": AUTO, "cls_gain": AUTO}
+        }
         if (obj, cls) != ("bce", "bce"):
             losses[obj if obj == cls else f"obj {obj}, cls {cls}"] = {}
         for name in self.compare:

@@ -54,7 +54,7 @@ def yolo_batch(
         with Image.open(file) as image:
             image = image.convert("RGB")
             if imgsz is not None:
-                image = image.resize((imgsz, imgsz), Image.BILINEAR)
+                image = image.resize((imgsz, imgsz), Image.Resampling.BILINEAR)
             pixels.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1))
         label = _label_path(file)
         if label.is_file():
@@ -151,10 +151,10 @@ def measure_yolov5(
     saved, results = getattr(model, "hyp", None), {}
     try:
         for label, keys in variants.items():
-            model.hyp = {**base, **keys}
+            model.hyp = {**base, **keys}  # type: ignore[assignment]  # torch: Module.__setattr__ takes Tensor | Module
             results[label] = yolov5_terms(yolov5.ComputeLoss(model, log=False), preds, targets)
     finally:
-        model.hyp = saved
+        model.hyp = saved  # type: ignore[assignment]  # torch: Module.__setattr__ takes Tensor | Module
     return results
 
 
@@ -215,14 +215,16 @@ def measure_ultralytics(
 
 
 @contextlib.contextmanager
-def _ultralytics_predictions(model: nn.Module, batch: dict, *, fp32: bool = False) -> Iterator[dict]:
+def _ultralytics_predictions(
+    model: nn.Module, batch: Mapping[str, Any], *, fp32: bool = False
+) -> Iterator[dict]:
     """The head's outputs on ``batch`` without a graph through the model, boxes and scores as leaves that take a
     gradient (in fp32 with ``fp32``); Ultralytics' default ``model.args`` lent for the block when it has none."""
     saved = getattr(model, "args", None)
     if saved is None:
         from ultralytics.cfg import get_cfg
 
-        model.args = get_cfg()
+        model.args = get_cfg()  # type: ignore[assignment]  # torch: Module.__setattr__ takes Tensor | Module
     try:
         with _measuring(model), torch.no_grad():
             out = model(batch["img"])
@@ -301,12 +303,12 @@ def term_gradient_yolov5(
     preds = [p.detach().float().requires_grad_(True) for p in out]
     saved = getattr(model, "hyp", None)
     try:
-        model.hyp = {**(saved or {}), **(hyp or {})}
+        model.hyp = {**(saved or {}), **(hyp or {})}  # type: ignore[assignment]  # torch: Module.__setattr__ takes Tensor | Module
         value = dict(
             zip(YOLOV5_TERMS, yolov5.ComputeLoss(model, log=False).terms(preds, targets), strict=True)
         )[term]
     finally:
-        model.hyp = saved
+        model.hyp = saved  # type: ignore[assignment]  # torch: Module.__setattr__ takes Tensor | Module
     if not value.requires_grad:
         return torch.cat([p[..., YOLOV5_TERMS[term]].detach().reshape(-1) * 0 for p in preds])
     grads = torch.autograd.grad(value.sum(), preds, allow_unused=True)
@@ -319,7 +321,7 @@ def term_gradient_yolov5(
 
 
 def term_gradient_ultralytics(
-    model: nn.Module, batch: Mapping[str, Any], term: str = "cls", **criterion: Any
+    model: nn.Module, batch: dict[str, Any], term: str = "cls", **criterion: Any
 ) -> Tensor:
     """The gradient of one term of qfocal's Ultralytics :class:`~qfocal.integrations.ultralytics.DetectionLoss`
     with respect to the head output it acts on: the class logits for ``"cls"``, the box distribution for ``"box"``

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import pickle
 import shutil
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from qfocal.cli import main
 from qfocal_lab.detection import compare
 from qfocal_lab.detection.config import ConfigError
-from qfocal_lab.detection.executors import ClusterJobError, parse_slurm
+from qfocal_lab.detection.executors import ClusterJobError, cluster_seconds, parse_slurm
 from tests.conftest import tiny_config
 
 needs_submitit = pytest.mark.skipif(
@@ -109,6 +110,22 @@ def test_help_gives_the_cluster_options_and_their_defaults(capsys):
     assert "--executor {local,submitit}" in text and "local (default" in text
     assert "--cluster-folder DIR" in text and "(default: OUT/submitit)" in text
     assert "--slurm KEY=VALUE" in text and "passed as slurm_KEY" in text
+
+
+@needs_submitit
+def test_cluster_seconds_reads_the_result_pickles_of_finished_jobs(tmp_path):
+    # jobs.json as the compare writes it; submitit's result pickles ("%j_%t_result.pkl") as its jobs leave them
+    runs = {
+        "focal-s0": {"job_id": "101", "loss": "focal", "seed": 0},
+        "qfl-s0": {"job_id": "102", "loss": "qfl", "seed": 0},
+        "vfl-s0": {"job_id": "103", "loss": "vfl", "seed": 0},  # still running: no result yet
+    }
+    (tmp_path / "jobs.json").write_text(json.dumps({"cluster": "slurm", "runs": runs}))
+    with open(tmp_path / "101_0_result.pkl", "wb") as fh:
+        pickle.dump(("success", ({"AP": 1.0}, 12.5)), fh)
+    with open(tmp_path / "102_0_result.pkl", "wb") as fh:
+        pickle.dump(("error", "Traceback ..."), fh)
+    assert cluster_seconds(tmp_path) == {("focal", 0): 12.5}
 
 
 @needs_submitit
