@@ -11,6 +11,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from qfocal.cli import (
     CommandError,
@@ -249,7 +250,7 @@ def _compare_framework(args: argparse.Namespace) -> int:
 def demo_config(out: str, *, progress: bool = False) -> TrainConfig:
     """The :data:`DEMO` training settings as a config (its backbone resolved and hash-checked)."""
     keys = set(TrainConfig.__dataclass_fields__)
-    settings = {k: v for k, v in DEMO.items() if k in keys}
+    settings: dict[str, Any] = {k: v for k, v in DEMO.items() if k in keys}
     settings["init"] = _shipped_backbone("qfocal demo")
     return TrainConfig(data="synthetic", out=out, progress=progress, **settings).validate()
 
@@ -260,7 +261,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .backbone import DEMO_BACKBONE_DIGEST, DEMO_PRETRAIN, export_backbone
     from .compare import pretrain_backbone
 
-    settings = {k: v for k, v in DEMO_PRETRAIN.items() if k != "epochs"}
+    settings: dict[str, Any] = {k: v for k, v in DEMO_PRETRAIN.items() if k != "epochs"}
     cfg = TrainConfig(data="synthetic", progress=not args.no_progress, **settings).validate()
     t = time.perf_counter()
     ckpt = _running(

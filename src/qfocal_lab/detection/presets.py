@@ -6,6 +6,7 @@ the shipped demo backbone they start from, and how a preset is laid under the op
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from qfocal.cli import (
     CommandError,
@@ -18,7 +19,7 @@ DEMO_INIT = "<demo backbone>"
 # sized to finish within 10 minutes on 2 CPU cores. The backbone ships with the package (`qfocal pretrain` makes
 # it); every run is pinned to fp32 and one thread, two at a time, so the numbers do not depend on the machine's
 # load or on whether its CPU has bf16.
-DEMO = {
+DEMO: dict[str, Any] = {
     "synth_images": 1300,
     "synth_val": 400,
     "synth_difficulty": "easy",
