@@ -486,6 +486,18 @@ def _check_model(model: str) -> None:
             ) from None
 
 
+def _check_overrides(overrides: Mapping[str, Any]) -> None:
+    """Ultralytics' own validator of its training arguments (types, fractions in [0, 1], integer minimums), before
+    anything is built: ``epochs=-1`` is one line, not a traceback after the dataset scan."""
+    with offline(yolov5_package=None):
+        from ultralytics.cfg import check_cfg
+
+        try:
+            check_cfg(dict(overrides), hard=True)
+        except (TypeError, ValueError) as exc:
+            raise CommandError(str(exc).strip().splitlines()[0], usage=True) from None
+
+
 def run_command(args: argparse.Namespace) -> int:
     """``qfocal ultralytics-train``: every argument is checked before Ultralytics scans the dataset."""
     model, cls_loss_name, cls_gain, loss_kwargs, overrides = _resolve_command(args)
@@ -501,6 +513,7 @@ def run_command(args: argparse.Namespace) -> int:
     data = overrides.pop("data")
     if not Path(str(data)).is_file():
         raise CommandError(f"data: expected a dataset yaml file, got {data!r}", usage=True)
+    _check_overrides(overrides)
     _check_model(model)
     trainer = train(
         model,

@@ -306,6 +306,12 @@ def train(
     is_main = rank == 0
     if is_main:
         check_output_dir(cfg.out)
+        held = [name for name in ("last.pt", "metrics.json") if (Path(cfg.out) / name).exists()]
+        if held and not resume:  # a finished or interrupted run: never overwritten without a word
+            raise ConfigError(
+                f"--out: {cfg.out} already holds a run ({', '.join(held)}); continue it with --resume, or choose "
+                "another --out"
+            )
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if not is_main:
         log = lambda msg: None  # noqa: E731

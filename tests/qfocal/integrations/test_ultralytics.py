@@ -342,6 +342,10 @@ def test_ultralytics_train_key_value_forms_mean_the_options(tmp_path, monkeypatc
         (["loss_kwargs=3", "data={data}"], "loss_kwargs: expected a mapping"),
         (["yolov8n.yaml", "model=yolov8s.yaml", "data={data}"], "disagree"),
         (["epochs=1"], "expected data="),
+        # Ultralytics' own validator, before anything is built
+        (["data={data}", "epochs=-1"], "'epochs' must be >= 1"),
+        (["data={data}", "lr0=2"], "Valid 'lr0' values are between 0.0 and 1.0"),
+        (["data={data}", "batch=abc"], "'batch=abc' is of invalid type str"),
     ],
 )
 def test_ultralytics_train_bad_key_value_forms_are_one_line(tmp_path, monkeypatch, capsys, argv, match):

@@ -15,6 +15,7 @@ from qfocal.integrations.torchvision import FocalFCOSHead, QualityFCOS, QualityF
 from qfocal_lab.detection import (
     METRIC_KEYS,
     QUALITY_KEYS,
+    ConfigError,
     NonFiniteLossError,
     TrainConfig,
     compare,
@@ -93,6 +94,18 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     drop = lambda rows: [{k: v for k, v in r.items() if k != "train_s"} for r in rows]  # noqa: E731
     assert drop(a["history"]) == drop(b["history"])
     assert m_resumed == m_full
+
+
+def test_a_second_run_on_a_finished_out_is_refused_without_resume(tiny_data, tmp_path):
+    """A run folder is never overwritten without a word: the finished run's checkpoint and metrics stay."""
+    cfg = tiny_config(tiny_data, tmp_path / "run")
+    train(cfg)
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in ("last.pt", "metrics.json")}
+    with pytest.raises(
+        ConfigError, match=r"already holds a run \(last.pt, metrics.json\); continue it with --resume"
+    ):
+        train(cfg)
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in before} == before
 
 
 def test_resume_rejects_changed_settings(tiny_data, tmp_path):
