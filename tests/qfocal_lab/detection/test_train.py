@@ -243,7 +243,7 @@ def test_cli_train_bf16_then_evaluate(tiny_data, tmp_path, capsys):
     assert main(["evaluate", "--weights", str(out / "last.pt")]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated == pytest.approx(json.loads((out / "metrics.json").read_text()), abs=0.02)
-    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 1
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "other")]) == 1
     assert "dataset not found" in capsys.readouterr().err
 
 
