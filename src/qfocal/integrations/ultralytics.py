@@ -46,7 +46,7 @@ from .._cli import CommandError, report
 from .._names import loss_name
 from ..modules import QualityFocalLoss, SigmoidFocalLoss, VarifocalLoss
 from ._cli_args import ULTRALYTICS_LOSSES, add_ultralytics_arguments
-from ._gain import AUTO, check_gain, gain_label, matched_gain
+from ._gain import AUTO, check_gain, gain_label, loss_and_gain
 from ._offline import offline, offline_import, preserved_torch_state
 
 with offline_import():  # Ultralytics probes the network (DNS) on import unless YOLO_OFFLINE is set
@@ -119,9 +119,10 @@ class _ElementwiseCls(nn.Module):
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         pred, target = pred.float(), target.float()
+        if self.gain is None:  # the loss's own pass gives the norms where it can (loss_and_gain)
+            loss, gain = loss_and_gain(self.loss, self.reference, pred, target)
+            return loss * gain
         loss = self.loss(pred, target)
-        if self.gain is None:
-            return loss * matched_gain(self.loss, self.reference, pred, target)
         return loss if self.gain == 1.0 else loss * self.gain
 
 

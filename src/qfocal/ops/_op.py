@@ -7,13 +7,23 @@ Registered with :func:`torch.library.custom_op`, :func:`~torch.library.register_
 :func:`qfocal.ops.select` hands to the public losses; it routes to :func:`qfocal._reference.reference_loss`
 whatever the fused op cannot honour (gradients for targets or weights, empty inputs, unusual dtypes).
 
-The op's arguments are addressed by name everywhere (``_TENSORS`` and ``_ATTRS`` are read off the signature of
+``qfocal::fused_loss_norms`` is the same op with a third output, ``[||d loss / d logits||^2, ||d BCE / d logits||^2]``
+(float64) from the same call: what gradient-norm matching needs (:mod:`qfocal.integrations.balance`), without a
+second evaluation of either (compiled on the CPU, the loss's own is summed from the gradient just written, one
+more read of it; Triton sums both in the kernel). :func:`fused_loss` runs it inside :func:`capture_grad_norms`, which collects the norms of each
+fused call; a call that takes the reference math reports nothing (the caller falls back to its own rule).
+
+The ops' arguments are addressed by name everywhere (``_TENSORS`` and ``_ATTRS`` are read off the signature of
 :func:`_forward_impl`), so adding one means adding it to that signature and to :func:`fused_loss`'s call.
 """
 
 # ruff: noqa: UP045  (torch.library infers the op schema from typing.Optional on every supported torch)
 
+import contextlib
+import contextvars
+import dataclasses
 import inspect
+from collections.abc import Iterator
 from typing import Optional
 
 import torch
@@ -22,9 +32,9 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
 from .._names import FUSED_IMPLS
-from .._reference import AVG_EPS, LossSpec, densify, reference_loss
+from .._reference import AVG_EPS, LossSpec, compute_dtype, densify, reference_loss
 from ._inductor import inductor_loss_and_grad
-from ._math import fused_loss_and_grad
+from ._math import fused_loss_and_grad, power_form
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -38,6 +48,67 @@ def _scale(logits: Tensor, reduction: str, avg_factor: Optional[Tensor], avg_val
         return 1.0 / (avg_factor.to(device=logits.device, dtype=cdtype).reshape(()) + AVG_EPS)
     denominator = avg_value + AVG_EPS if avg_value >= 0 else float(logits.numel())
     return torch.full((), 1.0 / denominator, dtype=cdtype, device=logits.device)
+
+
+def _run(
+    logits: Tensor,
+    target: Optional[Tensor],
+    labels: Optional[Tensor],
+    scores: Optional[Tensor],
+    pos_weight: Optional[Tensor],
+    weight: Optional[Tensor],
+    avg_factor: Optional[Tensor],
+    kind: str,
+    exponent: float,
+    alpha: float,
+    iou_weighted: bool,
+    reduction: str,
+    avg_value: float,
+    need_grad: bool,
+    impl: str,
+    need_norms: bool,
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """(loss, d loss / d logits, norms) in ``logits``'s dtype; the second is empty when ``need_grad`` is False,
+    the third None unless ``need_norms`` (see :func:`qfocal.ops._math.fused_loss_and_grad`).
+
+    ``alpha < 0`` means no alpha (qfl, focal); ``avg_value < 0`` means no float avg_factor.
+    """
+    reduce = reduction != "none"
+    scale = _scale(logits, reduction, avg_factor, avg_value)
+    if impl == "inductor" and labels is not None:
+        # Inductor generates different code (vectorisation, reduction order) for the sparse and the dense graph,
+        # which then differ in the last bit: build the dense target, as the reference does, so that both forms
+        # run the same compiled code and give the same bits. Eager and Triton compute t in place, identically.
+        target = densify(labels, scores, logits.shape, scores.dtype)
+        labels = scores = None
+    has_alpha = alpha >= 0
+    alpha_offset = 1.0 - alpha if has_alpha else 1.0
+    alpha_slope = 2.0 * alpha - 1.0 if has_alpha else 0.0
+    if impl == "triton":
+        from ._triton import triton_loss_and_grad
+
+        loss, grad, norms = triton_loss_and_grad(
+            logits, target, labels, scores, pos_weight, weight, scale,
+            kind=kind, exponent=exponent, alpha=alpha, alpha_offset=alpha_offset, alpha_slope=alpha_slope,
+            iou_weighted=iou_weighted, reduce=reduce, need_grad=need_grad, need_norms=need_norms,
+        )  # fmt: skip
+    else:
+        cdtype = scale.dtype
+
+        def as_tensor(value: float) -> Tensor:
+            return torch.full((), value, dtype=cdtype, device=logits.device)
+
+        run = inductor_loss_and_grad if impl == "inductor" else fused_loss_and_grad
+        loss, grad, norms = run(
+            logits, target, labels, scores, pos_weight, weight,
+            as_tensor(exponent), as_tensor(alpha), as_tensor(alpha_offset), as_tensor(alpha_slope),
+            torch.full((), iou_weighted, dtype=torch.bool, device=logits.device), scale,
+            kind, reduce, need_grad, power_form(exponent), need_norms,
+        )  # fmt: skip
+    grad = logits.new_empty((0,)) if grad is None else _like_logits(grad, logits)
+    if not reduce:
+        loss = _like_logits(loss, logits)
+    return loss, grad, norms
 
 
 def _forward_impl(
@@ -61,41 +132,10 @@ def _forward_impl(
 
     ``alpha < 0`` means no alpha (qfl, focal); ``avg_value < 0`` means no float avg_factor.
     """
-    reduce = reduction != "none"
-    scale = _scale(logits, reduction, avg_factor, avg_value)
-    if impl == "inductor" and labels is not None:
-        # Inductor generates different code (vectorisation, reduction order) for the sparse and the dense graph,
-        # which then differ in the last bit: build the dense target, as the reference does, so that both forms
-        # run the same compiled code and give the same bits. Eager and Triton compute t in place, identically.
-        target = densify(labels, scores, logits.shape, scores.dtype)
-        labels = scores = None
-    has_alpha = alpha >= 0
-    alpha_offset = 1.0 - alpha if has_alpha else 1.0
-    alpha_slope = 2.0 * alpha - 1.0 if has_alpha else 0.0
-    if impl == "triton":
-        from ._triton import triton_loss_and_grad
-
-        loss, grad = triton_loss_and_grad(
-            logits, target, labels, scores, pos_weight, weight, scale,
-            kind=kind, exponent=exponent, alpha=alpha, alpha_offset=alpha_offset, alpha_slope=alpha_slope,
-            iou_weighted=iou_weighted, reduce=reduce, need_grad=need_grad,
-        )  # fmt: skip
-    else:
-        cdtype = scale.dtype
-
-        def as_tensor(value: float) -> Tensor:
-            return torch.full((), value, dtype=cdtype, device=logits.device)
-
-        run = inductor_loss_and_grad if impl == "inductor" else fused_loss_and_grad
-        loss, grad = run(
-            logits, target, labels, scores, pos_weight, weight,
-            as_tensor(exponent), as_tensor(alpha), as_tensor(alpha_offset), as_tensor(alpha_slope),
-            torch.full((), iou_weighted, dtype=torch.bool, device=logits.device), scale,
-            kind, reduce, need_grad,
-        )  # fmt: skip
-    grad = logits.new_empty((0,)) if grad is None else _like_logits(grad, logits)
-    if not reduce:
-        loss = _like_logits(loss, logits)
+    loss, grad, _ = _run(
+        logits, target, labels, scores, pos_weight, weight, avg_factor, kind, exponent, alpha, iou_weighted,
+        reduction, avg_value, need_grad, impl, need_norms=False,
+    )  # fmt: skip
     return loss, grad
 
 
@@ -135,7 +175,22 @@ def _spec(attrs: dict) -> LossSpec:
     )
 
 
+def _forward_norms_impl(*args, **kwargs) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_forward_impl`'s outputs and ``[||d loss / d logits||^2, ||d BCE / d logits||^2]`` (float64) from
+    the same pass, the BCE with the loss's ``pos_weight``, ``weight`` and reduction."""
+    return _run(**_bind(args, kwargs), need_norms=True)
+
+
+_forward_norms_impl.__signature__ = _SIGNATURE.replace(return_annotation=tuple[Tensor, Tensor, Tensor])
+
 fused_loss_op = torch.library.custom_op("qfocal::fused_loss", _forward_impl, mutates_args=())
+fused_loss_norms_op = torch.library.custom_op(
+    "qfocal::fused_loss_norms", _forward_norms_impl, mutates_args=()
+)
+
+
+def _norms_dtype(logits: Tensor) -> torch.dtype:
+    return torch.float64 if logits.device.type in ("cpu", "cuda") else compute_dtype(logits.dtype)
 
 
 @fused_loss_op.register_fake
@@ -146,6 +201,12 @@ def _fake(*args, **kwargs):
     loss = logits.new_empty(()) if a["reduction"] != "none" else torch.empty_like(logits)
     grad = torch.empty_like(logits) if a["need_grad"] else logits.new_empty((0,))
     return loss, grad
+
+
+@fused_loss_norms_op.register_fake
+def _fake_norms(*args, **kwargs):
+    logits = _bind(args, kwargs)["logits"]
+    return (*_fake(*args, **kwargs), logits.new_empty((2,), dtype=_norms_dtype(logits)))
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -160,6 +221,8 @@ def _setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(*(a[n] for n in _TENSORS))
         ctx.grad = output[1]  # not saved_tensors: eager backward scales it in place, see _backward
     ctx.consumed = False
+    if len(output) > 2:  # fused_loss_norms: the norms are statistics, not a function to differentiate
+        ctx.mark_non_differentiable(output[2])
 
 
 def _traced(t: Tensor) -> bool:
@@ -180,7 +243,7 @@ def _reference_grad(ctx, tensors: dict, grad_loss: Tensor, create_graph: bool) -
     return grad
 
 
-def _backward(ctx, grad_loss: Optional[Tensor], _grad_of_grad: Optional[Tensor]):
+def _backward(ctx, grad_loss: Optional[Tensor], _grad_of_grad: Optional[Tensor], *_grad_of_norms):
     grads = dict.fromkeys(_SIGNATURE.parameters)
     if grad_loss is not None and ctx.needs_input_grad[0]:
         grads["logits"] = _logits_grad(ctx, grad_loss)
@@ -224,6 +287,7 @@ def _logits_grad(ctx, grad_loss: Tensor) -> Tensor:
 
 
 fused_loss_op.register_autograd(_backward, setup_context=_setup_context)
+fused_loss_norms_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _functorch_active() -> bool:
@@ -265,6 +329,61 @@ def _needs_reference(impl: str, logits: Tensor, tensors: dict) -> bool:
     return False
 
 
+@dataclasses.dataclass(frozen=True)
+class GradNorms:
+    """What one fused call reports inside :func:`capture_grad_norms`: its inputs as the op received them, its
+    output, and the squared norms of two gradients with respect to ``logits`` from the same pass.
+
+    ``own_sq`` is ``||d sum(loss) / d logits||^2`` (weights and reduction as the loss applies them, in the
+    compute dtype before any cast to ``logits``'s dtype); ``bce_sq`` is the same for BCE with logits on the same
+    logits and target, with this call's ``pos_weight``, ``weight`` and reduction (``sigmoid(x) - t`` for plain
+    BCE). Both are 0-dim float64 tensors on ``logits``'s device (no host synchronisation).
+    """
+
+    loss: Tensor
+    logits: Tensor
+    target: Optional[Tensor]
+    pos_weight: Optional[Tensor]
+    weight: Optional[Tensor]
+    reduction: str
+    avg_factor: object
+    own_sq: Tensor
+    bce_sq: Tensor
+
+
+_NORM_SINK: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("qfocal_norm_sink", default=None)
+
+
+@contextlib.contextmanager
+def capture_grad_norms() -> Iterator[list[GradNorms]]:
+    """Collect, in the list it yields, a :class:`GradNorms` for every fused call of a qfocal loss inside.
+
+    Calls that run the reference math (backend ``"reference"``, ``"auto"`` below its size threshold or in its
+    warm-up, empty inputs, gradients for targets or weights, functorch transforms and forward-mode AD) and calls
+    traced by ``torch.compile`` add nothing. The loss and its gradient are those of an ordinary call, bit for bit.
+
+    Example:
+        >>> import torch, qfocal
+        >>> from qfocal.ops import capture_grad_norms
+        >>> x = torch.randn(8, 3, requires_grad=True)
+        >>> with qfocal.backend("eager"), capture_grad_norms() as norms:
+        ...     loss = qfocal.quality_focal_loss(x, torch.rand(8, 3))
+        >>> gain = (norms[0].bce_sq / norms[0].own_sq).sqrt()
+    """
+    sink: list[GradNorms] = []
+    token = _NORM_SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _NORM_SINK.reset(token)
+
+
+def _norm_sink() -> Optional[list]:
+    if torch.compiler.is_compiling():  # a traced graph has no place for a side channel
+        return None
+    return _NORM_SINK.get()
+
+
 def fused_loss(
     spec: LossSpec,
     logits: Tensor,
@@ -278,7 +397,7 @@ def fused_loss(
     impl: str,
 ) -> Tensor:
     """The fused loss with the contract of :func:`qfocal._reference.reference_loss`; ``impl`` is one of
-    ``FUSED_IMPLS`` (eager, inductor, triton)."""
+    ``FUSED_IMPLS`` (eager, inductor, triton). Inside :func:`capture_grad_norms` it also reports the norms."""
     if impl not in FUSED_IMPLS:
         raise ValueError(f"impl: expected one of {FUSED_IMPLS}, got {impl!r}")
     tensors = {
@@ -289,13 +408,22 @@ def fused_loss(
         return reference_loss(spec, logits, **tensors)
     avg_tensor = avg_factor if isinstance(avg_factor, Tensor) else None
     avg_value = float(avg_factor) if avg_factor is not None and avg_tensor is None else -1.0
-    loss, _ = fused_loss_op(
+    sink = _norm_sink()
+    outputs = (fused_loss_op if sink is None else fused_loss_norms_op)(
         logits=logits, **{**tensors, "avg_factor": avg_tensor},
         kind=spec.kind, exponent=float(spec.exponent),
         alpha=-1.0 if spec.alpha is None else float(spec.alpha),
         iou_weighted=bool(spec.iou_weighted), reduction=spec.reduction, avg_value=avg_value,
         need_grad=torch.is_grad_enabled() and logits.requires_grad, impl=impl,
     )  # fmt: skip
+    loss = outputs[0]
     if avg_tensor is not None and spec.reduction == "mean" and avg_tensor.dim() > 0:
         loss = loss.reshape(avg_tensor.shape)  # the reference's sum / avg_factor broadcasts to its shape
+    if sink is not None:
+        own_sq, bce_sq = outputs[2].unbind()
+        dense = target if labels is None else None
+        record = GradNorms(
+            loss, logits, dense, pos_weight, weight, spec.reduction, avg_factor, own_sq, bce_sq
+        )
+        sink.append(record)
     return loss
