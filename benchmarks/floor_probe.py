@@ -7,8 +7,9 @@ YOLOv5 form (``beta=1.5, alpha=0.25, pos_weight``, backend ``inductor``) and ``.
 on (the default) and off, and with the gradient norms of the ``"auto"`` gain (:func:`qfocal.ops.capture_grad_norms`,
 checks on). Inputs are those of ``benchmarks/bench_losses.py`` (normal logits, 1 % positives with an IoU target).
 All providers run in this one process, round by round in a shuffled order, so that a load that comes and goes
-(and the cost of unmapping the previous call's gradient, which varies with the order) hits each alike; the report
-gives each provider's median and the ratio of the medians to the floor. Then, unless ``--no-memory``, each
+hits each alike; each call is timed from its inputs to its gradient (freeing the gradient, the same for all and
+of a cost that varies with what ran before, is left out); the report gives each provider's median and the ratio
+of the medians to the floor. Then, unless ``--no-memory``, each
 provider's extra peak memory over one call (resident-set high-water mark, as ``benchmarks/bench_losses.py``
 measures it; the gradient itself included).
 
@@ -19,6 +20,7 @@ measures it; the gradient itself included).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import random
@@ -58,35 +60,27 @@ def _inputs(shape: tuple[int, int], seed: int = 0):
 
 
 def _providers(x, t, pos_weight):
+    """name -> a call that returns what holds its gradient. The caller frees it after the clock stops: freeing a
+    buffer this size (unmapping it) costs the same for all, and its time varies with what ran before."""
     floor = torch.compile(_bce_and_grad, dynamic=False, fullgraph=True)
 
-    def run_floor() -> None:
-        floor(x, t, pos_weight)
-
     def fused(checks: bool, norms: bool = False):
-        def run() -> None:
-            x.grad = None
-            with qfocal.value_checks(checks), qfocal.backend("inductor"), capture_grad_norms() as records:
+        def run():
+            with (
+                qfocal.value_checks(checks),
+                qfocal.backend("inductor"),
+                capture_grad_norms() if norms else contextlib.nullcontext() as records,
+            ):
                 loss = qfocal.quality_focal_loss(x, t, beta=1.5, alpha=0.25, pos_weight=pos_weight)
             loss.backward()
             if norms:
-                records[0].own_sq.item()
-            elif records:
-                raise RuntimeError("norms requested outside capture_grad_norms")
+                records[0].own_sq.item()  # the norms as the gain reads them
+            return x.grad
 
-        if not norms:  # the plain call: no capture at all
-
-            def run_plain() -> None:
-                x.grad = None
-                with qfocal.value_checks(checks), qfocal.backend("inductor"):
-                    loss = qfocal.quality_focal_loss(x, t, beta=1.5, alpha=0.25, pos_weight=pos_weight)
-                loss.backward()
-
-            return run_plain
         return run
 
     return {
-        "floor": run_floor,
+        "floor": lambda: floor(x, t, pos_weight),
         "fused-checks-on": fused(True),
         "fused-checks-off": fused(False),
         "fused-norms-checks-on": fused(True, norms=True),
@@ -129,14 +123,17 @@ def main(argv: list[str] | None = None) -> int:
         x.requires_grad_(True)
         runs = _providers(x, t, pos_weight)
         for run in runs.values():  # compile and warm up (twice: the first call may compile)
-            run()
-            run()
+            for _ in range(2):
+                x.grad = None
+                run()
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.rounds):
             for name in rng.sample(list(runs), len(runs)):
+                x.grad = None
                 start = time.perf_counter()
-                runs[name]()
+                result = runs[name]()
                 times[name].append(time.perf_counter() - start)
+                del result
         medians = {name: statistics.median(v) for name, v in times.items()}
         rows.append((shape, runs, medians))
     peaks: dict = {}
@@ -147,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, run in runs.items():
                 x.grad = None  # the previous call's gradient is not part of this one
                 peaks[shape, name] = peak.measure(run) / 2.0**20
+            x.grad = None
     grad_mb = {shape: inputs[shape][0].numel() * 4 / 2.0**20 for shape in args.shapes}
     print("| shape | provider | median ms | ratio to floor | extra peak MB (gradient: MB) |")
     print("|---|---|---:|---:|---:|")

@@ -299,6 +299,52 @@ def test_triton_norms_and_closed_forms_under_interpreter():
     assert proc.returncode == 0 and "TRITON-NORMS-OK" in proc.stdout, f"{proc.stdout}\n{proc.stderr[-3000:]}"
 
 
+_PEAK_SCRIPT = textwrap.dedent(
+    """
+    import contextlib, torch, qfocal
+    from qfocal.bench.losses import _CpuPeak
+    from qfocal.ops import capture_grad_norms
+    torch.set_num_threads(2)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 2048, generator=gen).requires_grad_()  # 8 MiB of logits, and of gradient
+    t = torch.rand(1024, 2048, generator=gen) * (torch.rand(1024, 2048, generator=gen) < 0.01)
+    pw = torch.ones(1)
+
+    def call(norms):
+        def once():
+            with qfocal.backend("inductor"), qfocal.value_checks(True):
+                with capture_grad_norms() if norms else contextlib.nullcontext():
+                    qfocal.quality_focal_loss(x, t, beta=1.5, alpha=0.25, pos_weight=pw).backward()
+        return once
+
+    for norms in (False, True):  # compile and warm up
+        for _ in range(2):
+            x.grad = None
+            call(norms)()
+    peak = _CpuPeak()
+    assert peak.available, peak.reason
+    for norms in (False, True):
+        x.grad = None
+        print(f"PEAK norms={norms} {peak.measure(call(norms)) / 2**20:.2f} MiB")
+    """
+)
+
+
+def test_extra_peak_memory_is_the_gradient_with_checks_and_norms():
+    """Value checks on, with and without the norms: the one call's extra resident memory is its gradient."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("measures the resident set through /proc (Linux)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "src"), ROOT]))
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-3000:]}"
+    peaks = [float(line.split()[-2]) for line in proc.stdout.splitlines() if line.startswith("PEAK")]
+    assert len(peaks) == 2, proc.stdout
+    for norms, mib in zip((False, True), peaks, strict=True):
+        assert mib <= 8.0 + 1.5, f"norms={norms}: {mib:.2f} MiB above the inputs for an 8 MiB gradient"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 2. Closed-form exponents: no pow, p from BCE's exp, the reference's numbers
 # ----------------------------------------------------------------------------------------------------------
@@ -316,9 +362,11 @@ def test_closed_form_exponents_match_reference(kind, dtype, gamma):
     _check("eager", kind, x, t, gamma=gamma, reduction="mean", weight=torch.rand(3, dtype=dtype), **options)
 
 
+@pytest.mark.parametrize("gamma", [1.5, 2.0])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-def test_bce_stays_exact_in_the_closed_form_graph(dtype):
-    """Varifocal positives without IoU weighting are BCE itself (m = 1, dm = 0), in the gamma = 2 graph."""
+def test_bce_stays_exact_in_the_closed_form_graph(dtype, gamma):
+    """Varifocal positives without IoU weighting are BCE itself (m = 1, dm = 0), in the closed-form graphs (1.5:
+    one exponential, torch.sigmoid's; 2: p from BCE's)."""
     from .test_loss_faults import _bce_errors, _logit_grid
 
     tolerance = {torch.float64: 1e-12, torch.float32: 1e-6}[dtype]
@@ -328,7 +376,7 @@ def test_bce_stays_exact_in_the_closed_form_graph(dtype):
             t = torch.full_like(x, tv)
             leaf = x.clone().requires_grad_()
             with qfocal.backend(backend):
-                value = qfocal.varifocal_loss(leaf, t, gamma=2.0, iou_weighted=False, reduction="none")
+                value = qfocal.varifocal_loss(leaf, t, gamma=gamma, iou_weighted=False, reduction="none")
             value.backward(torch.ones_like(value))
             err_value, err_grad = _bce_errors(x, t, value.detach(), leaf.grad)
             assert err_value <= tolerance, f"{backend} {dtype} t={tv}: BCE relative error {err_value:.2e}"

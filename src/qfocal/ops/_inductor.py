@@ -1,22 +1,30 @@
 """The Inductor backend: :func:`qfocal.ops._math.fused_loss_and_grad` compiled once per structure.
 
-Compiled with dynamic shapes, hyper-parameters passed as tensors, and every contiguous input seen as one 2-D
-``(rows, C)`` view (``C`` the last dimension; leading dimensions merged, broadcast weights as stride-0 views), so
-that one graph serves every size and rank. What still compiles a new graph (each is one entry of dynamo's cache
-for this function, at most ``_RECOMPILE_LIMIT`` in all):
+Compiled with dynamic shapes and hyper-parameters passed as tensors. Logits and a dense target that have a 1-D
+view (contiguous, or evenly strided like YOLOv5's ``p[..., 4]``) are passed as that view, and each weight in a
+compact form (one value, per class ``(C,)``, per row ``(rows,)``, or full), spread to the elements inside the
+graph as an index expression: one graph serves every size and rank. All inputs are detached, so that dynamo
+guards on no view's base. What still compiles a new graph (each one entry of dynamo's cache for this function, at
+most ``_RECOMPILE_LIMIT`` in all; 200 random shapes of ranks 1 to 4 take 2):
 
-- the structure: loss kind, reduction (none or reduced), gradient and norms requested or not, the exponent's
-  form (:func:`qfocal.ops._math.power_form`: one graph per closed-form exponent, one for all others);
+- the structure: loss kind, reduction (none or reduced), gradient requested or not, norms requested or not
+  (:func:`qfocal.ops.capture_grad_norms`), the exponent's form (:func:`qfocal.ops._math.power_form`: one graph
+  per closed-form exponent, one for all others);
 - dtypes of logits, target and weights; the device;
-- which optional tensors are present (``pos_weight``, ``weight``, a tensor ``avg_factor``) and how each
-  broadcasts: per class ``(1, C)``, per row ``(rows, 1)``, full, or one value (a stride of 0 is specialised);
-- sizes of 1 (``rows == 1``, ``C == 1``) and ``rows == C``, which dynamo specialises;
-- non-contiguous inputs (transposed, sliced, channels_last, a broadcast target, or a weight whose broadcast no
-  2-D view can express): these keep their own layout, and each new layout may compile a graph.
+- which optional tensors are present (``pos_weight``, ``weight``, a tensor ``avg_factor``) and the form of each
+  weight (one value, per class, per row, full);
+- the element count: 1, up to 4096, or more (Inductor reduces small counts without its cascade helper);
+- inputs without a 1-D view (transposed, permuted, channels_last, sliced rows, a broadcast target, a weight of
+  another broadcast, or mmdetection's ``(labels, scores)`` pair): these keep their layout, and a new layout, rank
+  or size-1 dimension may compile a graph.
 
 Past the limit, a new layout runs the same math eagerly (warned once; :func:`eager_fallbacks` counts such
 calls) while the graphs compiled so far keep serving theirs. If compilation fails (no C++ compiler, an
 unsupported platform) the first failure is reported by one warning and the same math then runs eagerly.
+
+With the norms, Inductor sums them in the loop that writes the gradient for inputs with a 1-D view; for the other
+layouts (rows with gaps, as YOLOv5's classification logits) it may keep one intermediate the size of the
+logits and read it in a second loop.
 """
 
 from __future__ import annotations

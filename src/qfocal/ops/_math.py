@@ -9,8 +9,8 @@ reads the logits and targets once and writes the gradient once.
 Hyper-parameters arrive as 0-dim tensors so that one compiled graph serves every value; only the structure
 (loss kind, sparse or dense target, presence of weights, reduction, outputs) selects a graph, and so does the
 exponent where :func:`power_form` gives it a closed form (``|d| ** 2`` as ``d * d``, ``|d| ** 1.5`` as
-``|d| * sqrt(|d|)``): no ``pow`` (a ``log`` and an ``exp``), no division in the slope, and from 2 on no
-``sigmoid`` either (``p`` comes from BCE's ``exp(-|x|)``).
+``|d| * sqrt(|d|)``): no ``pow`` (a ``log`` and an ``exp``), no division in the slope, and one exponential
+for ``sigmoid`` and BCE together.
 """
 
 from __future__ import annotations
@@ -115,6 +115,34 @@ def _bce_parts(
     return bce, dbce, sigmoid_pos, sigmoid_neg
 
 
+def _bce_parts_one_exp(
+    x: Tensor, t: Tensor, pos_weight: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_bce_parts` with ``sigmoid(x)`` rounded as ``torch.sigmoid`` rounds it, from its own ``exp(-x)``
+    alone (no second exponential): ``log1p(exp(-|x|))`` is ``log1p(exp(-x))`` for ``x >= 0`` and
+    ``-log1p(-sigmoid(x))`` for ``x < 0`` (``sigmoid(x) < 1/2`` there: no cancellation).
+
+    Exact to rounding like :func:`_bce_parts` except in float32 below ``x = -87`` with ``t = 0``, where
+    ``sigmoid(x)`` (and so BCE, ``softplus(x)``) is sub-normal or 0 as ``torch.sigmoid``'s: for the closed-form
+    exponents that use it the loss is multiplied there by ``|t - p| ** gamma``, 0 or sub-normal too, as in the
+    reference.
+    """
+    e_neg = torch.exp(-x)
+    p = 1.0 / (1.0 + e_neg)  # torch.sigmoid's formula, and its rounding
+    q = 1.0 - p
+    nonneg = x >= 0
+    log1p_abs = torch.log1p(torch.where(nonneg, e_neg, -p))
+    log1p_e = torch.where(nonneg, log1p_abs, -log1p_abs)
+    softplus_pos = torch.clamp(x, min=0.0) + log1p_e  # -log sigmoid(-x)
+    softplus_neg = torch.clamp(-x, min=0.0) + log1p_e  # -log sigmoid(x)
+    sigmoid_neg = torch.where(nonneg, e_neg * p, q)  # e_neg may be inf where x < 0: not selected there
+    w_pos = t if pos_weight is None else pos_weight * t
+    w_neg = 1.0 - t
+    bce = w_pos * softplus_neg + w_neg * softplus_pos
+    dbce = w_neg * p - w_pos * sigmoid_neg
+    return bce, dbce, p, q
+
+
 def fused_loss_and_grad(
     x: Tensor,
     target: Tensor | None,
@@ -142,9 +170,8 @@ def fused_loss_and_grad(
     read only for ``"general"``).
 
     With ``need_norms``, the third output is ``[||g||^2, ||g_bce||^2]`` (float64, or the compute dtype off CPU and
-    CUDA): ``g`` the gradient (its factors, computed in the compute dtype, multiplied in float64: within rounding
-    of the gradient returned, before any cast to ``x``'s dtype), ``g_bce`` the gradient of BCE with logits with
-    the same ``pos_weight``, ``weight`` and ``scale``; else None.
+    CUDA): ``g`` the gradient (to rounding: the scale is applied to the sum; before any cast to ``x``'s dtype),
+    ``g_bce`` the gradient of BCE with logits with the same ``pos_weight``, ``weight`` and ``scale``; else None.
     """
     out_dtype = x.dtype
     cdtype = torch.float64 if out_dtype == torch.float64 else torch.float32
@@ -159,13 +186,16 @@ def fused_loss_and_grad(
         t = target.to(cdtype)
 
     pw = None if pos_weight is None else pos_weight.to(cdtype)
-    if power == GENERAL or float(power) < 2.0:
+    if power == GENERAL:
         # torch.sigmoid, as the reference: |t - p| ** gamma is ill-conditioned where t ~ p (for gamma < 1 its
-        # slope is singular there, for gamma < 2 the slope's own slope), so p must round as the reference's does,
-        # not merely be as accurate. BCE's sigmoids then come from it (no division).
+        # slope is singular there), so p must round as the reference's does, not merely be as accurate. BCE
+        # (the whole loss for gamma = 0) from its own exp(-|x|), its sigmoids from p (no division).
         p = torch.sigmoid(x)
         q = 1.0 - p
         bce, dbce, _, _ = _bce_parts(x, t, pw, p)
+    elif float(power) < 2.0:
+        # 1.5: the slope's own slope is singular at t = p, so p rounds as torch.sigmoid; BCE from the same exp
+        bce, dbce, p, q = _bce_parts_one_exp(x, t, pw)
     else:
         # from gamma = 2 on the slope is Lipschitz in p: the shared exp(-|x|) gives p (within an ulp of
         # torch.sigmoid, and 1 - p without cancellation), with no second exp.
@@ -218,17 +248,16 @@ def fused_loss_and_grad(
             g = g * scale
         grad = g.to(out_dtype)
     if need_norms:
-        # In float64 (a gradient of 1e-25 must not vanish from the norm), from the factors of the gradient rather
-        # than from it: a sum that reads the same values as the loss's sum, which Inductor fuses into one loop
-        # with it (a sum of the written gradient would be a second pass, or a buffer of its own).
+        # The gradient's terms in the compute dtype, without the mean's scale (applied to the sums), squared and
+        # summed in float64 (a gradient of 1e-25 must not vanish from the norm). Written as bce * dm + dbce * m,
+        # not as g itself: g is also the gradient's node, and a sum of it would be a second pass over the written
+        # gradient (or a buffer of its own); this sum reads what the loss's sum reads and joins its loop.
         nd = torch.float64 if x.device.type in ("cpu", "cuda") else cdtype
-        factor = None if w is None else w.to(nd)
+        own, own_bce = bce * dm + dbce * m, dbce
+        if w is not None:
+            own, own_bce = own * w, own_bce * w
+        norms = torch.stack((own.to(nd).square().sum(), own_bce.to(nd).square().sum()))
         if reduce:
-            factor = scale.to(nd) if factor is None else factor * scale.to(nd)
-        g64 = dbce.to(nd) * m.to(nd) + bce.to(nd) * dm.to(nd)
-        b64 = dbce.to(nd)
-        if factor is not None:
-            g64, b64 = g64 * factor, b64 * factor
-        norms = torch.stack((g64.square().sum(), b64.square().sum()))
+            norms = norms * scale.to(nd).square()
     loss = (loss.sum() * scale) if reduce else loss
     return loss.to(out_dtype), grad, norms

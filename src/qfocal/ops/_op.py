@@ -7,11 +7,14 @@ Registered with :func:`torch.library.custom_op`, :func:`~torch.library.register_
 :func:`qfocal.ops.select` hands to the public losses; it routes to :func:`qfocal._reference.reference_loss`
 whatever the fused op cannot honour (gradients for targets or weights, empty inputs, unusual dtypes).
 
-``qfocal::fused_loss_norms`` is the same op with a third output, ``[||d loss / d logits||^2, ||d BCE / d logits||^2]``
-(float64) from the same call: what gradient-norm matching needs (:mod:`qfocal.integrations.balance`), without a
-second evaluation of either (compiled on the CPU, the loss's own is summed from the gradient just written, one
-more read of it; Triton sums both in the kernel). :func:`fused_loss` runs it inside :func:`capture_grad_norms`, which collects the norms of each
-fused call; a call that takes the reference math reports nothing (the caller falls back to its own rule).
+``qfocal::fused_loss_norms`` is the same op with a third output, ``[||d loss / d logits||^2, ||d BCE / d
+logits||^2]`` (float64), summed in the loop that writes the gradient: what gradient-norm matching needs
+(:mod:`qfocal.integrations.balance`), without a second evaluation of either. :func:`fused_loss` runs it inside
+:func:`capture_grad_norms`, which collects the norms of each fused call; a call that takes the reference math
+reports nothing (the caller falls back to its own rule).
+
+What makes the Inductor implementation compile a new graph (dtypes, optional tensors present or not, their
+broadcast, layouts without a 1-D view...) is listed in :mod:`qfocal.ops._inductor`.
 
 The ops' arguments are addressed by name everywhere (``_TENSORS`` and ``_ATTRS`` are read off the signature of
 :func:`_forward_impl`), so adding one means adding it to that signature and to :func:`fused_loss`'s call.

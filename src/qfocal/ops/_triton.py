@@ -120,22 +120,31 @@ def _fused_loss_kernel(
     else:
         t = tl.load(t_ptr + row * str_ + col * stc, mask=mask, other=0.0).to(tl.float32)
 
-    # BCE and its derivative without cancellation, as _math._bce_parts
-    e = _exp(-tl.abs(x))
-    log1p_e = _log1p(e)
+    # BCE and its derivative without cancellation, as _math._bce_parts (_bce_parts_one_exp for 1.5)
+    if POWER == 3:  # 1.5: p rounds as a sigmoid, and BCE comes from the same exp(-x)
+        e_neg = _exp(-x)
+        p = 1.0 / (1.0 + e_neg)
+        q = 1.0 - p
+        log1p_abs = _log1p(tl.where(x >= 0.0, e_neg, -p))
+        log1p_e = tl.where(x >= 0.0, log1p_abs, -log1p_abs)
+        sigmoid_pos = p
+        sigmoid_neg = tl.where(x >= 0.0, e_neg * p, q)
+    else:
+        e = _exp(-tl.abs(x))
+        log1p_e = _log1p(e)
+        if POWER == 0:  # general exponent: p by torch.sigmoid's formula (see _math: it must round alike)
+            p = 1.0 / (1.0 + tl.exp(-x))
+            q = 1.0 - p
+            sigmoid_pos = tl.where(x >= 0.0, p, e * q)
+            sigmoid_neg = tl.where(x >= 0.0, e * p, q)
+        else:  # closed form from 2 on: p from the shared exp(-|x|)
+            inv = 1.0 / (1.0 + e)
+            sigmoid_pos = tl.where(x >= 0.0, inv, e * inv)
+            sigmoid_neg = tl.where(x >= 0.0, e * inv, inv)
+            p = sigmoid_pos
+            q = sigmoid_neg
     softplus_pos = tl.maximum(x, 0.0) + log1p_e  # -log sigmoid(-x)
     softplus_neg = tl.maximum(-x, 0.0) + log1p_e  # -log sigmoid(x)
-    if POWER < 4:  # general exponent or 1.5: p by torch.sigmoid's formula (see _math: it must round alike)
-        p = 1.0 / (1.0 + tl.exp(-x))
-        q = 1.0 - p
-        sigmoid_pos = tl.where(x >= 0.0, p, e * q)
-        sigmoid_neg = tl.where(x >= 0.0, e * p, q)
-    else:  # closed form from 2 on: p from the shared exp(-|x|)
-        inv = 1.0 / (1.0 + e)
-        sigmoid_pos = tl.where(x >= 0.0, inv, e * inv)
-        sigmoid_neg = tl.where(x >= 0.0, e * inv, inv)
-        p = sigmoid_pos
-        q = sigmoid_neg
     if HAS_PW:
         pw = tl.load(pw_ptr + row * spwr + col * spwc, mask=mask, other=1.0).to(tl.float32)
         w_pos = pw * t
