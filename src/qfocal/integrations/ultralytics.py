@@ -44,7 +44,7 @@ from .. import modules
 from .._cli import CommandError
 from .._names import loss_entry, loss_name
 from ._cli_args import ULTRALYTICS_LOSSES
-from ._gain import AUTO, check_gain, gain_label, matched_gain
+from ._gain import AUTO, check_gain, gain_label, loss_and_gain
 from ._offline import offline, offline_import, preserved_torch_state
 
 with offline_import():  # Ultralytics probes the network (DNS) on import unless YOLO_OFFLINE is set
@@ -118,9 +118,10 @@ class _ElementwiseCls(nn.Module):
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         pred, target = pred.float(), target.float()
-        loss: Tensor = self.loss(pred, target)
-        if self.gain is None:
-            return loss * matched_gain(self.loss, self.reference, pred, target)
+        if self.gain is None:  # the loss's own pass gives the norms where it can (loss_and_gain)
+            loss, gain = loss_and_gain(self.loss, self.reference, pred, target)
+            return loss * gain
+        loss = self.loss(pred, target)
         return loss if self.gain == 1.0 else loss * self.gain
 
 

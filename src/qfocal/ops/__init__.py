@@ -15,7 +15,9 @@ the CPU, Inductor only where the one-off compilation (seconds) pays for itself: 
 amortises. Under ``torch.compile`` there is no warm-up. Smaller inputs and other devices use the reference.
 
 All of them go through the ``qfocal::fused_loss`` custom op (:mod:`qfocal.ops._op`), so they compose with
-``torch.compile(fullgraph=True)``.
+``torch.compile(fullgraph=True)``. Inside :func:`capture_grad_norms` they run ``qfocal::fused_loss_norms``
+instead, which also returns the squared gradient norms of the loss and of BCE from the same pass (the ``"auto"``
+gain of :mod:`qfocal.integrations.balance`).
 """
 
 from __future__ import annotations
@@ -28,13 +30,18 @@ import torch
 from torch import Tensor
 
 from .._names import BACKENDS, backend_name
-from ._inductor import inductor_failed
-from ._op import fused_loss, fused_loss_op
+from ._inductor import eager_fallbacks, inductor_failed
+from ._op import GradNorms, capture_grad_norms, fused_loss, fused_loss_norms_op, fused_loss_op
 
 __all__ = [
+    "GradNorms",
     "available_impls",
+    "capture_grad_norms",
+    "eager_fallbacks",
     "fused_loss",
+    "fused_loss_norms_op",
     "fused_loss_op",
+    "inductor_failed",
     "inductor_min_numel",
     "inductor_warmup",
     "select",

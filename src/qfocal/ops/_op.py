@@ -7,14 +7,27 @@ Registered with :func:`torch.library.custom_op`, :func:`~torch.library.register_
 :func:`qfocal.ops.select` hands to the public losses; it routes to :func:`qfocal._reference.reference_loss`
 whatever the fused op cannot honour (gradients for targets or weights, empty inputs, unusual dtypes).
 
-The op's arguments are addressed by name everywhere (``_TENSORS`` and ``_ATTRS`` are read off the signature of
+``qfocal::fused_loss_norms`` is the same op with a third output, ``[||d loss / d logits||^2, ||d BCE / d
+logits||^2]`` (float64), summed in the loop that writes the gradient: what gradient-norm matching needs
+(:mod:`qfocal.integrations.balance`), without a second evaluation of either. :func:`fused_loss` runs it inside
+:func:`capture_grad_norms`, which collects the norms of each fused call; a call that takes the reference math
+reports nothing (the caller falls back to its own rule).
+
+What makes the Inductor implementation compile a new graph (dtypes, optional tensors present or not, their
+broadcast, layouts without a 1-D view...) is listed in :mod:`qfocal.ops._inductor`.
+
+The ops' arguments are addressed by name everywhere (``_TENSORS`` and ``_ATTRS`` are read off the signature of
 :func:`_forward_impl`), so adding one means adding it to that signature and to :func:`fused_loss`'s call.
 """
 
 # ruff: noqa: UP045  (torch.library infers the op schema from typing.Optional on every supported torch)
 
+import contextlib
+import contextvars
+import dataclasses
 import inspect
-from typing import Any, Optional, Protocol
+from collections.abc import Iterator
+from typing import Optional
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -22,9 +35,9 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
 from .._names import FUSED_IMPLS
-from .._reference import AVG_EPS, LossSpec, LossTensors, densify, reference_loss
+from .._reference import AVG_EPS, LossSpec, compute_dtype, densify, reference_loss
 from ._inductor import inductor_loss_and_grad
-from ._math import fused_loss_and_grad
+from ._math import fused_loss_and_grad, power_form
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -38,6 +51,67 @@ def _scale(logits: Tensor, reduction: str, avg_factor: Optional[Tensor], avg_val
         return 1.0 / (avg_factor.to(device=logits.device, dtype=cdtype).reshape(()) + AVG_EPS)
     denominator = avg_value + AVG_EPS if avg_value >= 0 else float(logits.numel())
     return torch.full((), 1.0 / denominator, dtype=cdtype, device=logits.device)
+
+
+def _run(
+    logits: Tensor,
+    target: Optional[Tensor],
+    labels: Optional[Tensor],
+    scores: Optional[Tensor],
+    pos_weight: Optional[Tensor],
+    weight: Optional[Tensor],
+    avg_factor: Optional[Tensor],
+    kind: str,
+    exponent: float,
+    alpha: float,
+    iou_weighted: bool,
+    reduction: str,
+    avg_value: float,
+    need_grad: bool,
+    impl: str,
+    need_norms: bool,
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """(loss, d loss / d logits, norms) in ``logits``'s dtype; the second is empty when ``need_grad`` is False,
+    the third None unless ``need_norms`` (see :func:`qfocal.ops._math.fused_loss_and_grad`).
+
+    ``alpha < 0`` means no alpha (qfl, focal); ``avg_value < 0`` means no float avg_factor.
+    """
+    reduce = reduction != "none"
+    scale = _scale(logits, reduction, avg_factor, avg_value)
+    if impl == "inductor" and labels is not None:
+        # Inductor generates different code (vectorisation, reduction order) for the sparse and the dense graph,
+        # which then differ in the last bit: build the dense target, as the reference does, so that both forms
+        # run the same compiled code and give the same bits. Eager and Triton compute t in place, identically.
+        target = densify(labels, scores, logits.shape, scores.dtype)
+        labels = scores = None
+    has_alpha = alpha >= 0
+    alpha_offset = 1.0 - alpha if has_alpha else 1.0
+    alpha_slope = 2.0 * alpha - 1.0 if has_alpha else 0.0
+    if impl == "triton":
+        from ._triton import triton_loss_and_grad
+
+        loss, grad, norms = triton_loss_and_grad(
+            logits, target, labels, scores, pos_weight, weight, scale,
+            kind=kind, exponent=exponent, alpha=alpha, alpha_offset=alpha_offset, alpha_slope=alpha_slope,
+            iou_weighted=iou_weighted, reduce=reduce, need_grad=need_grad, need_norms=need_norms,
+        )  # fmt: skip
+    else:
+        cdtype = scale.dtype
+
+        def as_tensor(value: float) -> Tensor:
+            return torch.full((), value, dtype=cdtype, device=logits.device)
+
+        run = inductor_loss_and_grad if impl == "inductor" else fused_loss_and_grad
+        loss, grad, norms = run(
+            logits, target, labels, scores, pos_weight, weight,
+            as_tensor(exponent), as_tensor(alpha), as_tensor(alpha_offset), as_tensor(alpha_slope),
+            torch.full((), iou_weighted, dtype=torch.bool, device=logits.device), scale,
+            kind, reduce, need_grad, power_form(exponent), need_norms,
+        )  # fmt: skip
+    grad = logits.new_empty((0,)) if grad is None else _like_logits(grad, logits)
+    if not reduce:
+        loss = _like_logits(loss, logits)
+    return loss, grad, norms
 
 
 def _forward_impl(
@@ -61,41 +135,10 @@ def _forward_impl(
 
     ``alpha < 0`` means no alpha (qfl, focal); ``avg_value < 0`` means no float avg_factor.
     """
-    reduce = reduction != "none"
-    scale = _scale(logits, reduction, avg_factor, avg_value)
-    if impl == "inductor" and labels is not None:
-        # Inductor generates different code (vectorisation, reduction order) for the sparse and the dense graph,
-        # which then differ in the last bit: build the dense target, as the reference does, so that both forms
-        # run the same compiled code and give the same bits. Eager and Triton compute t in place, identically.
-        target = densify(labels, scores, logits.shape, scores.dtype)  # type: ignore[arg-type,union-attr]  # scores come with labels
-        labels = scores = None
-    has_alpha = alpha >= 0
-    alpha_offset = 1.0 - alpha if has_alpha else 1.0
-    alpha_slope = 2.0 * alpha - 1.0 if has_alpha else 0.0
-    if impl == "triton":
-        from ._triton import triton_loss_and_grad
-
-        loss, grad = triton_loss_and_grad(
-            logits, target, labels, scores, pos_weight, weight, scale,
-            kind=kind, exponent=exponent, alpha=alpha, alpha_offset=alpha_offset, alpha_slope=alpha_slope,
-            iou_weighted=iou_weighted, reduce=reduce, need_grad=need_grad,
-        )  # fmt: skip
-    else:
-        cdtype = scale.dtype
-
-        def as_tensor(value: float) -> Tensor:
-            return torch.full((), value, dtype=cdtype, device=logits.device)
-
-        run = inductor_loss_and_grad if impl == "inductor" else fused_loss_and_grad
-        loss, grad = run(
-            logits, target, labels, scores, pos_weight, weight,
-            as_tensor(exponent), as_tensor(alpha), as_tensor(alpha_offset), as_tensor(alpha_slope),
-            torch.full((), iou_weighted, dtype=torch.bool, device=logits.device), scale,
-            kind, reduce, need_grad,
-        )  # fmt: skip
-    grad = logits.new_empty((0,)) if grad is None else _like_logits(grad, logits)
-    if not reduce:
-        loss = _like_logits(loss, logits)
+    loss, grad, _ = _run(
+        logits, target, labels, scores, pos_weight, weight, avg_factor, kind, exponent, alpha, iou_weighted,
+        reduction, avg_value, need_grad, impl, need_norms=False,
+    )  # fmt: skip
     return loss, grad
 
 
@@ -119,12 +162,12 @@ _TENSORS = tuple(n for n, p in _SIGNATURE.parameters.items() if "Tensor" in str(
 _ATTRS = tuple(n for n in _SIGNATURE.parameters if n not in _TENSORS)
 
 
-def _bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _bind(args: tuple, kwargs: dict) -> dict:
     """The op's arguments by name, however they were passed."""
     return dict(_SIGNATURE.bind(*args, **kwargs).arguments)
 
 
-def _spec(attrs: dict[str, Any]) -> LossSpec:
+def _spec(attrs: dict) -> LossSpec:
     alpha = attrs["alpha"]
     return LossSpec(
         kind=attrs["kind"],
@@ -135,11 +178,26 @@ def _spec(attrs: dict[str, Any]) -> LossSpec:
     )
 
 
+def _forward_norms_impl(*args, **kwargs) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_forward_impl`'s outputs and ``[||d loss / d logits||^2, ||d BCE / d logits||^2]`` (float64) from
+    the same pass, the BCE with the loss's ``pos_weight``, ``weight`` and reduction."""
+    return _run(**_bind(args, kwargs), need_norms=True)
+
+
+_forward_norms_impl.__signature__ = _SIGNATURE.replace(return_annotation=tuple[Tensor, Tensor, Tensor])
+
 fused_loss_op = torch.library.custom_op("qfocal::fused_loss", _forward_impl, mutates_args=())
+fused_loss_norms_op = torch.library.custom_op(
+    "qfocal::fused_loss_norms", _forward_norms_impl, mutates_args=()
+)
+
+
+def _norms_dtype(logits: Tensor) -> torch.dtype:
+    return torch.float64 if logits.device.type in ("cpu", "cuda") else compute_dtype(logits.dtype)
 
 
 @fused_loss_op.register_fake
-def _fake(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+def _fake(*args, **kwargs):
     a = _bind(args, kwargs)
     logits = a["logits"]
     # the layout of empty_like(logits), as _forward_impl returns: a permuted input keeps its strides
@@ -148,22 +206,13 @@ def _fake(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
     return loss, grad
 
 
-class _Ctx(Protocol):
-    """The autograd context as this op uses it: torch's, with the attributes _setup_context sets."""
-
-    attrs: dict[str, Any]
-    traced: bool
-    grad: Optional[Tensor]
-    consumed: bool
-    saved_tensors: tuple[Tensor, ...]
-    needs_input_grad: tuple[bool, ...]
-
-    def set_materialize_grads(self, value: bool) -> None: ...
-
-    def save_for_backward(self, *tensors: Optional[Tensor]) -> None: ...
+@fused_loss_norms_op.register_fake
+def _fake_norms(*args, **kwargs):
+    logits = _bind(args, kwargs)["logits"]
+    return (*_fake(*args, **kwargs), logits.new_empty((2,), dtype=_norms_dtype(logits)))
 
 
-def _setup_context(ctx: _Ctx, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+def _setup_context(ctx, inputs, output) -> None:
     a = dict(zip(_SIGNATURE.parameters, inputs, strict=True))
     ctx.set_materialize_grads(False)  # else autograd allocates zeros for the unused gradient output
     ctx.attrs = {n: a[n] for n in _ATTRS}
@@ -175,6 +224,8 @@ def _setup_context(ctx: _Ctx, inputs: tuple[Any, ...], output: tuple[Tensor, Ten
         ctx.save_for_backward(*(a[n] for n in _TENSORS))
         ctx.grad = output[1]  # not saved_tensors: eager backward scales it in place, see _backward
     ctx.consumed = False
+    if len(output) > 2:  # fused_loss_norms: the norms are statistics, not a function to differentiate
+        ctx.mark_non_differentiable(output[2])
 
 
 def _traced(t: Tensor) -> bool:
@@ -182,12 +233,11 @@ def _traced(t: Tensor) -> bool:
     return torch.compiler.is_compiling() or is_fake(t)
 
 
-def _reference_grad(ctx: _Ctx, tensors: dict[str, Any], grad_loss: Tensor, create_graph: bool) -> Tensor:
+def _reference_grad(ctx, tensors: dict, grad_loss: Tensor, create_graph: bool) -> Tensor:
     """d loss / d logits through the reference math, differentiable again (double backward)."""
     avg_value = ctx.attrs["avg_value"]
     if tensors["avg_factor"] is None and avg_value >= 0:
         tensors = {**tensors, "avg_factor": avg_value}
-    grad: Tensor
     with torch.enable_grad():
         loss = reference_loss(_spec(ctx.attrs), **tensors)
         (grad,) = torch.autograd.grad(
@@ -196,20 +246,18 @@ def _reference_grad(ctx: _Ctx, tensors: dict[str, Any], grad_loss: Tensor, creat
     return grad
 
 
-def _backward(
-    ctx: _Ctx, grad_loss: Optional[Tensor], _grad_of_grad: Optional[Tensor]
-) -> tuple[Optional[Tensor], ...]:
+def _backward(ctx, grad_loss: Optional[Tensor], _grad_of_grad: Optional[Tensor], *_grad_of_norms):
     grads = dict.fromkeys(_SIGNATURE.parameters)
     if grad_loss is not None and ctx.needs_input_grad[0]:
         grads["logits"] = _logits_grad(ctx, grad_loss)
     return tuple(grads.values())
 
 
-def _saved(ctx: _Ctx) -> dict[str, Any]:
+def _saved(ctx) -> dict:
     return dict(zip(_TENSORS, ctx.saved_tensors[: len(_TENSORS)], strict=True))
 
 
-def _logits_grad(ctx: _Ctx, grad_loss: Tensor) -> Tensor:
+def _logits_grad(ctx, grad_loss: Tensor) -> Tensor:
     if ctx.traced:
         return ctx.saved_tensors[-1] * grad_loss  # traced by AOTAutograd: Inductor plans the memory itself
     if torch.is_grad_enabled():  # create_graph=True: differentiate the reference math instead
@@ -226,7 +274,7 @@ def _logits_grad(ctx: _Ctx, grad_loss: Tensor) -> Tensor:
     if ctx.consumed:
         _, grad = _forward_impl(**_saved(ctx), **{**ctx.attrs, "need_grad": True})
     else:
-        grad, ctx.grad, ctx.consumed = ctx.grad, None, True  # type: ignore[assignment]  # set until consumed
+        grad, ctx.grad, ctx.consumed = ctx.grad, None, True
     if grad_loss.numel() != 1:
         grad.mul_(grad_loss)
     elif grad_loss.device.type == "cpu":
@@ -242,6 +290,7 @@ def _logits_grad(ctx: _Ctx, grad_loss: Tensor) -> Tensor:
 
 
 fused_loss_op.register_autograd(_backward, setup_context=_setup_context)
+fused_loss_norms_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _functorch_active() -> bool:
@@ -250,7 +299,7 @@ def _functorch_active() -> bool:
     return current_level is not None and current_level() is not None
 
 
-def _under_transform(logits: Tensor, tensors: LossTensors) -> bool:
+def _under_transform(logits: Tensor, tensors: dict) -> bool:
     """Whether forward-mode AD or a functorch transform (vmap, grad, jvp, jacrev, hessian, ...) sees this call.
 
     The op differentiates in reverse mode only: torch.library's ``register_autograd`` has no forward rule (forward
@@ -271,7 +320,7 @@ def _under_transform(logits: Tensor, tensors: LossTensors) -> bool:
     )
 
 
-def _needs_reference(impl: str, logits: Tensor, tensors: LossTensors) -> bool:
+def _needs_reference(impl: str, logits: Tensor, tensors: dict) -> bool:
     if logits.dtype not in _SUPPORTED_DTYPES or logits.numel() == 0:
         return True
     if _under_transform(logits, tensors):
@@ -283,6 +332,61 @@ def _needs_reference(impl: str, logits: Tensor, tensors: LossTensors) -> bool:
     return False
 
 
+@dataclasses.dataclass(frozen=True)
+class GradNorms:
+    """What one fused call reports inside :func:`capture_grad_norms`: its inputs as the op received them, its
+    output, and the squared norms of two gradients with respect to ``logits`` from the same pass.
+
+    ``own_sq`` is ``||d sum(loss) / d logits||^2`` (weights and reduction as the loss applies them, in the
+    compute dtype before any cast to ``logits``'s dtype); ``bce_sq`` is the same for BCE with logits on the same
+    logits and target, with this call's ``pos_weight``, ``weight`` and reduction (``sigmoid(x) - t`` for plain
+    BCE). Both are 0-dim float64 tensors on ``logits``'s device (no host synchronisation).
+    """
+
+    loss: Tensor
+    logits: Tensor
+    target: Optional[Tensor]
+    pos_weight: Optional[Tensor]
+    weight: Optional[Tensor]
+    reduction: str
+    avg_factor: object
+    own_sq: Tensor
+    bce_sq: Tensor
+
+
+_NORM_SINK: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("qfocal_norm_sink", default=None)
+
+
+@contextlib.contextmanager
+def capture_grad_norms() -> Iterator[list[GradNorms]]:
+    """Collect, in the list it yields, a :class:`GradNorms` for every fused call of a qfocal loss inside.
+
+    Calls that run the reference math (backend ``"reference"``, ``"auto"`` below its size threshold or in its
+    warm-up, empty inputs, gradients for targets or weights, functorch transforms and forward-mode AD) and calls
+    traced by ``torch.compile`` add nothing. The loss and its gradient are those of an ordinary call, bit for bit.
+
+    Example:
+        >>> import torch, qfocal
+        >>> from qfocal.ops import capture_grad_norms
+        >>> x = torch.randn(8, 3, requires_grad=True)
+        >>> with qfocal.backend("eager"), capture_grad_norms() as norms:
+        ...     loss = qfocal.quality_focal_loss(x, torch.rand(8, 3))
+        >>> gain = (norms[0].bce_sq / norms[0].own_sq).sqrt()
+    """
+    sink: list[GradNorms] = []
+    token = _NORM_SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _NORM_SINK.reset(token)
+
+
+def _norm_sink() -> Optional[list]:
+    if torch.compiler.is_compiling():  # a traced graph has no place for a side channel
+        return None
+    return _NORM_SINK.get()
+
+
 def fused_loss(
     spec: LossSpec,
     logits: Tensor,
@@ -292,14 +396,14 @@ def fused_loss(
     scores: Optional[Tensor] = None,
     pos_weight: Optional[Tensor] = None,
     weight: Optional[Tensor] = None,
-    avg_factor: float | Tensor | None = None,
+    avg_factor=None,
     impl: str,
 ) -> Tensor:
     """The fused loss with the contract of :func:`qfocal._reference.reference_loss`; ``impl`` is one of
-    ``FUSED_IMPLS`` (eager, inductor, triton)."""
+    ``FUSED_IMPLS`` (eager, inductor, triton). Inside :func:`capture_grad_norms` it also reports the norms."""
     if impl not in FUSED_IMPLS:
         raise ValueError(f"impl: expected one of {FUSED_IMPLS}, got {impl!r}")
-    tensors: LossTensors = {
+    tensors = {
         "target": target, "labels": labels, "scores": scores,
         "pos_weight": pos_weight, "weight": weight, "avg_factor": avg_factor,
     }  # fmt: skip
@@ -307,14 +411,22 @@ def fused_loss(
         return reference_loss(spec, logits, **tensors)
     avg_tensor = avg_factor if isinstance(avg_factor, Tensor) else None
     avg_value = float(avg_factor) if avg_factor is not None and avg_tensor is None else -1.0
-    loss: Tensor
-    loss, _ = fused_loss_op(
+    sink = _norm_sink()
+    outputs = (fused_loss_op if sink is None else fused_loss_norms_op)(
         logits=logits, **{**tensors, "avg_factor": avg_tensor},
         kind=spec.kind, exponent=float(spec.exponent),
         alpha=-1.0 if spec.alpha is None else float(spec.alpha),
         iou_weighted=bool(spec.iou_weighted), reduction=spec.reduction, avg_value=avg_value,
         need_grad=torch.is_grad_enabled() and logits.requires_grad, impl=impl,
     )  # fmt: skip
+    loss = outputs[0]
     if avg_tensor is not None and spec.reduction == "mean" and avg_tensor.dim() > 0:
         loss = loss.reshape(avg_tensor.shape)  # the reference's sum / avg_factor broadcasts to its shape
+    if sink is not None:
+        own_sq, bce_sq = outputs[2].unbind()
+        dense = target if labels is None else None
+        record = GradNorms(
+            loss, logits, dense, pos_weight, weight, spec.reduction, avg_factor, own_sq, bce_sq
+        )
+        sink.append(record)
     return loss

@@ -15,7 +15,7 @@ from ..._checks import _check_real
 from ..._names import loss_entry, loss_name
 from ...modules import FocalLoss, QFocalLoss, VarifocalLoss
 from .._cli_args import YOLOV5_LOSSES
-from .._gain import AUTO, check_gain, matched_gain
+from .._gain import AUTO, check_gain, loss_and_gain
 
 __all__ = ["LOSSES", "LOSS_KEYS", "ComputeLoss", "build_criterion", "criterion_options"]
 
@@ -322,16 +322,18 @@ class ComputeLoss:
 
     @staticmethod
     def _balanced(
-        value: Tensor,
         gain: float | None,
         criterion: Callable[[Tensor, Tensor], Tensor],
         reference: Callable[[Tensor, Tensor], Tensor],
         pred: Tensor,
         true: Tensor,
-    ) -> Tensor:
-        if gain is None:
-            return value * matched_gain(criterion, reference, pred, true)
-        return value if gain == 1.0 else value * gain  # no multiply at all for 1: BCE stays bit-identical
+    ) -> tuple[Tensor, Tensor]:
+        """The term times its gain, and the term alone."""
+        if gain is None:  # the loss's own pass gives the norms where it can (loss_and_gain)
+            value, auto = loss_and_gain(criterion, reference, pred, true)
+            return value * auto, value
+        value = criterion(pred, true)
+        return (value if gain == 1.0 else value * gain), value  # no multiply for 1: BCE stays bit-identical
 
     def __call__(self, p: Sequence[Tensor], targets: Tensor) -> tuple[Tensor, Tensor]:
         lbox, lobj, lcls = self.terms(p, targets)
@@ -368,15 +370,11 @@ class ComputeLoss:
                     t = torch.full_like(pcls, self.cn, device=self.device)
                     t[range(n), tcls[i]] = self.cp
                     pcls, t = pcls.float(), t.float()  # fp32 under autocast, as BCE is
-                    lcls += self._balanced(
-                        self.BCEcls(pcls, t), self.cls_gain, self.BCEcls, self._bce_cls, pcls, t
-                    )
+                    lcls += self._balanced(self.cls_gain, self.BCEcls, self._bce_cls, pcls, t)[0]
 
             pobj, tobj = pi[..., 4].float(), tobj.float()
-            obji = self.BCEobj(pobj, tobj)
-            lobj += (
-                self._balanced(obji, self.obj_gain, self.BCEobj, self._bce_obj, pobj, tobj) * self.balance[i]
-            )
+            balanced, obji = self._balanced(self.obj_gain, self.BCEobj, self._bce_obj, pobj, tobj)
+            lobj += balanced * self.balance[i]
             if self.autobalance:
                 self.balance[i] = self.balance[i] * 0.9999 + 0.0001 / obji.detach().item()
 
