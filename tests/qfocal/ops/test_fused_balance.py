@@ -301,7 +301,7 @@ def test_triton_norms_and_closed_forms_under_interpreter():
 _PEAK_SCRIPT = textwrap.dedent(
     """
     import contextlib, torch, qfocal
-    from qfocal.bench.losses import _CpuPeak
+    from qfocal_lab.bench.losses import _CpuPeak
     from qfocal.ops import capture_grad_norms
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)
