@@ -25,8 +25,9 @@ focal loss still decide which anchors and classes the gradient goes to (the focu
 size of the step is BCE's, the one the framework's gains were tuned for, at every step and not only at
 initialisation. The gain is detached (a loss scale like ``hyp['cls']``, not part of the loss's gradient). It is
 computed on the device without a host synchronisation. It is capped at :data:`MAX_GAIN` for batches where the
-loss's gradient underflows. The cost per step is one more elementwise evaluation of BCE and of the loss, with their
-gradients.
+loss's gradient underflows. Where the loss runs on the fused op, its own pass returns both gradient norms (no second
+evaluation, no copy: :func:`qfocal.integrations._gain.loss_and_gain`); elsewhere the gain costs one more elementwise
+evaluation of BCE and of the loss, with their gradients (:func:`matched_gain`, the definition).
 
 Overrides: a number is a fixed multiplier of the term. ``1.0`` is the unbalanced criterion, as before this rule.
 ``bce`` is never touched: with ``"auto"`` its gain is exactly 1 and no multiply is done, so the numbers stay
