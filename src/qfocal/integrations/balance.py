@@ -26,7 +26,7 @@ size of the step is BCE's, the one the framework's gains were tuned for, at ever
 initialisation. The gain is detached (a loss scale like ``hyp['cls']``, not part of the loss's gradient). It is
 computed on the device without a host synchronisation. It is capped at :data:`MAX_GAIN` for batches where the
 loss's gradient underflows. Where the loss runs on the fused op, its own pass returns both gradient norms (no second
-evaluation, no copy: :func:`qfocal.integrations._gain.loss_and_gain`); elsewhere the gain costs one more elementwise
+evaluation, no copy: :func:`loss_and_gain`); elsewhere the gain costs one more elementwise
 evaluation of BCE and of the loss, with their gradients (:func:`matched_gain`, the definition).
 
 Overrides: a number is a fixed multiplier of the term. ``1.0`` is the unbalanced criterion, as before this rule.
@@ -40,6 +40,6 @@ run and plots them (``benchmarks/loss_balance.py``, docs/balance.md).
 
 from __future__ import annotations
 
-from ._gain import AUTO, MAX_GAIN, check_gain, gain_label, matched_gain
+from ._gain import AUTO, MAX_GAIN, check_gain, gain_label, loss_and_gain, matched_gain
 
-__all__ = ["AUTO", "MAX_GAIN", "check_gain", "gain_label", "matched_gain"]
+__all__ = ["AUTO", "MAX_GAIN", "check_gain", "gain_label", "loss_and_gain", "matched_gain"]
