@@ -91,6 +91,36 @@ def _bce(pos_weight: Tensor) -> Callable:
     return lambda x, t, label: F.binary_cross_entropy_with_logits(x, t)
 
 
+def _bce_compiled(pos_weight: Tensor) -> Callable:
+    """BCE under ``torch.compile``: one fused pass for the loss and one for its gradient, the least any
+    focal-family loss must compute (the floor the fused op is measured against)."""
+    compiled = torch.compile(lambda x, t: F.binary_cross_entropy_with_logits(x, t), dynamic=False)
+    return lambda x, t, label: compiled(x, t)
+
+
+def _criterion(gain: str | float) -> Callable:
+    """The criterion the YOLOv5 / Ultralytics integrations run for ``qfl`` (QualityFocalLoss, beta 2, mean; value
+    checks on, as by default) times its gain: ``"auto"`` balances it to BCE's gradient norm on every call
+    (:func:`qfocal.integrations.balance.loss_and_gain`), 1.0 leaves it as it is."""
+
+    def make(pos_weight: Tensor) -> Callable:
+        import qfocal
+        from qfocal.integrations.balance import loss_and_gain
+
+        qfl, bce = qfocal.QualityFocalLoss(beta=2.0), torch.nn.BCEWithLogitsLoss()
+
+        def run(x: Tensor, t: Tensor, label: Tensor) -> Tensor:
+            with _qfocal_mode("fused", True):
+                if gain == "auto":
+                    loss, g = loss_and_gain(qfl, bce, x, t)
+                    return loss * g
+                return qfl(x, t)
+
+        return run
+
+    return make
+
+
 def _copy(pos_weight: Tensor) -> Callable:
     out: dict[str, Tensor] = {}
 
@@ -140,7 +170,19 @@ PROVIDERS: dict[str, tuple[str, Callable]] = {
     "torchvision-focal": ("torchvision.ops.sigmoid_focal_loss(alpha=0.25, gamma=2, mean)", _torchvision),
     "ultralytics-vfl": ("ultralytics.utils.loss.VarifocalLoss(gamma=2, alpha=0.75)", _ultralytics),
     "kornia-focal": ("kornia.losses.binary_focal_loss_with_logits(alpha=0.25, gamma=2, mean)", _kornia),
+    "qfocal-criterion": (
+        "qfocal.QualityFocalLoss(beta=2), mean, checks on: the integrations' qfl criterion at gain 1",
+        _criterion(1.0),
+    ),
+    "qfocal-criterion-auto": (
+        "the same balanced to BCE's gradient norm on every call (cls_gain / obj_gain 'auto', the default)",
+        _criterion("auto"),
+    ),
     "bce": ("torch.nn.functional.binary_cross_entropy_with_logits (eager, mean)", _bce),
+    "bce-compiled": (
+        "torch.compile(binary_cross_entropy_with_logits): the floor of any focal-family loss",
+        _bce_compiled,
+    ),
     "copy": ("device copy of the logits into a preallocated buffer (bandwidth yardstick, fwd only)", _copy),
 }
 
