@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # at run time the ops are imported where used (they may not be built into this install)
+    from ..ops import GradNorms
 
 __all__ = ["AUTO", "MAX_GAIN", "check_gain", "gain_label", "loss_and_gain", "matched_gain"]
 
@@ -143,7 +147,7 @@ def loss_and_gain(
     return value, matched_gain(loss, reference, pred, target, max_gain=max_gain)
 
 
-def _fusable(record, value: Tensor, reference: object, pred: Tensor, target: Tensor) -> bool:
+def _fusable(record: GradNorms, value: Tensor, reference: object, pred: Tensor, target: Tensor) -> bool:
     """Whether the fused call ``record`` computed ``value`` from ``pred`` and ``target`` as they are, and its BCE
     norm is that of ``reference``."""
     if record.loss is not value or record.logits is not pred or record.target is not target:
@@ -162,7 +166,7 @@ def _same(a: Tensor | None, b: Tensor | None) -> bool:
         return True
     try:
         if a is None or b is None:
-            return bool(((b if a is None else a) == 1).all())
+            return bool((cast(Tensor, b if a is None else a) == 1).all())  # one of them is set (a is not b)
         common = torch.broadcast_shapes(a.shape, b.shape)  # both broadcast to shape: compare them here
         return bool((a.expand(common) == b.to(a.device).expand(common)).all())
     except RuntimeError:  # shapes that do not broadcast together: not the same

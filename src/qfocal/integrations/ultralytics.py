@@ -35,7 +35,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -121,7 +121,7 @@ class _ElementwiseCls(nn.Module):
         if self.gain is None:  # the loss's own pass gives the norms where it can (loss_and_gain)
             loss, gain = loss_and_gain(self.loss, self.reference, pred, target)
             return loss * gain
-        loss = self.loss(pred, target)
+        loss = cast(Tensor, self.loss(pred, target))  # nn.Module's __call__ returns Any
         return loss if self.gain == 1.0 else loss * self.gain
 
 

@@ -33,6 +33,7 @@ import contextlib
 import threading
 import warnings
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -43,7 +44,7 @@ from ._math import fused_loss_and_grad
 _RECOMPILE_LIMIT = 64
 
 _lock = threading.Lock()
-_compiled: Callable | None = None
+_compiled: Callable[..., tuple[Tensor, Tensor | None, Tensor | None]] | None = None
 _broken: str | None = None
 _limit_calls = 0  # calls that ran eagerly because the cache was full
 
@@ -58,15 +59,16 @@ def eager_fallbacks() -> int:
     return _limit_calls
 
 
-def _limit_patch() -> contextlib.AbstractContextManager:
+def _limit_patch() -> contextlib.AbstractContextManager[object]:
     config = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):  # renamed in torch 2.7
         if hasattr(config, name):
-            return config.patch({name: max(getattr(config, name), _RECOMPILE_LIMIT)})
+            patch = config.patch({name: max(getattr(config, name), _RECOMPILE_LIMIT)})
+            return cast("contextlib.AbstractContextManager[object]", patch)  # torch's config.patch is untyped
     return contextlib.nullcontext()
 
 
-def _get_compiled() -> Callable:
+def _get_compiled() -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None]]:
     global _compiled
     with _lock:
         if _compiled is None:
@@ -84,13 +86,17 @@ def _spread(b: Tensor | None, layout: str, n: int) -> Tensor | None:
     """A weight given compactly, as the 1-D logits' ``n`` values: per class ``(C,)`` or per row ``(rows,)``;
     an index expression for Inductor, no buffer."""
     if layout == "col":
+        b = cast(Tensor, b)  # "col" and "row" come with a weight
         return b.unsqueeze(0).expand(n // b.shape[0], b.shape[0]).reshape(n)
     if layout == "row":
+        b = cast(Tensor, b)
         return b.unsqueeze(1).expand(b.shape[0], n // b.shape[0]).reshape(n)
     return b
 
 
-def _flat_loss_and_grad(*args, layouts: tuple[str, str] = ("", "")):
+def _flat_loss_and_grad(
+    *args: Any, layouts: tuple[str, str] = ("", "")
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """:func:`fused_loss_and_grad` on 1-D logits and target, its weights spread from their compact forms (the
     compiled function; ``layouts`` as :func:`_compact` gives them), or on its arguments as they are."""
     if layouts != ("", ""):
@@ -130,7 +136,7 @@ def _flat(t: Tensor) -> Tensor | None:
         return None
 
 
-def _canonical(args: tuple) -> tuple[tuple, dict, torch.Size | None]:
+def _canonical(args: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[str, Any], torch.Size | None]:
     """``args`` with logits and target as 1-D views and the weights compact (:func:`_compact`) where a view
     allows it; else as they are. Detached in every case: dynamo guards on a view's base, which would make every
     rank its own graph."""
@@ -138,7 +144,7 @@ def _canonical(args: tuple) -> tuple[tuple, dict, torch.Size | None]:
     detached = tuple(
         None if t is None else t.detach() for t in (x, target, labels, scores, pos_weight, weight)
     )
-    as_they_are = (*detached, *args[6:]), {}, None
+    as_they_are: tuple[tuple[Any, ...], dict[str, Any], torch.Size | None] = (*detached, *args[6:]), {}, None
     if labels is not None or target is None:
         return as_they_are
     x1, t1 = _flat(x), _flat(target)
@@ -150,12 +156,12 @@ def _canonical(args: tuple) -> tuple[tuple, dict, torch.Size | None]:
     compact = [_compact(b, shape, rows, cols) for b in (pos_weight, weight)]
     if any(c is None for c in compact):
         return as_they_are
-    (pw, pw_layout), (w, w_layout) = compact
+    (pw, pw_layout), (w, w_layout) = cast("list[tuple[Tensor | None, str]]", compact)  # no None (checked)
     flat = [None if t is None else t.detach() for t in (x1, t1, None, None, pw, w)]
     return (*flat, *args[6:]), {"layouts": (pw_layout, w_layout)}, shape
 
 
-def _compiled_call(args: tuple):
+def _compiled_call(args: tuple[Any, ...]) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The compiled math on ``args``, in 1-D form where the inputs allow it."""
     args2, kwargs, shape = _canonical(args)
     loss, grad, norms = _get_compiled()(*args2, **kwargs)
@@ -170,7 +176,7 @@ def _compiled_call(args: tuple):
     )
 
 
-def inductor_loss_and_grad(*args):
+def inductor_loss_and_grad(*args: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Compiled :func:`fused_loss_and_grad` (positional arguments); eager after a compilation failure (warned
     once), and for a new layout once dynamo's cache for it is full (warned once)."""
     global _broken, _limit_calls

@@ -15,6 +15,8 @@ for ``sigmoid`` and BCE together.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor
 
@@ -63,7 +65,7 @@ def _closed_pow_and_slope(
     half = exponent != k
     root = base.sqrt() if half else None
     # base ** (exponent - 1), as the factors of its product in order
-    factors = [base] * (k - 1) + ([root] if half else [])
+    factors: list[Tensor] = [base] * (k - 1) + ([cast(Tensor, root)] if half else [])
     low = factors[0]
     for f in factors[1:]:
         low = low * f
@@ -76,7 +78,7 @@ def _closed_pow_and_slope(
         for f in factors[1:]:
             low_signed = low_signed * f
     else:  # 1.5: sqrt(|d|) with d's sign (0 at d = 0, as sign(0) * 0)
-        low_signed = torch.copysign(root, signed)
+        low_signed = torch.copysign(cast(Tensor, root), signed)  # half: root is set
     return value, exponent * low_signed
 
 

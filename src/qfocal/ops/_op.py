@@ -27,7 +27,7 @@ import contextvars
 import dataclasses
 import inspect
 from collections.abc import Iterator
-from typing import Optional
+from typing import Any, Optional, cast
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -82,7 +82,8 @@ def _run(
         # Inductor generates different code (vectorisation, reduction order) for the sparse and the dense graph,
         # which then differ in the last bit: build the dense target, as the reference does, so that both forms
         # run the same compiled code and give the same bits. Eager and Triton compute t in place, identically.
-        target = densify(labels, scores, logits.shape, scores.dtype)
+        sparse_scores = cast(Tensor, scores)  # scores come with labels
+        target = densify(labels, sparse_scores, logits.shape, sparse_scores.dtype)
         labels = scores = None
     has_alpha = alpha >= 0
     alpha_offset = 1.0 - alpha if has_alpha else 1.0
@@ -162,12 +163,12 @@ _TENSORS = tuple(n for n, p in _SIGNATURE.parameters.items() if "Tensor" in str(
 _ATTRS = tuple(n for n in _SIGNATURE.parameters if n not in _TENSORS)
 
 
-def _bind(args: tuple, kwargs: dict) -> dict:
+def _bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """The op's arguments by name, however they were passed."""
     return dict(_SIGNATURE.bind(*args, **kwargs).arguments)
 
 
-def _spec(attrs: dict) -> LossSpec:
+def _spec(attrs: dict[str, Any]) -> LossSpec:
     alpha = attrs["alpha"]
     return LossSpec(
         kind=attrs["kind"],
@@ -178,13 +179,16 @@ def _spec(attrs: dict) -> LossSpec:
     )
 
 
-def _forward_norms_impl(*args, **kwargs) -> tuple[Tensor, Tensor, Tensor]:
+def _forward_norms_impl(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`_forward_impl`'s outputs and ``[||d loss / d logits||^2, ||d BCE / d logits||^2]`` (float64) from
     the same pass, the BCE with the loss's ``pos_weight``, ``weight`` and reduction."""
-    return _run(**_bind(args, kwargs), need_norms=True)
+    # need_norms: the third output is set
+    return cast("tuple[Tensor, Tensor, Tensor]", _run(**_bind(args, kwargs), need_norms=True))
 
 
-_forward_norms_impl.__signature__ = _SIGNATURE.replace(return_annotation=tuple[Tensor, Tensor, Tensor])
+_forward_norms_impl.__signature__ = _SIGNATURE.replace(  # type: ignore[attr-defined]  # torch.library reads it
+    return_annotation=tuple[Tensor, Tensor, Tensor]
+)
 
 fused_loss_op = torch.library.custom_op("qfocal::fused_loss", _forward_impl, mutates_args=())
 fused_loss_norms_op = torch.library.custom_op(
@@ -197,7 +201,7 @@ def _norms_dtype(logits: Tensor) -> torch.dtype:
 
 
 @fused_loss_op.register_fake
-def _fake(*args, **kwargs):
+def _fake(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
     a = _bind(args, kwargs)
     logits = a["logits"]
     # the layout of empty_like(logits), as _forward_impl returns: a permuted input keeps its strides
@@ -207,12 +211,12 @@ def _fake(*args, **kwargs):
 
 
 @fused_loss_norms_op.register_fake
-def _fake_norms(*args, **kwargs):
+def _fake_norms(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor, Tensor]:
     logits = _bind(args, kwargs)["logits"]
     return (*_fake(*args, **kwargs), logits.new_empty((2,), dtype=_norms_dtype(logits)))
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
     a = dict(zip(_SIGNATURE.parameters, inputs, strict=True))
     ctx.set_materialize_grads(False)  # else autograd allocates zeros for the unused gradient output
     ctx.attrs = {n: a[n] for n in _ATTRS}
@@ -233,11 +237,12 @@ def _traced(t: Tensor) -> bool:
     return torch.compiler.is_compiling() or is_fake(t)
 
 
-def _reference_grad(ctx, tensors: dict, grad_loss: Tensor, create_graph: bool) -> Tensor:
+def _reference_grad(ctx: Any, tensors: dict[str, Any], grad_loss: Tensor, create_graph: bool) -> Tensor:
     """d loss / d logits through the reference math, differentiable again (double backward)."""
     avg_value = ctx.attrs["avg_value"]
     if tensors["avg_factor"] is None and avg_value >= 0:
         tensors = {**tensors, "avg_factor": avg_value}
+    grad: Tensor
     with torch.enable_grad():
         loss = reference_loss(_spec(ctx.attrs), **tensors)
         (grad,) = torch.autograd.grad(
@@ -246,20 +251,22 @@ def _reference_grad(ctx, tensors: dict, grad_loss: Tensor, create_graph: bool) -
     return grad
 
 
-def _backward(ctx, grad_loss: Optional[Tensor], _grad_of_grad: Optional[Tensor], *_grad_of_norms):
+def _backward(
+    ctx: Any, grad_loss: Optional[Tensor], _grad_of_grad: Optional[Tensor], *_grad_of_norms: Optional[Tensor]
+) -> tuple[Optional[Tensor], ...]:
     grads = dict.fromkeys(_SIGNATURE.parameters)
     if grad_loss is not None and ctx.needs_input_grad[0]:
         grads["logits"] = _logits_grad(ctx, grad_loss)
     return tuple(grads.values())
 
 
-def _saved(ctx) -> dict:
+def _saved(ctx: Any) -> dict[str, Any]:
     return dict(zip(_TENSORS, ctx.saved_tensors[: len(_TENSORS)], strict=True))
 
 
-def _logits_grad(ctx, grad_loss: Tensor) -> Tensor:
-    if ctx.traced:
-        return ctx.saved_tensors[-1] * grad_loss  # traced by AOTAutograd: Inductor plans the memory itself
+def _logits_grad(ctx: Any, grad_loss: Tensor) -> Tensor:
+    if ctx.traced:  # traced by AOTAutograd: Inductor plans the memory itself
+        return cast(Tensor, ctx.saved_tensors[-1]) * grad_loss
     if torch.is_grad_enabled():  # create_graph=True: differentiate the reference math instead
         return _reference_grad(ctx, _saved(ctx), grad_loss, create_graph=True)
     if _functorch_active() or not torch._C._has_storage(grad_loss):
@@ -299,7 +306,7 @@ def _functorch_active() -> bool:
     return current_level is not None and current_level() is not None
 
 
-def _under_transform(logits: Tensor, tensors: dict) -> bool:
+def _under_transform(logits: Tensor, tensors: dict[str, Any]) -> bool:
     """Whether forward-mode AD or a functorch transform (vmap, grad, jvp, jacrev, hessian, ...) sees this call.
 
     The op differentiates in reverse mode only: torch.library's ``register_autograd`` has no forward rule (forward
@@ -320,7 +327,7 @@ def _under_transform(logits: Tensor, tensors: dict) -> bool:
     )
 
 
-def _needs_reference(impl: str, logits: Tensor, tensors: dict) -> bool:
+def _needs_reference(impl: str, logits: Tensor, tensors: dict[str, Any]) -> bool:
     if logits.dtype not in _SUPPORTED_DTYPES or logits.numel() == 0:
         return True
     if _under_transform(logits, tensors):
@@ -354,7 +361,9 @@ class GradNorms:
     bce_sq: Tensor
 
 
-_NORM_SINK: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("qfocal_norm_sink", default=None)
+_NORM_SINK: contextvars.ContextVar[Optional[list[GradNorms]]] = contextvars.ContextVar(
+    "qfocal_norm_sink", default=None
+)
 
 
 @contextlib.contextmanager
@@ -381,7 +390,7 @@ def capture_grad_norms() -> Iterator[list[GradNorms]]:
         _NORM_SINK.reset(token)
 
 
-def _norm_sink() -> Optional[list]:
+def _norm_sink() -> Optional[list[GradNorms]]:
     if torch.compiler.is_compiling():  # a traced graph has no place for a side channel
         return None
     return _NORM_SINK.get()
@@ -396,14 +405,14 @@ def fused_loss(
     scores: Optional[Tensor] = None,
     pos_weight: Optional[Tensor] = None,
     weight: Optional[Tensor] = None,
-    avg_factor=None,
+    avg_factor: float | Tensor | None = None,
     impl: str,
 ) -> Tensor:
     """The fused loss with the contract of :func:`qfocal._reference.reference_loss`; ``impl`` is one of
     ``FUSED_IMPLS`` (eager, inductor, triton). Inside :func:`capture_grad_norms` it also reports the norms."""
     if impl not in FUSED_IMPLS:
         raise ValueError(f"impl: expected one of {FUSED_IMPLS}, got {impl!r}")
-    tensors = {
+    tensors: dict[str, Any] = {
         "target": target, "labels": labels, "scores": scores,
         "pos_weight": pos_weight, "weight": weight, "avg_factor": avg_factor,
     }  # fmt: skip
@@ -419,7 +428,7 @@ def fused_loss(
         iou_weighted=bool(spec.iou_weighted), reduction=spec.reduction, avg_value=avg_value,
         need_grad=torch.is_grad_enabled() and logits.requires_grad, impl=impl,
     )  # fmt: skip
-    loss = outputs[0]
+    loss: Tensor = outputs[0]
     if avg_tensor is not None and spec.reduction == "mean" and avg_tensor.dim() > 0:
         loss = loss.reshape(avg_tensor.shape)  # the reference's sum / avg_factor broadcasts to its shape
     if sink is not None:
