@@ -31,10 +31,10 @@ import time
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import torch
-from qfocal._machine import cpu_model
 
 import qfocal
 from qfocal.ops import capture_grad_norms
+from qfocal_lab._machine import cpu_model
 from qfocal_lab.bench.losses import _CpuPeak
 
 SHAPES = ((134400, 80), (40000, 1203))

@@ -6,7 +6,7 @@ The criterion is the one Ultralytics' classification term runs with ``cls_loss="
 Providers, all in this one process, interleaved round by round, medians:
 
 - ``fixed``: ``loss(pred, target) * 1.0`` (gain 1);
-- ``auto``: :func:`qfocal.integrations._gain.loss_and_gain`, the norms from the fused op's own pass;
+- ``auto``: :func:`qfocal.integrations.balance.loss_and_gain`, the norms from the fused op's own pass;
 - ``auto-matched``: ``loss * matched_gain(loss, bce, pred, target)``, the rule evaluated again on a copy (the
   integrations' path before issue 23, and still the fallback).
 
@@ -29,11 +29,11 @@ import time
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import torch
-from qfocal._machine import cpu_model
 from torch import nn
 
 import qfocal
-from qfocal.integrations._gain import loss_and_gain, matched_gain
+from qfocal.integrations.balance import loss_and_gain, matched_gain
+from qfocal_lab._machine import cpu_model
 
 
 def _shape(text: str) -> tuple[int, ...]:

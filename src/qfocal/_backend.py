@@ -13,12 +13,14 @@ Names are case-insensitive (:mod:`qfocal._names` holds them).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from torch import Tensor
 
+from ._checks import _check_in_unit_interval, value_checks_enabled
 from ._names import BACKENDS, backend_name
 from ._reference import LossSpec, LossTensors, reference_loss
 
@@ -77,10 +79,20 @@ def fused_impl(logits: Tensor) -> Callable[..., Tensor] | None:
     return select(name, logits)
 
 
-def run_loss(spec: LossSpec, logits: Tensor, **tensors: Unpack[LossTensors]) -> Tensor:
+def run_loss(
+    spec: LossSpec, logits: Tensor, *, check_target: bool = False, **tensors: Unpack[LossTensors]
+) -> Tensor:
     """Compute ``spec`` on validated inputs with the selected backend (``tensors``: those of
-    :func:`qfocal._reference.reference_loss`: target or labels/scores, pos_weight, weight, avg_factor)."""
+    :func:`qfocal._reference.reference_loss`: target or labels/scores, pos_weight, weight, avg_factor).
+
+    ``check_target``: the dense target's value check is left to this call (the fused op does it in its own loop
+    where it can); it runs where :func:`qfocal.value_checks_enabled` says, as it would in the caller."""
+    check = None
+    if check_target and tensors.get("target") is not None and value_checks_enabled():
+        check = functools.partial(_check_in_unit_interval, "target")
     fused = fused_impl(logits)
     if fused is not None:
-        return fused(spec, logits, **tensors)
+        return fused(spec, logits, check_target=check, **tensors)
+    if check is not None:
+        check(cast(Tensor, tensors["target"]))
     return reference_loss(spec, logits, **tensors)

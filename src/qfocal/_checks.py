@@ -204,7 +204,7 @@ def _check_avg_factor(avg_factor: object, reduction: str) -> float | Tensor | No
             raise ValueError(
                 f"avg_factor: expected a number or a one-element tensor, got shape {tuple(avg_factor.shape)}"
             )
-        if value_checks_enabled():  # one host read of one element, like the float's check
+        if value_checks_enabled() and _has_values(avg_factor):  # one host read of one element
             value = float(avg_factor.detach().reshape(()))
             if not value >= 0 or value == float("inf"):
                 raise ValueError(f"avg_factor: expected a value >= 0 and finite, got tensor({value})")
@@ -215,8 +215,13 @@ def _check_avg_factor(avg_factor: object, reduction: str) -> float | Tensor | No
     return value
 
 
+def _has_values(x: Tensor) -> bool:
+    """Whether ``x`` holds values to read: not a meta tensor (shapes only, as under ``torch.device("meta")``)."""
+    return x.device.type != "meta"
+
+
 def _check_in_unit_interval(name: str, x: Tensor) -> None:
-    if not value_checks_enabled() or x.numel() == 0:
+    if not value_checks_enabled() or x.numel() == 0 or not _has_values(x):
         return
     low, high = torch.aminmax(x.detach())  # one pass, two scalars (NaN propagates into both)
     if not (bool(low >= 0) and bool(high <= 1)):
@@ -300,7 +305,7 @@ def _check_sparse_target(target: tuple[object, ...], logits: Tensor) -> tuple[Te
         raise ValueError(f"scores: expected shape ({n},) like labels, got {tuple(scores.shape)}")
     _check_same_device("labels", labels, "logits", logits)
     _check_same_device("scores", scores, "logits", logits)
-    if value_checks_enabled() and n:
+    if value_checks_enabled() and n and _has_values(labels):
         low, high = torch.aminmax(labels)
         if not (int(low) >= 0 and int(high) <= c):
             bad = (labels < 0) | (labels > c)
@@ -312,7 +317,9 @@ def _check_sparse_target(target: tuple[object, ...], logits: Tensor) -> tuple[Te
     return labels, scores
 
 
-def _check_dense_target(target: object, logits: Tensor) -> Tensor:
+def _check_dense_target(target: object, logits: Tensor, *, values: bool = True) -> Tensor:
+    """A dense target's type, device and shape; its values in [0, 1] too unless ``values=False`` (the caller
+    then leaves that check to :func:`qfocal._backend.run_loss`, which the fused op does in its own loop)."""
     if isinstance(target, (tuple, list)):
         raise ValueError(
             "target: a (labels, scores) pair is accepted by quality_focal_loss only; pass a dense tensor"
@@ -320,7 +327,8 @@ def _check_dense_target(target: object, logits: Tensor) -> Tensor:
     target = _check_float_tensor("target", target)
     _check_same_device("target", target, "logits", logits)
     _check_same_shape("target", target, "logits", logits)
-    _check_in_unit_interval("target", target)
+    if values:
+        _check_in_unit_interval("target", target)
     return target
 
 

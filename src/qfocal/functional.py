@@ -38,6 +38,7 @@ from ._checks import (
     _check_sparse_target,
     _check_tensor,
     _check_weight,
+    _has_values,
     refuse_torchscript,
     value_checks_enabled,
 )
@@ -119,11 +120,19 @@ def quality_focal_loss(
         labels, scores = _check_sparse_target(tuple(target), logits)
         targets = {"labels": labels, "scores": scores}
     else:
-        targets = {"target": _check_dense_target(target, logits)}
+        targets = {"target": _check_dense_target(target, logits, values=False)}
     pos_weight = _check_pos_weight(pos_weight, logits.shape, logits)
     weight = _check_weight(weight, logits.shape, logits)
     spec = LossSpec("qfl", exponent, alpha, reduction=reduction)
-    return run_loss(spec, logits, **targets, pos_weight=pos_weight, weight=weight, avg_factor=avg_factor)
+    return run_loss(
+        spec,
+        logits,
+        **targets,
+        pos_weight=pos_weight,
+        weight=weight,
+        avg_factor=avg_factor,
+        check_target="target" in targets,
+    )
 
 
 def sigmoid_focal_loss(
@@ -172,11 +181,19 @@ def sigmoid_focal_loss(
     alpha = _check_alpha(alpha, negative_disables=True)
     reduction = _check_reduction(reduction)
     avg_factor = _check_avg_factor(avg_factor, reduction)
-    target = _check_dense_target(target, logits)
+    target = _check_dense_target(target, logits, values=False)
     pos_weight = _check_pos_weight(pos_weight, logits.shape, logits)
     weight = _check_weight(weight, logits.shape, logits)
     spec = LossSpec("focal", gamma, alpha, reduction=reduction)
-    return run_loss(spec, logits, target=target, pos_weight=pos_weight, weight=weight, avg_factor=avg_factor)
+    return run_loss(
+        spec,
+        logits,
+        target=target,
+        pos_weight=pos_weight,
+        weight=weight,
+        avg_factor=avg_factor,
+        check_target=True,
+    )
 
 
 def varifocal_loss(
@@ -229,10 +246,10 @@ def varifocal_loss(
         raise TypeError(f"iou_weighted: expected a bool, got {type(iou_weighted).__name__}")
     reduction = _check_reduction(reduction)
     avg_factor = _check_avg_factor(avg_factor, reduction)
-    target = _check_dense_target(target, logits)
+    target = _check_dense_target(target, logits, values=False)
     weight = _check_weight(weight, logits.shape, logits)
     spec = LossSpec("vfl", gamma, alpha, iou_weighted, reduction)
-    return run_loss(spec, logits, target=target, weight=weight, avg_factor=avg_factor)
+    return run_loss(spec, logits, target=target, weight=weight, avg_factor=avg_factor, check_target=True)
 
 
 def distribution_focal_loss(
@@ -282,7 +299,7 @@ def distribution_focal_loss(
             f"got {tuple(target.shape)}"
         )
     n = logits.shape[-1] - 1
-    if value_checks_enabled() and target.numel():
+    if value_checks_enabled() and target.numel() and _has_values(target):
         low, high = torch.aminmax(target.detach())  # one pass; NaN fails both comparisons
         if not (bool(low >= 0) and bool(high < n)):
             bad = ~((target >= 0) & (target < n))

@@ -833,3 +833,25 @@ def test_huge_ints_and_loss_weight_in_the_mmdet_plugin():
     x, t = _xt()
     with pytest.raises(ValueError, match="avg_factor: expected a finite number"):
         loss(x.float(), t.float(), avg_factor=_HUGE)
+
+
+@pytest.mark.parametrize("loss", ["qfl", "focal", "vfl", "dfl", "qfl-sparse"])
+def test_meta_tensors_give_shapes_not_a_traceback(loss):
+    """Meta tensors (shapes only, as when a model is built on the meta device) pass the value checks, which have no
+    values to read there, and give a loss of the right shape on the meta device."""
+    meta = torch.device("meta")
+    x = torch.empty(8, 5, device=meta, requires_grad=True)
+    if loss == "dfl":
+        out = qfocal.distribution_focal_loss(torch.empty(8, 17, device=meta), torch.empty(8, device=meta))
+    elif loss == "qfl-sparse":
+        labels, scores = torch.empty(8, dtype=torch.long, device=meta), torch.empty(8, device=meta)
+        out = qfocal.quality_focal_loss(x, (labels, scores), avg_factor=torch.empty((), device=meta))
+    else:
+        fn = {
+            "qfl": qfocal.quality_focal_loss,
+            "focal": qfocal.sigmoid_focal_loss,
+            "vfl": qfocal.varifocal_loss,
+        }
+        out = fn[loss](x, torch.empty(8, 5, device=meta), reduction="none")
+    assert out.device == meta
+    assert out.shape == ((8, 5) if loss in ("qfl", "focal", "vfl") else ())

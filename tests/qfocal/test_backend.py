@@ -173,3 +173,38 @@ def test_torch_compile_with_inductor_end_to_end():
         expected.backward()
     assert_close(loss.detach(), expected.detach(), "inductor-compiled loss")
     assert_close(got, model.linear.weight.grad, "inductor-compiled weight grad")
+
+
+@pytest.mark.parametrize("loss", ["qfl", "focal", "vfl"])
+def test_the_target_check_runs_in_the_kernel_on_inductor(loss, monkeypatch):
+    """On Inductor the dense target's value check is a reduction of the kernel's own loop: the separate check
+    runs only on the error path (for its message), which is the reference backend's message word for word."""
+    import qfocal._backend as backend_module
+
+    fn = {"qfl": qfocal.quality_focal_loss, "focal": qfocal.sigmoid_focal_loss, "vfl": qfocal.varifocal_loss}[
+        loss
+    ]
+    calls = []
+    real = backend_module._check_in_unit_interval
+
+    def counting(name, x):
+        calls.append(name)
+        return real(name, x)
+
+    monkeypatch.setattr(backend_module, "_check_in_unit_interval", counting)
+    x = torch.randn(300, 7, requires_grad=True)
+    t = torch.rand(300, 7)
+    with qfocal.backend("inductor"):
+        fn(x, t).backward()
+    assert calls == []  # a good target: no pass of its own
+    bad = t.clone()
+    bad[123, 4] = 1.25
+    with qfocal.backend("reference"), pytest.raises(ValueError) as expected:
+        fn(x, bad)
+    assert calls == ["target"]
+    with qfocal.backend("inductor"), pytest.raises(ValueError) as got:
+        fn(x, bad)
+    assert str(got.value) == str(expected.value)
+    assert "got 1 outside (first: 1.25)" in str(got.value)
+    with qfocal.backend("inductor"), qfocal.value_checks(False):
+        assert torch.isfinite(fn(x, bad))  # checks off: not checked, as before

@@ -44,7 +44,7 @@ from ._math import fused_loss_and_grad
 _RECOMPILE_LIMIT = 64
 
 _lock = threading.Lock()
-_compiled: Callable[..., tuple[Tensor, Tensor | None, Tensor | None]] | None = None
+_compiled: Callable[..., tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]] | None = None
 _broken: str | None = None
 _limit_calls = 0  # calls that ran eagerly because the cache was full
 
@@ -68,7 +68,7 @@ def _limit_patch() -> contextlib.AbstractContextManager[object]:
     return contextlib.nullcontext()
 
 
-def _get_compiled() -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None]]:
+def _get_compiled() -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
     global _compiled
     with _lock:
         if _compiled is None:
@@ -95,14 +95,18 @@ def _spread(b: Tensor | None, layout: str, n: int) -> Tensor | None:
 
 
 def _flat_loss_and_grad(
-    *args: Any, layouts: tuple[str, str] = ("", "")
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    *args: Any, layouts: tuple[str, str] = ("", ""), check_range: bool = False
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """:func:`fused_loss_and_grad` on 1-D logits and target, its weights spread from their compact forms (the
-    compiled function; ``layouts`` as :func:`_compact` gives them), or on its arguments as they are."""
+    compiled function; ``layouts`` as :func:`_compact` gives them), or on its arguments as they are. With
+    ``check_range``, also ``[min, max]`` of the target: a reduction Inductor computes in the loss's own loop, so
+    the value check costs no pass of its own."""
     if layouts != ("", ""):
         n = args[0].shape[0]
         args = (*args[:4], _spread(args[4], layouts[0], n), _spread(args[5], layouts[1], n), *args[6:])
-    return fused_loss_and_grad(*args)
+    loss, grad, norms = fused_loss_and_grad(*args)
+    target_range = torch.stack(torch.aminmax(args[1])) if check_range and args[1] is not None else None
+    return loss, grad, norms, target_range
 
 
 def _compact(b: Tensor | None, shape: torch.Size, rows: int, cols: int) -> tuple[Tensor | None, str] | None:
@@ -161,29 +165,37 @@ def _canonical(args: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[str, Any], 
     return (*flat, *args[6:]), {"layouts": (pw_layout, w_layout)}, shape
 
 
-def _compiled_call(args: tuple[Any, ...]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+def _compiled_call(
+    args: tuple[Any, ...], check_range: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """The compiled math on ``args``, in 1-D form where the inputs allow it."""
     args2, kwargs, shape = _canonical(args)
-    loss, grad, norms = _get_compiled()(*args2, **kwargs)
+    if check_range:  # only then: a call without the check compiles the graph it always had
+        kwargs["check_range"] = True
+    loss, grad, norms, target_range = _get_compiled()(*args2, **kwargs)
     if shape is None:
-        return loss, grad, norms
+        return loss, grad, norms, target_range
     reduce = args[13]  # fused_loss_and_grad's positional "reduce"
     # detached: the op's outputs must not be views (autograd forbids scaling a view output in place)
     return (
         (loss if reduce else loss.view(shape).detach()),
         (None if grad is None else grad.view(shape).detach()),
         norms,
+        target_range,
     )
 
 
-def inductor_loss_and_grad(*args: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Compiled :func:`fused_loss_and_grad` (positional arguments); eager after a compilation failure (warned
-    once), and for a new layout once dynamo's cache for it is full (warned once)."""
+def inductor_loss_and_grad(
+    *args: Any, check_range: bool = False
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """Compiled :func:`fused_loss_and_grad` (positional arguments) and, with ``check_range``, ``[min, max]`` of
+    the target from the same loop; eager after a compilation failure (warned once), and for a new layout once
+    dynamo's cache for it is full (warned once)."""
     global _broken, _limit_calls
     if _broken is None:
         try:
             with _limit_patch():
-                return _compiled_call(args)
+                return _compiled_call(args, check_range)
         except torch.OutOfMemoryError:  # the input's fault, not the compiler's
             raise
         except torch._dynamo.exc.FailOnRecompileLimitHit:  # this layout only: the compiled ones still serve
@@ -203,4 +215,4 @@ def inductor_loss_and_grad(*args: Any) -> tuple[Tensor, Tensor | None, Tensor | 
                 RuntimeWarning,
                 stacklevel=2,
             )
-    return fused_loss_and_grad(*args)
+    return _flat_loss_and_grad(*args, check_range=check_range)

@@ -26,7 +26,7 @@ import contextlib
 import contextvars
 import dataclasses
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Optional, cast
 
 import torch
@@ -70,6 +70,7 @@ def _run(
     need_grad: bool,
     impl: str,
     need_norms: bool,
+    check_range: bool = False,
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """(loss, d loss / d logits, norms) in ``logits``'s dtype; the second is empty when ``need_grad`` is False,
     the third None unless ``need_norms`` (see :func:`qfocal.ops._math.fused_loss_and_grad`).
@@ -102,17 +103,27 @@ def _run(
         def as_tensor(value: float) -> Tensor:
             return torch.full((), value, dtype=cdtype, device=logits.device)
 
-        run = inductor_loss_and_grad if impl == "inductor" else fused_loss_and_grad
-        loss, grad, norms = run(
+        args = (
             logits, target, labels, scores, pos_weight, weight,
             as_tensor(exponent), as_tensor(alpha), as_tensor(alpha_offset), as_tensor(alpha_slope),
             torch.full((), iou_weighted, dtype=torch.bool, device=logits.device), scale,
             kind, reduce, need_grad, power_form(exponent), need_norms,
         )  # fmt: skip
+        if impl == "inductor":
+            loss, grad, norms, target_range = inductor_loss_and_grad(*args, check_range=check_range)
+            if target_range is not None and not (bool(target_range[0] >= 0) and bool(target_range[1] <= 1)):
+                raise _TargetOutOfRange("target: expected values in [0, 1]")
+        else:
+            loss, grad, norms = fused_loss_and_grad(*args)
     grad = logits.new_empty((0,)) if grad is None else _like_logits(grad, logits)
     if not reduce:
         loss = _like_logits(loss, logits)
     return loss, grad, norms
+
+
+class _TargetOutOfRange(ValueError):
+    """The kernel's own range check found a target outside [0, 1]; :func:`fused_loss` hands the target to the
+    caller's check for the message."""
 
 
 def _forward_impl(
@@ -131,14 +142,16 @@ def _forward_impl(
     avg_value: float,
     need_grad: bool,
     impl: str,
+    check_range: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(loss, d loss / d logits) in ``logits``'s dtype; the second is empty when ``need_grad`` is False.
 
-    ``alpha < 0`` means no alpha (qfl, focal); ``avg_value < 0`` means no float avg_factor.
+    ``alpha < 0`` means no alpha (qfl, focal); ``avg_value < 0`` means no float avg_factor. ``check_range``: the
+    target's value check, done in the kernel's own loop (Inductor; ValueError as :func:`qfocal.check_target`).
     """
     loss, grad, _ = _run(
         logits, target, labels, scores, pos_weight, weight, avg_factor, kind, exponent, alpha, iou_weighted,
-        reduction, avg_value, need_grad, impl, need_norms=False,
+        reduction, avg_value, need_grad, impl, need_norms=False, check_range=check_range,
     )  # fmt: skip
     return loss, grad
 
@@ -407,27 +420,42 @@ def fused_loss(
     weight: Optional[Tensor] = None,
     avg_factor: float | Tensor | None = None,
     impl: str,
+    check_target: Callable[[Tensor], object] | None = None,
 ) -> Tensor:
     """The fused loss with the contract of :func:`qfocal._reference.reference_loss`; ``impl`` is one of
-    ``FUSED_IMPLS`` (eager, inductor, triton). Inside :func:`capture_grad_norms` it also reports the norms."""
+    ``FUSED_IMPLS`` (eager, inductor, triton). Inside :func:`capture_grad_norms` it also reports the norms.
+
+    ``check_target``: the caller's value check of the dense target (values in [0, 1]), left to this call: on
+    Inductor the kernel finds the target's range in its own loop (no pass of its own) and the check runs only on
+    the error path, for its message; elsewhere it runs before the math."""
     if impl not in FUSED_IMPLS:
         raise ValueError(f"impl: expected one of {FUSED_IMPLS}, got {impl!r}")
     tensors: dict[str, Any] = {
         "target": target, "labels": labels, "scores": scores,
         "pos_weight": pos_weight, "weight": weight, "avg_factor": avg_factor,
     }  # fmt: skip
+    check = check_target if target is not None else None
     if _needs_reference(impl, logits, tensors):
+        if check is not None:
+            check(cast(Tensor, target))
         return reference_loss(spec, logits, **tensors)
+    in_kernel = check is not None and impl == "inductor"
+    if check is not None and not in_kernel:
+        check(cast(Tensor, target))
     avg_tensor = avg_factor if isinstance(avg_factor, Tensor) else None
     avg_value = float(avg_factor) if avg_factor is not None and avg_tensor is None else -1.0
     sink = _norm_sink()
-    outputs = (fused_loss_op if sink is None else fused_loss_norms_op)(
-        logits=logits, **{**tensors, "avg_factor": avg_tensor},
-        kind=spec.kind, exponent=float(spec.exponent),
-        alpha=-1.0 if spec.alpha is None else float(spec.alpha),
-        iou_weighted=bool(spec.iou_weighted), reduction=spec.reduction, avg_value=avg_value,
-        need_grad=torch.is_grad_enabled() and logits.requires_grad, impl=impl,
-    )  # fmt: skip
+    try:
+        outputs = (fused_loss_op if sink is None else fused_loss_norms_op)(
+            logits=logits, **{**tensors, "avg_factor": avg_tensor},
+            kind=spec.kind, exponent=float(spec.exponent),
+            alpha=-1.0 if spec.alpha is None else float(spec.alpha),
+            iou_weighted=bool(spec.iou_weighted), reduction=spec.reduction, avg_value=avg_value,
+            need_grad=torch.is_grad_enabled() and logits.requires_grad, impl=impl, check_range=in_kernel,
+        )  # fmt: skip
+    except _TargetOutOfRange:
+        cast("Callable[[Tensor], object]", check)(cast(Tensor, target))  # the caller's message
+        raise
     loss: Tensor = outputs[0]
     if avg_tensor is not None and spec.reduction == "mean" and avg_tensor.dim() > 0:
         loss = loss.reshape(avg_tensor.shape)  # the reference's sum / avg_factor broadcasts to its shape
