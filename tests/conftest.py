@@ -176,3 +176,19 @@ def tiny_config(data, out, **kw):
         "threads": 1,
     }
     return TrainConfig(data=str(data), out=str(out), **{**base, **kw})
+
+
+def one_line_error(capsys, argv, code):
+    """Run ``qfocal argv``: exit ``code``, no traceback, exactly one ``error:`` line, which is returned."""
+    from qfocal.cli import main
+
+    try:
+        got = main(argv)
+    except SystemExit as exc:
+        got = exc.code
+    err = capsys.readouterr().err
+    assert got == code, f"{argv}: exit {got}, expected {code}\n{err}"
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err
+    return errors[0]

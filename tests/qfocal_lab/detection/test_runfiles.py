@@ -11,35 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from qfocal.cli import main
-from qfocal_lab.data import generate_dataset
 from qfocal_lab.detection import TrainConfig, compare, load_checkpoint, train
 from qfocal_lab.detection.train import RunOutputError
+from tests.conftest import one_line_error as _one_line
 from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("outputs")
-    generate_dataset(root, images=10, seed=0, imgsz=64, min_size=6, val_fraction=0.2, mean_objects=3)
-    return root
+def data(tiny_data):
+    return tiny_data
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
     return tiny_config(data, out, **{"plots": False, **kw})
-
-
-def _one_line(capsys, argv, code):
-    try:
-        got = main(argv)
-    except SystemExit as exc:
-        got = exc.code
-    err = capsys.readouterr().err
-    assert got == code, f"{argv}: exit {got}, expected {code}\n{err}"
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1, err
-    return errors[0]
 
 
 @pytest.mark.parametrize(
