@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from qfocal.cli import missing_extras
+
 from .config import ConfigError, TrainConfig
 from .runfiles import _write_text
 from .train import train
@@ -32,7 +34,6 @@ JOBS_FILE = "jobs.json"
 DEFAULT_TIMEOUT_MIN = 3 * 24 * 60
 # SLURM states of a job that is still queued or running: --resume waits for it instead of submitting it again.
 _SLURM_ALIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED")
-MISSING_SUBMITIT = 'needs submitit: pip install "qfocal[cluster]"'
 
 
 class ClusterJobError(RuntimeError):
@@ -108,8 +109,9 @@ def parse_slurm(items: Sequence[str] | Mapping[str, object] | None) -> dict[str,
 
 def require_submitit() -> None:
     """A one-line :class:`ConfigError` naming the extra to install when submitit cannot be imported."""
-    if importlib.util.find_spec("submitit") is None:
-        raise ConfigError(f"--executor submitit {MISSING_SUBMITIT}")
+    message = missing_extras("submitit")  # the library's table of extras names "cluster"
+    if message:
+        raise ConfigError(f"--executor submitit {message}")
 
 
 def cluster_executor(folder: Path, *, cluster: str | None, slurm: Mapping[str, object], threads: int):
